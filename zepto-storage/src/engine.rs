@@ -1,0 +1,585 @@
+//! The engine: [`Db`] opens a data directory (recovering it), accepts durable writes,
+//! serves scans, and runs three threads:
+//! - the WAL writer (`engine/writer.rs`): drains the ingest ring, group-commits, applies to
+//!   RDB, acknowledges;
+//! - maintenance (`engine/maintenance.rs`): compacts small pieces, seals idle or full
+//!   chunks, flushes them to HDB, keeps memory under its limit, and takes the periodic
+//!   checkpoint.
+//!
+//! Recovery (`engine/recovery.rs`) = newest complete checkpoint + WAL replay from its
+//! position.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::Serialize;
+
+use crate::checkpoint::{CheckpointInfo, LinkCache};
+use crate::error::{Error, Result};
+use crate::faults::Faults;
+use crate::ingest::{partition_for, prepare_write, Request, Ring, WriteReceipt, WriteTicket};
+use crate::rdb::{Chunk, TableData};
+use crate::scan::{ScanRequest, ScanStats, TableScan};
+use crate::schema::TableSchema;
+use crate::wal::{WalStats, FSYNC_BUCKETS_US};
+
+mod maintenance;
+mod recovery;
+mod writer;
+
+/// A monotonic millisecond clock, passed in so that time-based behaviour (sealing idle
+/// chunks, checkpoint intervals) can be tested without waiting.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+/// The real monotonic clock.
+#[derive(Debug)]
+pub struct MonotonicClock(Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock(Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// Engine settings. [`Config::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Partition count, fixed when the directory is created.
+    pub partitions: u32,
+    /// Width of a chunk's time bucket in nanoseconds (1 h).
+    pub chunk_duration_ns: i64,
+    /// Request slots of the ingest ring.
+    pub ring_capacity: usize,
+    /// Bytes the ingest ring may hold (encoded payloads).
+    pub ring_max_bytes: usize,
+    /// Target WAL segment size.
+    pub wal_segment_bytes: u64,
+    /// Most bytes of payload one group commit gathers.
+    pub max_group_bytes: usize,
+    /// Automatic checkpoint period; `None` turns it off.
+    pub checkpoint_interval: Option<Duration>,
+    /// A chunk with no writes for this long is sealed and flushed to HDB.
+    pub seal_idle: Duration,
+    /// A chunk with this many rows is sealed and flushed.
+    pub max_chunk_rows: usize,
+    /// When RDB holds more than this, the least recently written chunks are flushed early.
+    pub max_memory_bytes: usize,
+    /// How often maintenance looks for work when nothing wakes it.
+    pub maintenance_interval: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            partitions: 64,
+            chunk_duration_ns: 3_600 * 1_000_000_000,
+            ring_capacity: 4096,
+            ring_max_bytes: 512 << 20,
+            wal_segment_bytes: 64 << 20,
+            max_group_bytes: 16 << 20,
+            checkpoint_interval: Some(Duration::from_secs(60)),
+            seal_idle: Duration::from_secs(120),
+            max_chunk_rows: 4 << 20,
+            max_memory_bytes: 8 << 30,
+            maintenance_interval: Duration::from_millis(500),
+            clock: Arc::new(MonotonicClock::default()),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidInput(m.to_string()));
+        if self.partitions == 0 || self.partitions > 65_536 {
+            return bad("partitions must be between 1 and 65536");
+        }
+        if self.chunk_duration_ns <= 0 {
+            return bad("chunk duration must be positive");
+        }
+        if self.ring_capacity == 0 || self.ring_max_bytes == 0 {
+            return bad("the ingest ring needs at least one slot and one byte");
+        }
+        if self.wal_segment_bytes < 4096 {
+            return bad("WAL segments must be at least 4 KiB");
+        }
+        if self.max_chunk_rows == 0 {
+            return bad("max chunk rows must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What recovery did when the directory was opened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryInfo {
+    /// The checkpoint recovery started from, if any.
+    pub checkpoint_id: Option<u64>,
+    pub wal_records_replayed: u64,
+    pub wal_bytes_replayed: u64,
+    /// Where the WAL was found damaged or torn, if it was.
+    pub wal_damage: Option<String>,
+    pub duration_ms: f64,
+    pub tables: usize,
+    pub rows: u64,
+}
+
+/// Numbers for `/metrics` and `/admin/cluster`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DbStats {
+    pub tables: usize,
+    pub partitions: u32,
+    pub memory_chunks: u64,
+    pub memory_rows: u64,
+    pub memory_bytes: u64,
+    pub disk_chunks: u64,
+    pub disk_rows: u64,
+    pub disk_bytes: u64,
+    pub rows_written: u64,
+    pub bytes_written: u64,
+    pub write_requests: u64,
+    pub write_errors: u64,
+    pub ring_depth: usize,
+    pub ring_bytes: usize,
+    pub wal_fsyncs: u64,
+    pub wal_fsync_seconds_total: f64,
+    /// (upper bound in seconds, cumulative count) for a latency histogram.
+    pub wal_fsync_histogram: Vec<(f64, u64)>,
+    pub wal_bytes: u64,
+    pub wal_records: u64,
+    pub wal_segment: u64,
+    pub wal_offset: u64,
+    pub checkpoints: u64,
+    pub last_checkpoint: Option<CheckpointInfo>,
+    /// Milliseconds since the last checkpoint finished (since start when none yet).
+    pub checkpoint_age_ms: u64,
+    pub flushes: u64,
+    pub compactions: u64,
+    pub poisoned: Option<String>,
+}
+
+/// State shared by the handle and the background threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) dir: PathBuf,
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) catalog: Mutex<crate::catalog::Catalog>,
+    /// By lower-case name.
+    pub(crate) tables: RwLock<HashMap<String, Arc<TableData>>>,
+    pub(crate) wal_stats: Arc<WalStats>,
+    pub(crate) recycle: Arc<Mutex<Vec<PathBuf>>>,
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
+    pub(crate) poisoned: Mutex<Option<String>>,
+    pub(crate) next_chunk_id: AtomicU64,
+    pub(crate) next_checkpoint_id: AtomicU64,
+    pub(crate) checkpoint_lock: Mutex<LinkCache>,
+    pub(crate) last_checkpoint: Mutex<Option<CheckpointInfo>>,
+    pub(crate) last_checkpoint_ms: AtomicU64,
+    /// Engine-clock ms when the writer started its current group; 0 when idle.
+    pub(crate) writer_busy_since: AtomicU64,
+    pub(crate) wal_position: Mutex<crate::wal::WalPosition>,
+    pub(crate) counters: Counters,
+    pub(crate) stop: AtomicBool,
+    pub(crate) wake: (Mutex<bool>, Condvar),
+    pub(crate) recovery: Mutex<RecoveryInfo>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) rows_written: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) write_requests: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    pub(crate) fn table(&self, name: &str) -> Result<Arc<TableData>> {
+        self.tables
+            .read()
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| Error::TableNotFound(name.to_string()))
+    }
+
+    pub(crate) fn table_by_id(&self, id: u32) -> Option<Arc<TableData>> {
+        self.tables.read().values().find(|t| t.id == id).cloned()
+    }
+
+    pub(crate) fn wake_maintenance(&self) {
+        let (lock, cv) = &self.wake;
+        *lock.lock() = true;
+        cv.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    ring: Ring,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// False once `close` started: new writes are refused.
+    accepting: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl Inner {
+    fn stop_threads(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The writer finishes everything queued before Shutdown.
+        let _ = self.ring.send_control(Request::Shutdown);
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_maintenance();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// A handle to an open storage engine. Cheap to clone; the engine stops when the last
+/// handle is dropped or [`Db::close`] is called.
+#[derive(Debug, Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl Db {
+    /// Open (creating if needed) and recover a data directory, then start the engine.
+    pub fn open(config: Config) -> Result<Db> {
+        config.validate()?;
+        let faults = Arc::new(Faults::default());
+        if let Ok(spec) = std::env::var("ZEPTO_FAILPOINTS") {
+            faults.arm_from_spec(&spec)?;
+        }
+        Db::open_with_faults(config, faults)
+    }
+
+    /// Like [`Db::open`], with fault points armed by the caller (tests, the chaos harness).
+    pub fn open_with_faults(config: Config, faults: Arc<Faults>) -> Result<Db> {
+        config.validate()?;
+        let recovered = recovery::recover(&config, faults)?;
+        let (tx, rx) = crossbeam_channel::bounded(config.ring_capacity);
+        let shared = recovered.shared;
+        let ring = Ring::new(tx, config.ring_max_bytes, shared.queued_bytes.clone());
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        let wal = recovered.wal;
+        let next_seq = recovered.next_seq;
+        threads.push(
+            std::thread::Builder::new()
+                .name("zepto-wal".into())
+                .spawn(move || writer::run(s, rx, wal, next_seq))
+                .map_err(|e| Error::io("start the WAL writer thread", e))?,
+        );
+        let inner = Arc::new(Inner {
+            shared: shared.clone(),
+            ring,
+            threads: Mutex::new(threads),
+            accepting: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        });
+        let db = Db { inner };
+        let ring = db.inner.ring.clone();
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("zepto-maint".into())
+            .spawn(move || maintenance::run(s, ring))
+            .map_err(|e| Error::io("start the maintenance thread", e))?;
+        db.inner.threads.lock().push(handle);
+        Ok(db)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.shared().dir
+    }
+
+    /// The partition count.
+    pub fn partitions(&self) -> u32 {
+        self.shared().config.partitions
+    }
+
+    /// The fault points of this engine.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.shared().faults
+    }
+
+    /// What recovery found and did when this engine opened.
+    pub fn recovery_info(&self) -> RecoveryInfo {
+        self.shared().recovery.lock().clone()
+    }
+
+    /// Create a table; durable when this returns.
+    pub fn create_table(&self, schema: TableSchema) -> Result<Arc<TableSchema>> {
+        let s = self.shared();
+        let mut catalog = s.catalog.lock();
+        let entry = catalog.create(schema, &s.faults)?;
+        // A directory left by a dropped table of the same name holds nothing we reference.
+        let hdb = s.dir.join("hdb").join(&entry.schema.name);
+        if hdb.exists() {
+            let _ = std::fs::remove_dir_all(&hdb);
+        }
+        let data = Arc::new(TableData::new(
+            entry.id,
+            entry.schema.clone(),
+            s.config.partitions,
+        ));
+        s.tables
+            .write()
+            .insert(entry.schema.name.to_ascii_lowercase(), data);
+        Ok(entry.schema)
+    }
+
+    /// Drop a table and its files; durable when this returns.
+    pub fn drop_table(&self, name: &str) -> Result<()> {
+        let s = self.shared();
+        let mut catalog = s.catalog.lock();
+        let entry = catalog.drop_table(name, &s.faults)?;
+        s.tables.write().remove(&entry.schema.name.to_ascii_lowercase());
+        let hdb = s.dir.join("hdb").join(&entry.schema.name);
+        if hdb.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&hdb) {
+                tracing::warn!(path = %hdb.display(), error = %e, "could not remove files of dropped table; they are removed at next start");
+            }
+        }
+        Ok(())
+    }
+
+    /// A table's schema (case-insensitive name).
+    pub fn table(&self, name: &str) -> Result<Arc<TableSchema>> {
+        Ok(self.shared().table(name)?.schema.clone())
+    }
+
+    /// Every table, by name.
+    pub fn tables(&self) -> Vec<Arc<TableSchema>> {
+        let mut v: Vec<_> = self
+            .shared()
+            .tables
+            .read()
+            .values()
+            .map(|t| t.schema.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The partition a partition-key value of `table` lives in.
+    pub fn partition_of(&self, table: &str, key: &str) -> u32 {
+        partition_for(table, key, self.partitions())
+    }
+
+    /// Queue rows for a durable write. The rows are checked and converted here (errors
+    /// come back at once, nothing is written); the ticket resolves once they are fsynced
+    /// and visible to scans. A write is atomic: all its rows or none.
+    pub fn write(&self, table: &str, batch: RecordBatch) -> Result<WriteTicket> {
+        let s = self.shared();
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if let Some(p) = s.poisoned.lock().clone() {
+            return Err(Error::WalPoisoned(p));
+        }
+        let t = s.table(table)?;
+        let req = prepare_write(&t, batch, s.config.partitions)?;
+        self.inner.ring.push(req)
+    }
+
+    /// Write rows and wait until they are durable. Blocking: do not call from async code.
+    pub fn insert(&self, table: &str, batch: RecordBatch) -> Result<WriteReceipt> {
+        self.write(table, batch)?.wait()
+    }
+
+    /// Read rows (see [`ScanRequest`]).
+    pub fn scan(&self, req: &ScanRequest) -> Result<TableScan> {
+        let s = self.shared();
+        let t = s.table(&req.table)?;
+        let columns: Vec<usize> = match &req.columns {
+            Some(c) => {
+                if let Some(bad) = c.iter().find(|&&i| i >= t.schema.columns.len()) {
+                    return Err(Error::InvalidInput(format!(
+                        "column index {bad} out of range for table '{}'",
+                        t.schema.name
+                    )));
+                }
+                c.clone()
+            }
+            None => (0..t.schema.columns.len()).collect(),
+        };
+        let schema = Arc::new(t.arrow_schema.project(&columns)?);
+        let all: Vec<u32>;
+        let parts: &[u32] = match &req.partitions {
+            Some(p) => p,
+            None => {
+                all = (0..s.config.partitions).collect();
+                &all
+            }
+        };
+        let mut stats = ScanStats {
+            partitions_total: s.config.partitions,
+            ..ScanStats::default()
+        };
+        let mut chunks = Vec::new();
+        if !req.time_range.is_empty() {
+            for &p in parts {
+                if p >= s.config.partitions {
+                    continue;
+                }
+                stats.partitions_scanned += 1;
+                let got = t.scan_partition(p, &req.time_range, &columns, &mut stats.chunks_total)?;
+                chunks.extend(got);
+            }
+        }
+        stats.chunks_scanned = chunks.len() as u64;
+        stats.rows_scanned = chunks.iter().map(|c| c.num_rows() as u64).sum();
+        Ok(TableScan {
+            table: t.schema.clone(),
+            schema,
+            columns,
+            chunks,
+            stats,
+        })
+    }
+
+    /// Take a checkpoint now (blocking). Concurrent calls run one after the other.
+    pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        maintenance::checkpoint(&self.inner.shared, &self.inner.ring)
+    }
+
+    /// Seal every memory chunk and write it to HDB now (blocking). Returns the number of
+    /// chunks flushed.
+    pub fn flush(&self) -> Result<usize> {
+        maintenance::flush_all(&self.inner.shared)
+    }
+
+    /// `Ok` while the engine can accept and make durable writes.
+    pub fn health(&self) -> Result<()> {
+        let s = self.shared();
+        if let Some(p) = s.poisoned.lock().clone() {
+            return Err(Error::WalPoisoned(p));
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let busy = s.writer_busy_since.load(Ordering::Acquire);
+        if busy != 0 && s.now_ms().saturating_sub(busy) > 30_000 {
+            return Err(Error::WalPoisoned(format!(
+                "the WAL writer has been stuck on one group commit for {} s",
+                (s.now_ms() - busy) / 1000
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> DbStats {
+        let s = self.shared();
+        let mut st = DbStats {
+            partitions: s.config.partitions,
+            ..DbStats::default()
+        };
+        for t in s.tables.read().values() {
+            st.tables += 1;
+            for p in &t.partitions {
+                for c in &p.read().chunks {
+                    match c {
+                        Chunk::Mem(m) => {
+                            st.memory_chunks += 1;
+                            st.memory_rows += m.rows as u64;
+                            st.memory_bytes += m.bytes as u64;
+                        }
+                        Chunk::Disk(d) => {
+                            st.disk_chunks += 1;
+                            st.disk_rows += d.rows;
+                            st.disk_bytes += d.file_bytes;
+                        }
+                    }
+                }
+            }
+        }
+        let c = &s.counters;
+        st.rows_written = c.rows_written.load(Ordering::Relaxed);
+        st.bytes_written = c.bytes_written.load(Ordering::Relaxed);
+        st.write_requests = c.write_requests.load(Ordering::Relaxed);
+        st.write_errors = c.write_errors.load(Ordering::Relaxed);
+        st.checkpoints = c.checkpoints.load(Ordering::Relaxed);
+        st.flushes = c.flushes.load(Ordering::Relaxed);
+        st.compactions = c.compactions.load(Ordering::Relaxed);
+        st.ring_depth = self.inner.ring.depth();
+        st.ring_bytes = s.queued_bytes.load(Ordering::Relaxed);
+        let w = &s.wal_stats;
+        st.wal_fsyncs = w.fsyncs.load(Ordering::Relaxed);
+        st.wal_fsync_seconds_total = w.fsync_nanos_total.load(Ordering::Relaxed) as f64 / 1e9;
+        let mut cum = 0;
+        st.wal_fsync_histogram = FSYNC_BUCKETS_US
+            .iter()
+            .zip(&w.fsync_buckets)
+            .map(|(&b, n)| {
+                cum += n.load(Ordering::Relaxed);
+                let le = if b == u64::MAX { f64::INFINITY } else { b as f64 / 1e6 };
+                (le, cum)
+            })
+            .collect();
+        st.wal_bytes = w.bytes_written.load(Ordering::Relaxed);
+        st.wal_records = w.records_written.load(Ordering::Relaxed);
+        let pos = *s.wal_position.lock();
+        st.wal_segment = pos.segment;
+        st.wal_offset = pos.offset;
+        st.last_checkpoint = s.last_checkpoint.lock().clone();
+        st.checkpoint_age_ms = s
+            .now_ms()
+            .saturating_sub(s.last_checkpoint_ms.load(Ordering::Relaxed));
+        st.poisoned = s.poisoned.lock().clone();
+        st
+    }
+
+    /// Stop accepting writes, finish the queued ones, take a final checkpoint and stop the
+    /// background threads.
+    pub fn close(&self) -> Result<()> {
+        if !self.inner.accepting.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = if self.shared().poisoned.lock().is_none() {
+            self.checkpoint().map(|_| ())
+        } else {
+            Ok(())
+        };
+        self.inner.stop_threads();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

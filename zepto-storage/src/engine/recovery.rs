@@ -1,0 +1,253 @@
+//! Opening a data directory: identity and catalog, the newest complete checkpoint, HDB
+//! files it references (others are leftovers of work after it and are removed), then WAL
+//! replay from the checkpoint's position and repair of the log's tail.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::catalog::{check_identity, prepare_data_dir, Catalog};
+use crate::checkpoint::{list_checkpoints, load_manifest, read_memory_chunk, ChunkKind, Manifest};
+use crate::codec::{decode_rows, payload_table_id};
+use crate::engine::{Config, Counters, RecoveryInfo, Shared};
+use crate::error::{Error, IoContext, Result};
+use crate::faults::Faults;
+use crate::fsutil::create_dir_durable;
+use crate::hdb::DiskChunk;
+use crate::rdb::{Chunk, MemChunk, TableData};
+use crate::wal::{repair, replay, segment_path, WalPosition, WalStats, WalWriter};
+
+pub(super) struct Recovered {
+    pub(super) shared: Arc<Shared>,
+    pub(super) wal: WalWriter,
+    pub(super) next_seq: Vec<u64>,
+}
+
+pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered> {
+    let started = Instant::now();
+    let dir = config.data_dir.clone();
+    prepare_data_dir(&dir)?;
+    let partitions = check_identity(&dir, config.partitions, &faults)?;
+    let catalog = Catalog::load(&dir)?;
+    let mut tables: HashMap<String, Arc<TableData>> = HashMap::new();
+    for e in catalog.entries() {
+        tables.insert(
+            e.schema.name.to_ascii_lowercase(),
+            Arc::new(TableData::new(e.id, e.schema.clone(), partitions)),
+        );
+    }
+    let by_id: HashMap<u32, Arc<TableData>> = tables.values().map(|t| (t.id, t.clone())).collect();
+    let now = config.clock.now_ms();
+    let next_chunk_id = AtomicU64::new(1);
+    let mut info = RecoveryInfo::default();
+
+    // 1. The newest checkpoint that loads.
+    let list = list_checkpoints(&dir)?;
+    let next_checkpoint_id = list.first().map(|(id, _)| id + 1).unwrap_or(1);
+    let mut chosen: Option<(Manifest, PathBuf)> = None;
+    for (id, path) in &list {
+        match load_manifest(path) {
+            Ok(m) => {
+                chosen = Some((m, path.clone()));
+                break;
+            }
+            Err(e) => {
+                tracing::error!(checkpoint = id, error = %e, "checkpoint is unusable; trying an older one");
+                let aside = path.with_extension("corrupt");
+                fs::rename(path, &aside).ctx(|| format!("move {} aside", path.display()))?;
+            }
+        }
+    }
+    let mut next_seq = vec![0u64; partitions as usize];
+    let mut from = WalPosition::default();
+    let mut referenced: HashSet<PathBuf> = HashSet::new();
+    if let Some((m, cdir)) = &chosen {
+        info.checkpoint_id = Some(m.id);
+        from = m.wal_position;
+        if m.next_seq.len() == partitions as usize {
+            next_seq.clone_from(&m.next_seq);
+        } else {
+            return Err(Error::Corrupt {
+                path: cdir.join("MANIFEST.json"),
+                offset: 0,
+                reason: format!(
+                    "manifest has {} partitions, the directory has {partitions}",
+                    m.next_seq.len()
+                ),
+            });
+        }
+        for mt in &m.tables {
+            let Some(t) = by_id.get(&mt.id) else {
+                continue; // dropped since
+            };
+            for c in &mt.chunks {
+                let Some(part) = t.partitions.get(c.partition as usize) else {
+                    return Err(Error::Corrupt {
+                        path: cdir.join("MANIFEST.json"),
+                        offset: 0,
+                        reason: format!("chunk of partition {} out of range", c.partition),
+                    });
+                };
+                let chunk = match c.kind {
+                    ChunkKind::Memory => {
+                        let batches = read_memory_chunk(&cdir.join(&c.file))?;
+                        let batches = batches
+                            .into_iter()
+                            .map(|b| {
+                                RecordBatch::try_new(t.arrow_schema.clone(), b.columns().to_vec())
+                                    .map_err(|e| Error::Corrupt {
+                                        path: cdir.join(&c.file),
+                                        offset: 0,
+                                        reason: format!("does not match table '{}': {e}", t.schema.name),
+                                    })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        let id = next_chunk_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Chunk::Mem(MemChunk::restore(id, c.bucket, c.seq, batches, t.ts_col(), now))
+                    }
+                    ChunkKind::Disk => {
+                        referenced.insert(dir.join(&c.file));
+                        Chunk::Disk(Arc::new(DiskChunk::open(&dir, &c.file, &t.schema, c.bucket, c.seq)?))
+                    }
+                };
+                info.rows += c.rows;
+                part.write().insert(chunk);
+            }
+        }
+    }
+    remove_unreferenced_hdb(&dir.join("hdb"), &referenced)?;
+
+    // 2. WAL replay.
+    let wal_dir = dir.join("wal");
+    create_dir_durable(&wal_dir)?;
+    let recycle = collect_recycled(&wal_dir)?;
+    let checkpoint_seq = next_seq.clone();
+    let width = config.chunk_duration_ns;
+    let outcome = replay(&wal_dir, from, |meta, payload, pos| {
+        let p = meta.partition as usize;
+        let corrupt = |reason: String| Error::Corrupt {
+            path: segment_path(&wal_dir, pos.segment),
+            offset: pos.offset,
+            reason,
+        };
+        if p >= partitions as usize {
+            return Err(corrupt(format!("record for partition {p} of {partitions}")));
+        }
+        if meta.seq < checkpoint_seq[p] {
+            return Ok(()); // already in the checkpoint
+        }
+        next_seq[p] = next_seq[p].max(meta.seq + 1);
+        let Some(t) = payload_table_id(payload).and_then(|id| by_id.get(&id)) else {
+            return Ok(()); // a table dropped since
+        };
+        let (_, batch) = decode_rows(payload, &t.types, &t.arrow_schema).map_err(corrupt)?;
+        let mut next_id = || next_chunk_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        t.append(meta.partition, &batch, width, now, &mut next_id)?;
+        info.rows += batch.num_rows() as u64;
+        Ok(())
+    })?;
+    info.wal_records_replayed = outcome.records;
+    info.wal_bytes_replayed = outcome.bytes;
+    if let Some(d) = &outcome.damage {
+        let msg = format!(
+            "{} at offset {}: {}",
+            d.path.display(),
+            d.offset,
+            d.reason
+        );
+        if d.torn_tail {
+            tracing::info!(segment = d.segment, offset = d.offset, reason = %d.reason, "WAL ends with a torn or stale tail; truncated there");
+        } else {
+            tracing::error!(segment = d.segment, offset = d.offset, reason = %d.reason, discarded = ?outcome.discarded_segments, "WAL is damaged: keeping every record before the damage; damaged files kept as *.wal.damaged");
+        }
+        info.wal_damage = Some(msg);
+    }
+    let next_segment = repair(&wal_dir, &outcome)?;
+    let wal_stats = Arc::new(WalStats::default());
+    let recycle = Arc::new(Mutex::new(recycle));
+    let wal = WalWriter::create(
+        &wal_dir,
+        next_segment,
+        config.wal_segment_bytes,
+        faults.clone(),
+        wal_stats.clone(),
+        recycle.clone(),
+    )?;
+    info.tables = tables.len();
+    info.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        checkpoint = ?info.checkpoint_id,
+        wal_records = info.wal_records_replayed,
+        rows = info.rows,
+        ms = info.duration_ms as u64,
+        "recovered data directory {}",
+        dir.display()
+    );
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        dir,
+        faults,
+        catalog: Mutex::new(catalog),
+        tables: RwLock::new(tables),
+        wal_stats,
+        recycle,
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
+        poisoned: Mutex::new(None),
+        next_chunk_id,
+        next_checkpoint_id: AtomicU64::new(next_checkpoint_id),
+        checkpoint_lock: Mutex::new(HashMap::new()),
+        last_checkpoint: Mutex::new(None),
+        last_checkpoint_ms: AtomicU64::new(now),
+        writer_busy_since: AtomicU64::new(0),
+        wal_position: Mutex::new(wal.position()),
+        counters: Counters::default(),
+        stop: AtomicBool::new(false),
+        wake: (Mutex::new(false), Condvar::new()),
+        recovery: Mutex::new(info),
+    });
+    Ok(Recovered {
+        shared,
+        wal,
+        next_seq,
+    })
+}
+
+/// Remove HDB files (and temp files) the checkpoint does not reference: they were written
+/// after it, and WAL replay brings their rows back into memory.
+fn remove_unreferenced_hdb(root: &Path, keep: &HashSet<PathBuf>) -> Result<()> {
+    if !root.is_dir() {
+        return Ok(());
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).ctx(|| format!("list {}", d.display()))? {
+            let entry = entry.ctx(|| format!("list {}", d.display()))?;
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !keep.contains(&path) {
+                tracing::debug!(path = %path.display(), "removing HDB file written after the checkpoint");
+                fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Obsolete segments left in the reuse pool by a previous run.
+fn collect_recycled(wal_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(wal_dir).ctx(|| format!("list {}", wal_dir.display()))? {
+        let entry = entry.ctx(|| format!("list {}", wal_dir.display()))?;
+        if entry.path().extension().is_some_and(|e| e == "recycle") {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,420 @@
+use super::*;
+use crate::schema::{ColumnDef, ColumnType};
+use crate::scan::{ChunkSource, TimeRange};
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampNanosecondType};
+use std::collections::BTreeMap;
+
+const HOUR: i64 = 3_600_000_000_000;
+
+fn config(dir: &Path) -> Config {
+    let mut c = Config::new(dir);
+    c.partitions = 8;
+    c.checkpoint_interval = None;
+    c
+}
+
+fn trades_schema() -> TableSchema {
+    TableSchema::new(
+        "trades",
+        vec![
+            ColumnDef::new("ts", ColumnType::Timestamp),
+            ColumnDef::new("symbol", ColumnType::Symbol),
+            ColumnDef::new("price", ColumnType::Double),
+            ColumnDef::new("volume", ColumnType::BigInt),
+        ],
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+/// Rows with ids `ids` (id is stored in `volume`), symbols cycling over 5, timestamps
+/// spread over 3 hours and deliberately out of order.
+fn rows(ids: std::ops::Range<i64>) -> RecordBatch {
+    let ts: Vec<i64> = ids.clone().map(|i| (i * 7919 % 10_000) * (3 * HOUR / 10_000)).collect();
+    let sym: Vec<String> = ids.clone().map(|i| format!("S{}", i % 5)).collect();
+    let price: Vec<Option<f64>> = ids.clone().map(|i| (i % 11 != 0).then_some(i as f64 / 4.0)).collect();
+    RecordBatch::try_new(
+        trades_schema().arrow_schema().project(&[0, 1, 2, 3]).map(Arc::new).unwrap(),
+        vec![
+            Arc::new(TimestampNanosecondArray::from(ts)),
+            Arc::new(arrow::compute::cast(&StringArray::from(sym), &ColumnType::Symbol.arrow_type()).unwrap()),
+            Arc::new(Float64Array::from(price)),
+            Arc::new(Int64Array::from(ids.collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
+}
+
+/// id -> (ts, symbol, price) of every row in the table.
+fn contents(db: &Db) -> BTreeMap<i64, (i64, String, Option<f64>)> {
+    let scan = db.scan(&ScanRequest::all("trades")).unwrap();
+    let mut out = BTreeMap::new();
+    for b in scan.batches() {
+        let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+        let sym = b.column(1).as_dictionary::<Int32Type>();
+        let dict = sym.values().as_string::<i32>();
+        let price = b.column(2).as_primitive::<Float64Type>();
+        let id = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let s = dict.value(sym.keys().value(i) as usize).to_string();
+            let p = price.is_valid(i).then(|| price.value(i));
+            assert!(out.insert(id.value(i), (ts.value(i), s, p)).is_none(), "duplicate id {}", id.value(i));
+        }
+    }
+    out
+}
+
+fn expected(ids: std::ops::Range<i64>) -> BTreeMap<i64, (i64, String, Option<f64>)> {
+    let b = rows(ids.clone());
+    let mut out = BTreeMap::new();
+    let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+    let sym = b.column(1).as_dictionary::<Int32Type>();
+    let dict = sym.values().as_string::<i32>();
+    let price = b.column(2).as_primitive::<Float64Type>();
+    for (i, id) in ids.enumerate() {
+        let p = price.is_valid(i).then(|| price.value(i));
+        out.insert(id, (ts.value(i), dict.value(sym.keys().value(i) as usize).to_string(), p));
+    }
+    out
+}
+
+fn open_with_table(dir: &Path) -> Db {
+    let db = Db::open(config(dir)).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    db
+}
+
+#[test]
+fn writes_are_visible_and_survive_restart_via_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        for k in 0..10 {
+            db.insert("trades", rows(k * 100..(k + 1) * 100)).unwrap();
+        }
+        assert_eq!(contents(&db), expected(0..1000));
+        // Drop without close: no final checkpoint, recovery must use the WAL alone.
+    }
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(contents(&db), expected(0..1000));
+    let info = db.recovery_info();
+    assert_eq!(info.checkpoint_id, None);
+    assert!(info.wal_records_replayed >= 10);
+}
+
+#[test]
+fn checkpoint_then_more_writes_then_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..500)).unwrap();
+        let c = db.checkpoint().unwrap();
+        assert_eq!(c.rows, 500);
+        db.insert("trades", rows(500..800)).unwrap();
+    }
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(contents(&db), expected(0..800));
+    let info = db.recovery_info();
+    assert!(info.checkpoint_id.is_some());
+    // Only what came after the checkpoint was replayed.
+    assert!(info.wal_records_replayed <= 8, "{info:?}");
+}
+
+#[test]
+fn flushed_hdb_chunks_are_read_back_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..3000)).unwrap();
+        let n = db.flush().unwrap();
+        assert!(n > 0);
+        let st = db.stats();
+        assert_eq!(st.memory_rows, 0);
+        assert_eq!(st.disk_rows, 3000);
+        assert_eq!(contents(&db), expected(0..3000));
+        db.insert("trades", rows(3000..3100)).unwrap();
+        db.checkpoint().unwrap();
+        db.insert("trades", rows(3100..3200)).unwrap();
+    }
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(contents(&db), expected(0..3200));
+    let scan = db.scan(&ScanRequest::all("trades")).unwrap();
+    assert!(scan.chunks.iter().any(|c| c.source == ChunkSource::Disk));
+    // Disk chunks are sorted by time.
+    for c in scan.chunks.iter().filter(|c| c.source == ChunkSource::Disk) {
+        assert!(c.sorted);
+    }
+}
+
+#[test]
+fn hdb_files_written_after_the_checkpoint_are_rebuilt_from_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..400)).unwrap();
+        db.checkpoint().unwrap();
+        db.insert("trades", rows(400..600)).unwrap();
+        db.flush().unwrap(); // files not in any checkpoint
+    }
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(contents(&db), expected(0..600));
+}
+
+#[test]
+fn checkpoint_interrupted_at_each_step_still_recovers() {
+    for point in [
+        "checkpoint::after_chunks",
+        "checkpoint::after_manifest",
+        "checkpoint::after_rename",
+        "checkpoint::after_cleanup",
+        "fs::write_atomic::before_fsync",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_with_table(dir.path());
+            db.insert("trades", rows(0..300)).unwrap();
+            db.checkpoint().unwrap();
+            db.insert("trades", rows(300..500)).unwrap();
+            db.faults().set(point, "eio").unwrap();
+            assert!(db.checkpoint().is_err(), "{point} should fail the checkpoint");
+            db.faults().clear(point);
+            db.insert("trades", rows(500..600)).unwrap();
+        }
+        let db = Db::open(config(dir.path())).unwrap();
+        assert_eq!(contents(&db), expected(0..600), "after failure at {point}");
+        db.insert("trades", rows(600..700)).unwrap();
+        db.checkpoint().unwrap();
+        drop(db);
+        let db = Db::open(config(dir.path())).unwrap();
+        assert_eq!(contents(&db), expected(0..700), "after failure at {point}");
+    }
+}
+
+#[test]
+fn enospc_fails_the_write_and_acks_nothing_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    db.insert("trades", rows(0..100)).unwrap();
+    db.faults().set("wal::write", "enospc").unwrap();
+    let e = db.insert("trades", rows(100..200)).unwrap_err();
+    assert!(e.to_string().contains("No space left"), "{e}");
+    assert_eq!(contents(&db), expected(0..100), "nothing of the failed write is visible");
+    db.faults().clear("wal::write");
+    db.insert("trades", rows(200..300)).unwrap();
+    drop(db);
+    let db = Db::open(config(dir.path())).unwrap();
+    let mut want = expected(0..100);
+    want.extend(expected(200..300));
+    assert_eq!(contents(&db), want);
+}
+
+#[test]
+fn fsync_error_poisons_the_wal_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    db.insert("trades", rows(0..10)).unwrap();
+    assert!(db.health().is_ok());
+    db.faults().set("wal::fsync", "eio").unwrap();
+    assert!(matches!(db.insert("trades", rows(10..20)), Err(Error::WalPoisoned(_))));
+    db.faults().clear("wal::fsync");
+    assert!(db.health().is_err());
+    assert!(matches!(db.insert("trades", rows(20..30)), Err(Error::WalPoisoned(_))));
+    drop(db);
+    // A restart recovers what was acknowledged (and may hold the unacknowledged write: the
+    // client was told it failed, not that it was not written).
+    let db = Db::open(config(dir.path())).unwrap();
+    let got = contents(&db);
+    for (id, row) in expected(0..10) {
+        assert_eq!(got.get(&id), Some(&row));
+    }
+    assert!(got.keys().all(|&id| id < 20));
+    assert!(db.health().is_ok());
+}
+
+#[test]
+fn backpressure_when_the_ring_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.ring_capacity = 1;
+    c.ring_max_bytes = 1;
+    let db = Db::open(c).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    // Hold the writer: fsync blocks nothing here, so fill the ring faster than it drains.
+    let mut tickets = Vec::new();
+    let mut refused = 0;
+    for k in 0..2000 {
+        match db.write("trades", rows(k * 10..(k + 1) * 10)) {
+            Ok(t) => tickets.push((k, t)),
+            Err(Error::Backpressure { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused > 0, "a 1-slot ring must refuse some of 2000 writes");
+    let mut want = BTreeMap::new();
+    for (k, t) in tickets {
+        t.wait().unwrap();
+        want.extend(expected(k * 10..(k + 1) * 10));
+    }
+    assert_eq!(contents(&db), want, "every accepted write, nothing refused");
+}
+
+#[test]
+fn bad_input_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Int64, true),
+        arrow::datatypes::Field::new("symbol", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("price", arrow::datatypes::DataType::Float64, true),
+        arrow::datatypes::Field::new("volume", arrow::datatypes::DataType::Int64, true),
+    ]));
+    let b = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![Some("A"), None])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            Arc::new(Int64Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    let e = db.insert("trades", b).unwrap_err();
+    assert!(e.is_client_error());
+    assert!(e.to_string().contains("symbol") && e.to_string().contains("row 2"), "{e}");
+    let wrong_type = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Float64, false)])),
+        vec![Arc::new(Float64Array::from(vec![1.0]))],
+    )
+    .unwrap();
+    assert!(db.insert("trades", wrong_type).unwrap_err().is_client_error());
+    assert!(matches!(db.insert("nope", rows(0..1)), Err(Error::TableNotFound(_))));
+    // Strings and integer timestamps are accepted and converted.
+    let ok = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![5, 6])),
+            Arc::new(StringArray::from(vec!["A", "B"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            Arc::new(Int64Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    assert_eq!(db.insert("trades", ok).unwrap().rows, 2);
+    assert_eq!(db.scan(&ScanRequest::all("trades")).unwrap().num_rows(), 2);
+}
+
+#[test]
+fn scans_prune_partitions_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    db.insert("trades", rows(0..5000)).unwrap();
+    let p = db.partition_of("trades", "S3");
+    let scan = db
+        .scan(&ScanRequest {
+            table: "trades".into(),
+            columns: Some(vec![0, 3]),
+            partitions: Some(vec![p]),
+            time_range: TimeRange::new(HOUR, 2 * HOUR),
+        })
+        .unwrap();
+    assert_eq!(scan.stats.partitions_scanned, 1);
+    assert_eq!(scan.schema.fields().len(), 2);
+    let want = expected(0..5000)
+        .into_iter()
+        .filter(|(_, (ts, s, _))| db.partition_of("trades", s) == p && *ts >= HOUR && *ts < 2 * HOUR)
+        .count();
+    assert_eq!(scan.num_rows(), want);
+    assert!(want > 0);
+    assert!(scan.stats.chunks_scanned < scan.stats.chunks_total);
+}
+
+#[test]
+fn drop_table_forgets_rows_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..100)).unwrap();
+        db.flush().unwrap();
+        db.insert("trades", rows(100..200)).unwrap();
+        db.drop_table("trades").unwrap();
+        db.create_table(trades_schema()).unwrap();
+        db.insert("trades", rows(500..510)).unwrap();
+    }
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(contents(&db), expected(500..510));
+}
+
+#[test]
+fn close_takes_a_final_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..100)).unwrap();
+        db.close().unwrap();
+        assert!(matches!(db.insert("trades", rows(0..1)), Err(Error::Shutdown)));
+    }
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(db.recovery_info().wal_records_replayed, 0);
+    assert_eq!(contents(&db), expected(0..100));
+}
+
+#[test]
+fn missing_data_dir_is_created_and_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b/c");
+    let db = Db::open(config(&nested)).unwrap();
+    assert!(nested.join("zepto.json").exists());
+    drop(db);
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(Db::open(config(&file)).is_err());
+}
+
+#[test]
+fn wal_segments_are_recycled_after_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.wal_segment_bytes = 64 * 1024;
+    let db = Db::open(c.clone()).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    for k in 0..30 {
+        db.insert("trades", rows(k * 200..(k + 1) * 200)).unwrap();
+        if k % 10 == 9 {
+            db.checkpoint().unwrap();
+        }
+    }
+    let segs = crate::wal::list_segments(&dir.path().join("wal")).unwrap();
+    assert!(segs.len() <= 6, "old segments removed: {}", segs.len());
+    drop(db);
+    let db = Db::open(c).unwrap();
+    assert_eq!(contents(&db), expected(0..6000));
+}
+
+#[test]
+fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
+    #[derive(Debug, Default)]
+    struct ManualClock(AtomicU64);
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let mut c = config(dir.path());
+    c.clock = clock.clone();
+    c.maintenance_interval = Duration::from_millis(10);
+    let db = Db::open(c).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    db.insert("trades", rows(0..100)).unwrap();
+    clock.0.store(10 * 60 * 1000, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.stats().memory_rows > 0 {
+        assert!(Instant::now() < deadline, "maintenance did not flush idle chunks");
+        std::thread::yield_now();
+    }
+    assert_eq!(db.stats().disk_rows, 100);
+    assert_eq!(contents(&db), expected(0..100));
+}

@@ -1,0 +1,117 @@
+//! The storage crate's error type. Variants carry the identifiers a caller needs
+//! (file, offset, table, versions) so that an operator can act on the message.
+
+use std::path::PathBuf;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The ingest ring is full (or over its byte budget): retry after a short wait.
+    /// The HTTP layer turns this into `503` with `Retry-After`.
+    #[error("ingest queue is full ({queued_requests} requests, {queued_bytes} bytes queued); retry later")]
+    Backpressure {
+        queued_requests: usize,
+        queued_bytes: usize,
+    },
+
+    /// A table that does not exist.
+    #[error("table '{0}' does not exist")]
+    TableNotFound(String),
+
+    /// A table that already exists.
+    #[error("table '{0}' already exists")]
+    TableExists(String),
+
+    /// A column that does not exist.
+    #[error("column '{column}' does not exist in table '{table}'")]
+    ColumnNotFound { table: String, column: String },
+
+    /// Input that does not fit the schema or is otherwise invalid (a client error).
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// A file on disk that does not decode (bad checksum, bad magic, truncated).
+    #[error("corrupt file {}: {reason} at offset {offset}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    /// A data directory written by a newer (or unknown) format version.
+    #[error("data directory {} has format version {found}; this zeptod reads versions up to {supported}", path.display())]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// The data directory was created with different fixed settings.
+    #[error("data directory {} was created with {what} = {found}, but {requested} was requested", path.display())]
+    Incompatible {
+        path: PathBuf,
+        what: &'static str,
+        found: u64,
+        requested: u64,
+    },
+
+    /// An I/O error, with what we were doing when it happened.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The WAL cannot accept writes any more (an fsync failed: the state of the
+    /// page cache is unknown, so nothing further may be acknowledged until restart).
+    #[error("WAL is unavailable: {0}")]
+    WalPoisoned(String),
+
+    /// The engine is shutting down or has shut down.
+    #[error("storage engine is shut down")]
+    Shutdown,
+
+    /// An Arrow error while building or decoding arrays.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    /// An invariant inside the engine does not hold: a bug, reported rather than a panic.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Wrap an I/O error with a verb phrase saying what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the error is the client's fault (bad input, unknown table...).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::TableNotFound(_)
+                | Error::TableExists(_)
+                | Error::ColumnNotFound { .. }
+                | Error::InvalidInput(_)
+        )
+    }
+}
+
+/// Extension to attach a context to `std::io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

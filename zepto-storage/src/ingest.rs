@@ -1,0 +1,348 @@
+//! The producer side of the write path, run on the caller's thread: check and convert an
+//! incoming batch to the table's types, split it by partition, encode the WAL payloads,
+//! and hand the request to the ingest ring.
+//!
+//! Hot path: the work here is per column and per partition, never per row beyond the
+//! partition assignment; the payloads of one request share one buffer.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::{DataType, Int32Type};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::batch::compact_dictionary;
+use crate::codec::encode_rows;
+use crate::error::{Error, Result};
+use crate::rdb::TableData;
+use crate::schema::ColumnType;
+
+/// Which partition a partition-key value of a table belongs to: a stable hash (xxh3-64 of
+/// the lower-case table name, a 0xFF separator and the key bytes) modulo the partition count.
+/// Persisted placement depends on it: never change it for an existing format version.
+pub fn partition_for(table: &str, key: &str, partitions: u32) -> u32 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(table.to_ascii_lowercase().as_bytes());
+    h.update(&[0xFF]);
+    h.update(key.as_bytes());
+    (h.digest() % u64::from(partitions.max(1))) as u32
+}
+
+/// The acknowledgement of a durable write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// A write waiting in the ring or being made durable.
+#[derive(Debug)]
+pub(crate) struct WriteRequest {
+    pub(crate) table: Arc<TableData>,
+    /// (partition, rows of that partition in table types).
+    pub(crate) pieces: Vec<(u32, RecordBatch)>,
+    /// Encoded WAL payloads of all pieces, back to back.
+    pub(crate) payload: Vec<u8>,
+    pub(crate) ranges: Vec<Range<usize>>,
+    pub(crate) rows: u64,
+    pub(crate) done: oneshot::Sender<Result<WriteReceipt>>,
+}
+
+impl WriteRequest {
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+/// What travels through the ingest ring to the WAL writer.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Write(WriteRequest),
+    /// Take a consistent cut of the in-memory state at the current WAL position.
+    Capture(oneshot::Sender<crate::checkpoint::Capture>),
+    /// Stop after everything queued before this.
+    Shutdown,
+}
+
+/// Waits for a write to become durable. Await it, or call [`WriteTicket::wait`] from a
+/// thread that is not running async code.
+#[derive(Debug)]
+pub struct WriteTicket {
+    rx: oneshot::Receiver<Result<WriteReceipt>>,
+}
+
+impl WriteTicket {
+    /// Block until the write is durable (or failed).
+    pub fn wait(self) -> Result<WriteReceipt> {
+        self.rx.blocking_recv().unwrap_or(Err(Error::Shutdown))
+    }
+}
+
+impl std::future::IntoFuture for WriteTicket {
+    type Output = Result<WriteReceipt>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.rx.await.unwrap_or(Err(Error::Shutdown)) })
+    }
+}
+
+/// The bounded, multi-producer ingest ring in front of the WAL writer: a bounded channel
+/// (request slots) plus a byte budget. Full means a typed `Backpressure` error, never a
+/// silent drop and never an unbounded queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring {
+    tx: Sender<Request>,
+    max_bytes: usize,
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Ring {
+    pub(crate) fn new(tx: Sender<Request>, max_bytes: usize, queued_bytes: Arc<AtomicUsize>) -> Ring {
+        Ring {
+            tx,
+            max_bytes,
+            queued_bytes,
+        }
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Queue a write; `Backpressure` when the ring is full or over its byte budget. A
+    /// request larger than the whole budget is still admitted into an empty ring, so a big
+    /// batch cannot starve.
+    pub(crate) fn push(&self, req: WriteRequest) -> Result<WriteTicket> {
+        let bytes = req.queued_bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > self.max_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(Error::Backpressure {
+                queued_requests: self.tx.len(),
+                queued_bytes: before,
+            });
+        }
+        let (done, rx) = oneshot::channel();
+        let req = WriteRequest { done, ..req };
+        match self.tx.try_send(Request::Write(req)) {
+            Ok(()) => Ok(WriteTicket { rx }),
+            Err(TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                Err(Error::Backpressure {
+                    queued_requests: self.tx.len(),
+                    queued_bytes: before,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                Err(Error::Shutdown)
+            }
+        }
+    }
+
+    /// Send a control request, waiting for a slot.
+    pub(crate) fn send_control(&self, req: Request) -> Result<()> {
+        self.tx.send(req).map_err(|_| Error::Shutdown)
+    }
+}
+
+/// Convert `batch` to the table's types, split it by partition and encode the payloads.
+/// Errors are client errors naming the column and row.
+pub(crate) fn prepare_write(
+    table: &Arc<TableData>,
+    batch: RecordBatch,
+    partitions: u32,
+) -> Result<WriteRequest> {
+    let batch = conform(table, batch)?;
+    let rows = batch.num_rows() as u64;
+    let pieces = split_by_partition(table, &batch, partitions)?;
+    let mut payload = Vec::with_capacity(batch.get_array_memory_size() + 64 * pieces.len());
+    let mut ranges = Vec::with_capacity(pieces.len());
+    for (_, piece) in &pieces {
+        let start = payload.len();
+        encode_rows(table.id, &table.types, piece, &mut payload)?;
+        if payload.len() - start > crate::wal::MAX_RECORD_LEN {
+            return Err(Error::InvalidInput(format!(
+                "one partition's share of this write is {} bytes; send batches under {} bytes",
+                payload.len() - start,
+                crate::wal::MAX_RECORD_LEN
+            )));
+        }
+        ranges.push(start..payload.len());
+    }
+    // The sender is replaced when the request enters the ring.
+    let (done, _) = oneshot::channel();
+    Ok(WriteRequest {
+        table: table.clone(),
+        pieces,
+        payload,
+        ranges,
+        rows,
+        done,
+    })
+}
+
+/// Make a batch exactly of the table's Arrow schema, casting what can be cast safely.
+fn conform(table: &TableData, batch: RecordBatch) -> Result<RecordBatch> {
+    let schema = &table.schema;
+    if batch.num_columns() != schema.columns.len() {
+        return Err(Error::InvalidInput(format!(
+            "table '{}' has {} columns, the data has {}",
+            schema.name,
+            schema.columns.len(),
+            batch.num_columns()
+        )));
+    }
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (i, (col, def)) in batch.columns().iter().zip(&schema.columns).enumerate() {
+        let want = def.ty.arrow_type();
+        let col = if col.data_type() == &want {
+            col.clone()
+        } else if castable(col.data_type(), def.ty) {
+            let cast_to = match (def.ty, col.data_type()) {
+                // Integers are nanoseconds already: reinterpret, do not scale.
+                (ColumnType::Timestamp, DataType::Int64) => {
+                    Arc::new(col.as_primitive::<arrow::datatypes::Int64Type>().reinterpret_cast::<arrow::datatypes::TimestampNanosecondType>()) as ArrayRef
+                }
+                _ => cast(col, &want).map_err(|e| {
+                    Error::InvalidInput(format!(
+                        "column '{}' ({}): cannot convert {} values: {e}",
+                        def.name,
+                        def.ty,
+                        col.data_type()
+                    ))
+                })?,
+            };
+            if cast_to.null_count() != col.null_count() {
+                return Err(Error::InvalidInput(format!(
+                    "column '{}' ({}): some {} values do not fit",
+                    def.name,
+                    def.ty,
+                    col.data_type()
+                )));
+            }
+            cast_to
+        } else {
+            return Err(Error::InvalidInput(format!(
+                "column '{}' is {} but the data has {}",
+                def.name,
+                def.ty,
+                col.data_type()
+            )));
+        };
+        if (i == schema.timestamp || i == schema.partition_key) && col.null_count() > 0 {
+            let row = (0..rows).find(|&r| col.is_null(r)).unwrap_or(0);
+            return Err(Error::InvalidInput(format!(
+                "column '{}' may not be NULL (row {})",
+                def.name,
+                row + 1
+            )));
+        }
+        columns.push(col);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        table.arrow_schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+fn castable(from: &DataType, to: ColumnType) -> bool {
+    use DataType::*;
+    let string = matches!(from, Utf8 | LargeUtf8 | Utf8View)
+        || matches!(from, Dictionary(_, v) if matches!(v.as_ref(), Utf8 | LargeUtf8));
+    let int = matches!(from, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64);
+    match to {
+        ColumnType::Symbol | ColumnType::String => string,
+        ColumnType::Timestamp => matches!(from, Int64 | Timestamp(_, _)),
+        ColumnType::BigInt | ColumnType::Int => int,
+        ColumnType::Double => int || matches!(from, Float16 | Float32 | Float64),
+        ColumnType::Boolean => false,
+    }
+}
+
+/// Split rows by partition of their key: one piece per partition present, each with
+/// compact symbol dictionaries.
+fn split_by_partition(
+    table: &TableData,
+    batch: &RecordBatch,
+    partitions: u32,
+) -> Result<Vec<(u32, RecordBatch)>> {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let key = batch.column(table.schema.partition_key).as_dictionary::<Int32Type>();
+    let dict = key.values().as_string::<i32>();
+    let dict_parts: Vec<u32> = (0..dict.len())
+        .map(|i| partition_for(&table.schema.name, dict.value(i), partitions))
+        .collect();
+    let keys = key.keys().values();
+    let part_of = |row: usize| dict_parts.get(keys[row] as usize).copied().unwrap_or(0);
+    let first = part_of(0);
+    let pieces: Vec<(u32, RecordBatch)> = if (1..keys.len()).all(|r| part_of(r) == first) {
+        vec![(first, batch.clone())]
+    } else {
+        // Counting sort of row indexes by partition.
+        let mut counts = vec![0u32; partitions as usize + 1];
+        for r in 0..keys.len() {
+            counts[part_of(r) as usize + 1] += 1;
+        }
+        for p in 0..partitions as usize {
+            counts[p + 1] += counts[p];
+        }
+        let starts = counts.clone();
+        let mut order = vec![0u32; keys.len()];
+        for r in 0..keys.len() {
+            let p = part_of(r) as usize;
+            order[counts[p] as usize] = r as u32;
+            counts[p] += 1;
+        }
+        let order = UInt32Array::from(order);
+        let mut out = Vec::new();
+        for p in 0..partitions as usize {
+            let (s, e) = (starts[p] as usize, starts[p + 1] as usize);
+            if e > s {
+                let idx = order.slice(s, e - s);
+                out.push((p as u32, take_record_batch(batch, &idx)?));
+            }
+        }
+        out
+    };
+    pieces
+        .into_iter()
+        .map(|(p, b)| Ok((p, compact_symbols(table, b)?)))
+        .collect()
+}
+
+/// Re-encode SYMBOL columns whose dictionary holds values the rows do not use.
+fn compact_symbols(table: &TableData, batch: RecordBatch) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    let mut changed = false;
+    for (i, ty) in table.types.iter().enumerate() {
+        if *ty == ColumnType::Symbol {
+            let d = columns[i].as_dictionary::<Int32Type>();
+            if d.values().len() > d.len() || d.values().len() > 1 {
+                let c = compact_dictionary(d)?;
+                if c.as_dictionary::<Int32Type>().values().len() < d.values().len() {
+                    columns[i] = c;
+                    changed = true;
+                }
+            }
+        }
+    }
+    if !changed {
+        return Ok(batch);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}

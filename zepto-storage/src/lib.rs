@@ -1,0 +1,45 @@
+//! # zepto-storage
+//!
+//! The storage engine of zeptodb: everything between "these rows must be stored" and
+//! "these Arrow arrays hold the rows you asked for". It owns the ingest ring, the
+//! write-ahead log, the in-memory column store (RDB), the on-disk columnar files (HDB),
+//! checkpoints and crash recovery.
+//!
+//! The write path, in order: [`Db::write`] checks and converts the batch, splits it by
+//! partition and encodes WAL payloads on the caller's thread (`ingest.rs`); the request
+//! waits in the bounded ingest ring; the single WAL writer (`engine/writer.rs`)
+//! group-commits it (`wal.rs`: one write, one fdatasync), applies it to memory (`rdb.rs`)
+//! and only then acknowledges. The maintenance thread (`engine/maintenance.rs`) seals
+//! chunks into Arrow IPC files (`hdb.rs`) and takes checkpoints (`checkpoint.rs`).
+//! Recovery (`engine/recovery.rs`) loads the newest checkpoint and replays the WAL.
+//!
+//! Why this shape: one writer makes the WAL order the only order, so a checkpoint is an
+//! exact cut taken between two group commits; immutable Arrow pieces make scans
+//! zero-copy and lock-free after a pointer copy.
+//!
+//! It depends on no other zepto crate and must not: `zepto-sql` reads through
+//! [`Db::scan`], `zeptod` writes through [`Db::write`].
+
+mod batch;
+mod catalog;
+mod checkpoint;
+mod codec;
+mod engine;
+pub mod error;
+pub mod faults;
+mod fsutil;
+mod hdb;
+mod ingest;
+mod rdb;
+pub mod scan;
+pub mod schema;
+pub mod wal;
+
+pub use catalog::FORMAT_VERSION;
+pub use checkpoint::CheckpointInfo;
+pub use engine::{Clock, Config, Db, DbStats, MonotonicClock, RecoveryInfo};
+pub use error::{Error, Result};
+pub use ingest::{partition_for, WriteReceipt, WriteTicket};
+pub use scan::{ChunkSource, ScanChunk, ScanRequest, ScanStats, TableScan, TimeRange};
+pub use schema::{ColumnDef, ColumnType, TableSchema};
+pub use wal::WalPosition;

@@ -1,0 +1,407 @@
+//! RDB: the in-memory part of every table, per partition a list of time-bucket chunks.
+//!
+//! Hot path (the WAL writer appends here after every group commit): an append pushes an
+//! immutable Arrow batch (no copy), so a scan can hand out the same buffers without copying
+//! and without holding a lock while it reads. Many small appends leave many small pieces;
+//! the maintenance thread merges them in the background ([`compact_pieces`]), off the
+//! writer's path. A chunk stops taking rows when it is sealed; it is then sorted by time
+//! and flushed to an HDB file, and the file replaces it in the list.
+//!
+//! Out-of-order rows are kept where they arrive; every piece knows whether it is in time
+//! order, scans filter unsorted pieces instead of binary searching them, and flushing sorts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::UInt32Array;
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parking_lot::RwLock;
+
+use crate::batch::{concat_batches, timestamps, ts_stats};
+use crate::error::Result;
+use crate::hdb::DiskChunk;
+use crate::scan::{ChunkSource, ScanChunk, TimeRange};
+use crate::schema::{ColumnType, TableSchema};
+
+/// Pieces smaller than this are merged by compaction.
+pub(crate) const COMPACT_TARGET_ROWS: usize = 64 * 1024;
+/// A chunk with more pieces than this asks for compaction.
+pub(crate) const COMPACT_TRIGGER_PIECES: usize = 16;
+
+/// One immutable batch of rows inside a memory chunk, with its timestamp statistics.
+#[derive(Debug, Clone)]
+pub(crate) struct Piece {
+    pub(crate) batch: RecordBatch,
+    pub(crate) min: i64,
+    pub(crate) max: i64,
+    pub(crate) sorted: bool,
+}
+
+impl Piece {
+    pub(crate) fn new(batch: RecordBatch, ts_col: usize) -> Option<Piece> {
+        let (min, max, sorted) = ts_stats(timestamps(&batch, ts_col))?;
+        Some(Piece {
+            batch,
+            min,
+            max,
+            sorted,
+        })
+    }
+}
+
+/// A chunk that lives in memory.
+#[derive(Debug, Clone)]
+pub(crate) struct MemChunk {
+    /// Unique in this process, so background work can find the chunk again.
+    pub(crate) id: u64,
+    pub(crate) bucket: i64,
+    pub(crate) seq: u32,
+    pub(crate) pieces: Vec<Piece>,
+    pub(crate) rows: usize,
+    pub(crate) bytes: usize,
+    pub(crate) min: i64,
+    pub(crate) max: i64,
+    /// All pieces, in order, are in time order.
+    pub(crate) sorted: bool,
+    /// Takes no more rows; waiting for (or being) flushed.
+    pub(crate) sealed: bool,
+    /// Engine clock (ms) of the last append.
+    pub(crate) last_write_ms: u64,
+}
+
+impl MemChunk {
+    fn new(id: u64, bucket: i64, seq: u32, now_ms: u64) -> MemChunk {
+        MemChunk {
+            id,
+            bucket,
+            seq,
+            pieces: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            min: i64::MAX,
+            max: i64::MIN,
+            sorted: true,
+            sealed: false,
+            last_write_ms: now_ms,
+        }
+    }
+
+    /// A chunk rebuilt from batches saved in a checkpoint.
+    pub(crate) fn restore(
+        id: u64,
+        bucket: i64,
+        seq: u32,
+        batches: Vec<RecordBatch>,
+        ts_col: usize,
+        now_ms: u64,
+    ) -> MemChunk {
+        let mut m = MemChunk::new(id, bucket, seq, now_ms);
+        for b in batches {
+            if let Some(p) = Piece::new(b, ts_col) {
+                m.push(p, now_ms);
+            }
+        }
+        m
+    }
+
+    /// Replace the first `n` pieces by `merged` (the same rows, compacted).
+    pub(crate) fn replace_prefix(&mut self, n: usize, merged: Vec<Piece>) {
+        let rest = self.pieces.split_off(n.min(self.pieces.len()));
+        self.pieces = merged;
+        self.pieces.extend(rest);
+        self.bytes = self
+            .pieces
+            .iter()
+            .map(|p| p.batch.get_array_memory_size())
+            .sum();
+    }
+
+    fn push(&mut self, piece: Piece, now_ms: u64) {
+        self.sorted &= piece.sorted && (self.pieces.is_empty() || piece.min >= self.max);
+        self.min = self.min.min(piece.min);
+        self.max = self.max.max(piece.max);
+        self.rows += piece.batch.num_rows();
+        self.bytes += piece.batch.get_array_memory_size();
+        self.pieces.push(piece);
+        self.last_write_ms = now_ms;
+    }
+}
+
+/// A chunk of a partition: in memory or in an HDB file.
+#[derive(Debug, Clone)]
+pub(crate) enum Chunk {
+    Mem(MemChunk),
+    Disk(Arc<DiskChunk>),
+}
+
+impl Chunk {
+    pub(crate) fn key(&self) -> (i64, u32) {
+        match self {
+            Chunk::Mem(m) => (m.bucket, m.seq),
+            Chunk::Disk(d) => (d.bucket, d.seq),
+        }
+    }
+    pub(crate) fn min_max(&self) -> (i64, i64) {
+        match self {
+            Chunk::Mem(m) => (m.min, m.max),
+            Chunk::Disk(d) => (d.min, d.max),
+        }
+    }
+}
+
+/// The chunks of one partition of one table, ordered by (bucket, seq).
+#[derive(Debug, Default)]
+pub(crate) struct PartitionData {
+    pub(crate) chunks: Vec<Chunk>,
+}
+
+impl PartitionData {
+    /// Insert a chunk at its place in (bucket, seq) order.
+    pub(crate) fn insert(&mut self, chunk: Chunk) {
+        let key = chunk.key();
+        let at = self.chunks.partition_point(|c| c.key() < key);
+        self.chunks.insert(at, chunk);
+    }
+
+    fn next_seq(&self, bucket: i64) -> u32 {
+        self.chunks
+            .iter()
+            .filter(|c| c.key().0 == bucket)
+            .map(|c| c.key().1 + 1)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Everything the engine keeps in memory for one table.
+#[derive(Debug)]
+pub(crate) struct TableData {
+    pub(crate) id: u32,
+    pub(crate) schema: Arc<TableSchema>,
+    pub(crate) arrow_schema: SchemaRef,
+    pub(crate) types: Vec<ColumnType>,
+    pub(crate) partitions: Vec<RwLock<PartitionData>>,
+}
+
+impl TableData {
+    pub(crate) fn new(id: u32, schema: Arc<TableSchema>, partitions: u32) -> TableData {
+        TableData {
+            id,
+            arrow_schema: schema.arrow_schema(),
+            types: schema.columns.iter().map(|c| c.ty).collect(),
+            schema,
+            partitions: (0..partitions).map(|_| RwLock::default()).collect(),
+        }
+    }
+
+    pub(crate) fn ts_col(&self) -> usize {
+        self.schema.timestamp
+    }
+
+    /// Append rows (already in the table's types, all of partition `p`) to the right
+    /// chunks. Returns true when a chunk now wants compaction.
+    pub(crate) fn append(
+        &self,
+        p: u32,
+        batch: &RecordBatch,
+        bucket_width: i64,
+        now_ms: u64,
+        next_chunk_id: &mut dyn FnMut() -> u64,
+    ) -> Result<bool> {
+        let Some(part) = self.partitions.get(p as usize) else {
+            return Err(crate::Error::Internal(format!("partition {p} out of range")));
+        };
+        let mut wants_compaction = false;
+        let by_bucket = split_by_bucket(batch, self.ts_col(), bucket_width)?;
+        let mut part = part.write();
+        for (bucket, rows) in by_bucket {
+            let Some(piece) = Piece::new(rows, self.ts_col()) else {
+                continue;
+            };
+            let open = part
+                .chunks
+                .iter()
+                .rposition(|c| matches!(c, Chunk::Mem(m) if m.bucket == bucket && !m.sealed));
+            let idx = match open {
+                Some(i) => i,
+                None => {
+                    let seq = part.next_seq(bucket);
+                    let chunk = MemChunk::new(next_chunk_id(), bucket, seq, now_ms);
+                    part.insert(Chunk::Mem(chunk));
+                    part.chunks
+                        .iter()
+                        .position(|c| c.key() == (bucket, seq))
+                        .ok_or_else(|| crate::Error::Internal("chunk vanished".into()))?
+                }
+            };
+            if let Chunk::Mem(m) = &mut part.chunks[idx] {
+                m.push(piece, now_ms);
+                wants_compaction |= m.pieces.len() > COMPACT_TRIGGER_PIECES;
+            }
+        }
+        Ok(wants_compaction)
+    }
+
+    /// The rows of partition `p` inside `range`, projected to `columns`.
+    pub(crate) fn scan_partition(
+        &self,
+        p: u32,
+        range: &TimeRange,
+        columns: &[usize],
+        chunks_total: &mut u64,
+    ) -> Result<Vec<ScanChunk>> {
+        let Some(part) = self.partitions.get(p as usize) else {
+            return Ok(Vec::new());
+        };
+        // Take the chunk list under the lock (Arc clones), read outside it.
+        let selected: Vec<Chunk> = {
+            let part = part.read();
+            *chunks_total += part.chunks.len() as u64;
+            part.chunks
+                .iter()
+                .filter(|c| {
+                    let (min, max) = c.min_max();
+                    range.overlaps(min, max)
+                })
+                .cloned()
+                .collect()
+        };
+        let ts = self.ts_col();
+        let mut out = Vec::with_capacity(selected.len());
+        for chunk in selected {
+            let (source, bucket, min, max, sorted, pieces): (_, _, _, _, _, Vec<Piece>) =
+                match chunk {
+                    Chunk::Mem(m) => (ChunkSource::Memory, m.bucket, m.min, m.max, m.sorted, m.pieces),
+                    Chunk::Disk(d) => (
+                        ChunkSource::Disk,
+                        d.bucket,
+                        d.min,
+                        d.max,
+                        true,
+                        d.pieces.clone(),
+                    ),
+                };
+            let mut batches = Vec::with_capacity(pieces.len());
+            for piece in &pieces {
+                if let Some(b) = restrict(piece, range, ts)? {
+                    batches.push(b.project(columns)?);
+                }
+            }
+            if !batches.is_empty() {
+                out.push(ScanChunk {
+                    partition: p,
+                    bucket_start: bucket,
+                    min_ts: min,
+                    max_ts: max,
+                    sorted,
+                    source,
+                    batches,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The rows of a piece inside `range`: the whole batch, a zero-copy slice found by binary
+/// search when the piece is sorted, or a filtered copy when it is not.
+fn restrict(piece: &Piece, range: &TimeRange, ts_col: usize) -> Result<Option<RecordBatch>> {
+    if !range.overlaps(piece.min, piece.max) {
+        return Ok(None);
+    }
+    if range.covers(piece.min, piece.max) {
+        return Ok(Some(piece.batch.clone()));
+    }
+    let ts = timestamps(&piece.batch, ts_col);
+    if piece.sorted {
+        let lo = ts.partition_point(|&t| t < range.start);
+        let hi = ts.partition_point(|&t| t < range.end);
+        return Ok((hi > lo).then(|| piece.batch.slice(lo, hi - lo)));
+    }
+    let mask = BooleanBuffer::collect_bool(ts.len(), |i| range.contains(ts[i]));
+    let b = filter_record_batch(&piece.batch, &mask.into())?;
+    Ok((b.num_rows() > 0).then_some(b))
+}
+
+/// Split a batch by time bucket: slices when it is in time order, `take` otherwise.
+fn split_by_bucket(
+    batch: &RecordBatch,
+    ts_col: usize,
+    width: i64,
+) -> Result<Vec<(i64, RecordBatch)>> {
+    let ts = timestamps(batch, ts_col);
+    let bucket = |t: i64| t.div_euclid(width) * width;
+    let Some((min, max, sorted)) = ts_stats(ts) else {
+        return Ok(Vec::new());
+    };
+    if bucket(min) == bucket(max) {
+        return Ok(vec![(bucket(min), batch.clone())]);
+    }
+    if sorted {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < ts.len() {
+            let b = bucket(ts[start]);
+            let end = start + ts[start..].partition_point(|&t| bucket(t) == b);
+            out.push((b, batch.slice(start, end - start)));
+            start = end;
+        }
+        return Ok(out);
+    }
+    let mut groups: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (i, &t) in ts.iter().enumerate() {
+        groups.entry(bucket(t)).or_default().push(i as u32);
+    }
+    groups
+        .into_iter()
+        .map(|(b, idx)| Ok((b, take_record_batch(batch, &UInt32Array::from(idx))?)))
+        .collect()
+}
+
+/// Merge runs of small pieces (in order) into pieces of up to [`COMPACT_TARGET_ROWS`] rows.
+/// Returns `None` when there is nothing worth merging.
+pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<Vec<Piece>>> {
+    if pieces.len() <= 1 {
+        return Ok(None);
+    }
+    let mut out: Vec<Piece> = Vec::new();
+    let mut run: Vec<RecordBatch> = Vec::new();
+    let mut run_rows = 0;
+    let mut merged_any = false;
+    let flush = |run: &mut Vec<RecordBatch>, out: &mut Vec<Piece>, merged_any: &mut bool| -> Result<()> {
+        if run.len() > 1 {
+            *merged_any = true;
+        }
+        if !run.is_empty() {
+            let b = concat_batches(run)?;
+            run.clear();
+            if let Some(p) = Piece::new(b, ts_col) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    };
+    for p in pieces {
+        let n = p.batch.num_rows();
+        if n >= COMPACT_TARGET_ROWS {
+            flush(&mut run, &mut out, &mut merged_any)?;
+            run_rows = 0;
+            out.push(p.clone());
+            continue;
+        }
+        if run_rows + n > COMPACT_TARGET_ROWS {
+            flush(&mut run, &mut out, &mut merged_any)?;
+            run_rows = 0;
+        }
+        run.push(p.batch.clone());
+        run_rows += n;
+    }
+    flush(&mut run, &mut out, &mut merged_any)?;
+    Ok(merged_any.then_some(out))
+}
+
+#[cfg(test)]
+mod tests;

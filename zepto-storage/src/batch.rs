@@ -136,7 +136,8 @@ mod tests {
     use arrow::datatypes::{Field, Schema};
 
     fn dict(keys: Vec<Option<i32>>, values: Vec<&str>) -> DictionaryArray<Int32Type> {
-        DictionaryArray::try_new(Int32Array::from(keys), Arc::new(StringArray::from(values))).unwrap()
+        DictionaryArray::try_new(Int32Array::from(keys), Arc::new(StringArray::from(values)))
+            .unwrap()
     }
 
     #[test]
@@ -156,7 +157,13 @@ mod tests {
             .collect();
         assert_eq!(
             strs,
-            vec![Some("B".into()), Some("B".into()), None, Some("B".into()), Some("C".into())]
+            vec![
+                Some("B".into()),
+                Some("B".into()),
+                None,
+                Some("B".into()),
+                Some("C".into())
+            ]
         );
     }
 

@@ -167,14 +167,13 @@ impl Catalog {
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Internal(format!("encode catalog: {e}")))?;
-        write_atomic(&self.path, &bytes, faults)
-            .map_err(|e| match e {
-                Error::Io { context, source } => Error::Io {
-                    context: format!("persist catalog: {context}"),
-                    source,
-                },
-                other => other,
-            })
+        write_atomic(&self.path, &bytes, faults).map_err(|e| match e {
+            Error::Io { context, source } => Error::Io {
+                context: format!("persist catalog: {context}"),
+                source,
+            },
+            other => other,
+        })
     }
 
     #[cfg(test)]
@@ -262,7 +261,10 @@ mod tests {
         let mut c = Catalog::load(dir.path()).unwrap();
         let a = c.create(schema("a"), &faults).unwrap();
         let b = c.create(schema("b"), &faults).unwrap();
-        assert!(matches!(c.create(schema("A"), &faults), Err(Error::TableExists(_))));
+        assert!(matches!(
+            c.create(schema("A"), &faults),
+            Err(Error::TableExists(_))
+        ));
         c.drop_table("a", &faults).unwrap();
         let a2 = c.create(schema("a"), &faults).unwrap();
         assert!(a2.id > b.id && b.id > a.id);
@@ -276,7 +278,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::default();
         let mut c = Catalog::load(dir.path()).unwrap();
-        faults.set("fs::write_atomic::before_fsync", "enospc").unwrap();
+        faults
+            .set("fs::write_atomic::before_fsync", "enospc")
+            .unwrap();
         assert!(c.create(schema("a"), &faults).is_err());
         assert!(c.get("a").is_none());
         faults.clear("fs::write_atomic::before_fsync");
@@ -297,7 +301,12 @@ mod tests {
             br#"{"format_version": 9, "partitions": 16}"#,
         )
         .unwrap();
-        let e = check_identity(dir.path(), 16, &faults).unwrap_err().to_string();
-        assert!(e.contains("format version 9") && e.contains("up to 1"), "{e}");
+        let e = check_identity(dir.path(), 16, &faults)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("format version 9") && e.contains("up to 1"),
+            "{e}"
+        );
     }
 }

@@ -68,7 +68,10 @@ pub struct CheckpointInfo {
     pub created_unix_ms: u64,
 }
 
-fn ser_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn ser_duration_ms<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
@@ -259,7 +262,7 @@ pub(crate) fn list_checkpoints(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             out.push((id, entry.path()));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
 }
 
@@ -304,11 +307,12 @@ pub(crate) fn load_manifest(dir: &Path) -> Result<Manifest> {
 /// Read a memory chunk saved in a checkpoint into the heap.
 pub(crate) fn read_memory_chunk(path: &Path) -> Result<Vec<RecordBatch>> {
     let f = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
-    let reader = FileReader::try_new(std::io::BufReader::new(f), None).map_err(|e| Error::Corrupt {
-        path: path.to_path_buf(),
-        offset: 0,
-        reason: e.to_string(),
-    })?;
+    let reader =
+        FileReader::try_new(std::io::BufReader::new(f), None).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
     reader
         .map(|b| {
             b.map_err(|e| Error::Corrupt {

@@ -15,8 +15,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int32Array,
-    Int64Array, StringArray, TimestampNanosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array,
+    StringArray, TimestampNanosecondArray,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{Int32Type, SchemaRef};
@@ -60,7 +60,14 @@ pub(crate) fn encode_rows(
         match col.logical_nulls().filter(|n| n.null_count() > 0) {
             Some(nulls) => {
                 out.push(1);
-                out.extend_from_slice(nulls.inner().sliced().as_slice().get(..rows.div_ceil(8)).unwrap_or(&[]));
+                out.extend_from_slice(
+                    nulls
+                        .inner()
+                        .sliced()
+                        .as_slice()
+                        .get(..rows.div_ceil(8))
+                        .unwrap_or(&[]),
+                );
             }
             None => out.push(0),
         }
@@ -69,15 +76,15 @@ pub(crate) fn encode_rows(
                 let a = col.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
                 out.extend_from_slice(slice_bytes(a.values()));
             }
-            ColumnType::BigInt => {
-                out.extend_from_slice(slice_bytes(col.as_primitive::<arrow::datatypes::Int64Type>().values()))
-            }
+            ColumnType::BigInt => out.extend_from_slice(slice_bytes(
+                col.as_primitive::<arrow::datatypes::Int64Type>().values(),
+            )),
             ColumnType::Double => out.extend_from_slice(slice_bytes(
                 col.as_primitive::<arrow::datatypes::Float64Type>().values(),
             )),
-            ColumnType::Int => out.extend_from_slice(slice_bytes(
-                col.as_primitive::<Int32Type>().values(),
-            )),
+            ColumnType::Int => {
+                out.extend_from_slice(slice_bytes(col.as_primitive::<Int32Type>().values()))
+            }
             ColumnType::Boolean => {
                 let b = col.as_boolean().values().sliced();
                 out.extend_from_slice(b.as_slice().get(..rows.div_ceil(8)).unwrap_or(&[]));
@@ -116,7 +123,9 @@ pub(crate) fn payload_table_id(payload: &[u8]) -> Option<u32> {
     if payload.len() < 6 || payload[0] != KIND_ROWS {
         return None;
     }
-    Some(u32::from_le_bytes([payload[2], payload[3], payload[4], payload[5]]))
+    Some(u32::from_le_bytes([
+        payload[2], payload[3], payload[4], payload[5],
+    ]))
 }
 
 struct Reader<'a> {
@@ -161,7 +170,10 @@ pub(crate) fn decode_rows(
     types: &[ColumnType],
     schema: &SchemaRef,
 ) -> std::result::Result<(u32, RecordBatch), String> {
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let kind = r.u8("kind")?;
     if kind != KIND_ROWS {
         return Err(format!("unknown payload kind {kind}"));
@@ -209,9 +221,9 @@ pub(crate) fn decode_rows(
             ColumnType::BigInt => {
                 Arc::new(Int64Array::try_new(scalars::<i64>(&mut r, rows)?, nulls).map_err(err)?)
             }
-            ColumnType::Double => Arc::new(
-                Float64Array::try_new(scalars::<f64>(&mut r, rows)?, nulls).map_err(err)?,
-            ),
+            ColumnType::Double => {
+                Arc::new(Float64Array::try_new(scalars::<f64>(&mut r, rows)?, nulls).map_err(err)?)
+            }
             ColumnType::Int => {
                 Arc::new(Int32Array::try_new(scalars::<i32>(&mut r, rows)?, nulls).map_err(err)?)
             }
@@ -224,7 +236,8 @@ pub(crate) fn decode_rows(
             ColumnType::Symbol => {
                 let ndict = r.u32("dictionary size")? as usize;
                 let values = decode_strings(&mut r, ndict, None)?;
-                let keys = Int32Array::try_new(scalars::<i32>(&mut r, rows)?, nulls).map_err(err)?;
+                let keys =
+                    Int32Array::try_new(scalars::<i32>(&mut r, rows)?, nulls).map_err(err)?;
                 Arc::new(
                     DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).map_err(err)?,
                 )
@@ -323,11 +336,35 @@ mod tests {
             vec![
                 Arc::new(TimestampNanosecondArray::from(vec![5, 1, 3, 2, 4])),
                 Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(dict)).unwrap()),
-                Arc::new(Float64Array::from(vec![Some(1.5), None, Some(3.0), Some(-0.0), None])),
+                Arc::new(Float64Array::from(vec![
+                    Some(1.5),
+                    None,
+                    Some(3.0),
+                    Some(-0.0),
+                    None,
+                ])),
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4, i64::MAX])),
-                Arc::new(Int32Array::from(vec![None, Some(2), Some(3), None, Some(-5)])),
-                Arc::new(BooleanArray::from(vec![Some(true), Some(false), None, Some(true), Some(true)])),
-                Arc::new(StringArray::from(vec![Some("a"), None, Some(""), Some("héllo"), Some("x")])),
+                Arc::new(Int32Array::from(vec![
+                    None,
+                    Some(2),
+                    Some(3),
+                    None,
+                    Some(-5),
+                ])),
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    Some(false),
+                    None,
+                    Some(true),
+                    Some(true),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    None,
+                    Some(""),
+                    Some("héllo"),
+                    Some("x"),
+                ])),
             ],
         )
         .unwrap()

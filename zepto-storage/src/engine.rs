@@ -368,7 +368,9 @@ impl Db {
         let s = self.shared();
         let mut catalog = s.catalog.lock();
         let entry = catalog.drop_table(name, &s.faults)?;
-        s.tables.write().remove(&entry.schema.name.to_ascii_lowercase());
+        s.tables
+            .write()
+            .remove(&entry.schema.name.to_ascii_lowercase());
         let hdb = s.dir.join("hdb").join(&entry.schema.name);
         if hdb.exists() {
             if let Err(e) = std::fs::remove_dir_all(&hdb) {
@@ -458,7 +460,8 @@ impl Db {
                     continue;
                 }
                 stats.partitions_scanned += 1;
-                let got = t.scan_partition(p, &req.time_range, &columns, &mut stats.chunks_total)?;
+                let got =
+                    t.scan_partition(p, &req.time_range, &columns, &mut stats.chunks_total)?;
                 chunks.extend(got);
             }
         }
@@ -548,7 +551,11 @@ impl Db {
             .zip(&w.fsync_buckets)
             .map(|(&b, n)| {
                 cum += n.load(Ordering::Relaxed);
-                let le = if b == u64::MAX { f64::INFINITY } else { b as f64 / 1e6 };
+                let le = if b == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    b as f64 / 1e6
+                };
                 (le, cum)
             })
             .collect();

@@ -42,8 +42,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result
         faults.check("fs::write_atomic::before_fsync")?;
         f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
     }
-    fs::rename(&tmp, path)
-        .ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     if let Some(dir) = path.parent() {
         fsync_dir(dir)?;
     }

@@ -105,7 +105,8 @@ pub(crate) fn write_ipc_file(path: &Path, batch: &RecordBatch, min: i64, max: i6
         .into_inner()?
         .into_inner()
         .map_err(|e| Error::io(format!("flush {}", path.display()), e.into_error()))?;
-    file.sync_all().ctx(|| format!("fsync {}", path.display()))?;
+    file.sync_all()
+        .ctx(|| format!("fsync {}", path.display()))?;
     Ok(())
 }
 
@@ -136,8 +137,8 @@ fn decode_ipc_file(path: &Path, buffer: &Buffer) -> Result<Vec<RecordBatch>> {
     let trailer: [u8; 10] = buffer[len - 10..]
         .try_into()
         .map_err(|_| corrupt(path, (len - 10) as u64, "short trailer"))?;
-    let footer_len = read_footer_length(trailer)
-        .map_err(|e| corrupt(path, (len - 10) as u64, e.to_string()))?;
+    let footer_len =
+        read_footer_length(trailer).map_err(|e| corrupt(path, (len - 10) as u64, e.to_string()))?;
     if footer_len > len - 10 - 8 {
         return Err(corrupt(path, (len - 10) as u64, "footer length too large"));
     }
@@ -151,8 +152,7 @@ fn decode_ipc_file(path: &Path, buffer: &Buffer) -> Result<Vec<RecordBatch>> {
         try_fb_to_schema(fb_schema)
             .map_err(|e| corrupt(path, footer_start as u64, format!("bad schema: {e}")))?,
     );
-    let mut decoder =
-        FileDecoder::new(schema, footer.version()).with_require_alignment(true);
+    let mut decoder = FileDecoder::new(schema, footer.version()).with_require_alignment(true);
     let block_data = |b: &Block| -> Result<Buffer> {
         let off = usize::try_from(b.offset()).ok();
         let n = usize::try_from(b.metaDataLength())
@@ -250,7 +250,9 @@ impl DiskChunk {
 mod tests {
     use super::*;
     use crate::schema::{ColumnDef, ColumnType};
-    use arrow::array::{DictionaryArray, Float64Array, Int32Array, StringArray, TimestampNanosecondArray};
+    use arrow::array::{
+        DictionaryArray, Float64Array, Int32Array, StringArray, TimestampNanosecondArray,
+    };
     use arrow::datatypes::Int32Type;
 
     fn schema() -> TableSchema {
@@ -272,12 +274,19 @@ mod tests {
         RecordBatch::try_new(
             s.arrow_schema(),
             vec![
-                Arc::new(TimestampNanosecondArray::from((0..n as i64).collect::<Vec<_>>())),
+                Arc::new(TimestampNanosecondArray::from(
+                    (0..n as i64).collect::<Vec<_>>(),
+                )),
                 Arc::new(
-                    DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(vec!["A", "B"])))
-                        .unwrap(),
+                    DictionaryArray::<Int32Type>::try_new(
+                        keys,
+                        Arc::new(StringArray::from(vec!["A", "B"])),
+                    )
+                    .unwrap(),
                 ),
-                Arc::new(Float64Array::from((0..n).map(|i| i as f64 * 0.5).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(
+                    (0..n).map(|i| i as f64 * 0.5).collect::<Vec<_>>(),
+                )),
             ],
         )
         .unwrap()
@@ -294,7 +303,10 @@ mod tests {
         let c = DiskChunk::open(dir.path(), &rel, &s, 0, 0).unwrap();
         assert_eq!((c.min, c.max, c.rows), (0, 299_999, 300_000));
         assert!(c.pieces.len() >= 2, "written in several record batches");
-        let back = crate::batch::concat_batches(&c.pieces.iter().map(|p| p.batch.clone()).collect::<Vec<_>>()).unwrap();
+        let back = crate::batch::concat_batches(
+            &c.pieces.iter().map(|p| p.batch.clone()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         assert_eq!(back, b);
         // Zero-copy: the f64 values point into the mapping, 64-byte aligned.
         let col = c.pieces[0].batch.column(2).to_data();
@@ -307,12 +319,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = schema();
         let rel = chunk_rel_path("t", 0, 0, 0);
-        write_chunk_file(dir.path(), &rel, &batch(&s, 1000), 0, 999, &Faults::default()).unwrap();
+        write_chunk_file(
+            dir.path(),
+            &rel,
+            &batch(&s, 1000),
+            0,
+            999,
+            &Faults::default(),
+        )
+        .unwrap();
         let path = dir.path().join(&rel);
         let good = fs::read(&path).unwrap();
         for cut in [0, 5, 100, good.len() / 2, good.len() - 11, good.len() - 1] {
             fs::write(&path, &good[..cut]).unwrap();
-            let e = DiskChunk::open(dir.path(), &rel, &s, 0, 0).unwrap_err().to_string();
+            let e = DiskChunk::open(dir.path(), &rel, &s, 0, 0)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&rel) || e.contains("0_0.arrow"), "{e}");
         }
         // Garbage in the footer.

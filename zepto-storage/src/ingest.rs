@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Array, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Int32Type};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -64,7 +64,7 @@ impl WriteRequest {
 pub(crate) enum Request {
     Write(WriteRequest),
     /// Take a consistent cut of the in-memory state at the current WAL position.
-    Capture(oneshot::Sender<crate::checkpoint::Capture>),
+    Capture(crossbeam_channel::Sender<crate::checkpoint::Capture>),
     /// Stop after everything queued before this.
     Shutdown,
 }
@@ -103,7 +103,11 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    pub(crate) fn new(tx: Sender<Request>, max_bytes: usize, queued_bytes: Arc<AtomicUsize>) -> Ring {
+    pub(crate) fn new(
+        tx: Sender<Request>,
+        max_bytes: usize,
+        queued_bytes: Arc<AtomicUsize>,
+    ) -> Ring {
         Ring {
             tx,
             max_bytes,
@@ -208,9 +212,10 @@ fn conform(table: &TableData, batch: RecordBatch) -> Result<RecordBatch> {
         } else if castable(col.data_type(), def.ty) {
             let cast_to = match (def.ty, col.data_type()) {
                 // Integers are nanoseconds already: reinterpret, do not scale.
-                (ColumnType::Timestamp, DataType::Int64) => {
-                    Arc::new(col.as_primitive::<arrow::datatypes::Int64Type>().reinterpret_cast::<arrow::datatypes::TimestampNanosecondType>()) as ArrayRef
-                }
+                (ColumnType::Timestamp, DataType::Int64) => Arc::new(
+                    col.as_primitive::<arrow::datatypes::Int64Type>()
+                        .reinterpret_cast::<arrow::datatypes::TimestampNanosecondType>(),
+                ) as ArrayRef,
                 _ => cast(col, &want).map_err(|e| {
                     Error::InvalidInput(format!(
                         "column '{}' ({}): cannot convert {} values: {e}",
@@ -258,7 +263,10 @@ fn castable(from: &DataType, to: ColumnType) -> bool {
     use DataType::*;
     let string = matches!(from, Utf8 | LargeUtf8 | Utf8View)
         || matches!(from, Dictionary(_, v) if matches!(v.as_ref(), Utf8 | LargeUtf8));
-    let int = matches!(from, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64);
+    let int = matches!(
+        from,
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+    );
     match to {
         ColumnType::Symbol | ColumnType::String => string,
         ColumnType::Timestamp => matches!(from, Int64 | Timestamp(_, _)),
@@ -268,8 +276,9 @@ fn castable(from: &DataType, to: ColumnType) -> bool {
     }
 }
 
-/// Split rows by partition of their key: one piece per partition present, each with
-/// compact symbol dictionaries.
+/// Split rows by partition of their key: one piece per partition present. The key column
+/// of each piece gets a dictionary of that partition's values only (computed once per
+/// distinct value, not per row); other SYMBOL columns are compacted.
 fn split_by_partition(
     table: &TableData,
     batch: &RecordBatch,
@@ -278,7 +287,8 @@ fn split_by_partition(
     if batch.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let key = batch.column(table.schema.partition_key).as_dictionary::<Int32Type>();
+    let key_col = table.schema.partition_key;
+    let key = batch.column(key_col).as_dictionary::<Int32Type>();
     let dict = key.values().as_string::<i32>();
     let dict_parts: Vec<u32> = (0..dict.len())
         .map(|i| partition_for(&table.schema.name, dict.value(i), partitions))
@@ -286,47 +296,79 @@ fn split_by_partition(
     let keys = key.keys().values();
     let part_of = |row: usize| dict_parts.get(keys[row] as usize).copied().unwrap_or(0);
     let first = part_of(0);
-    let pieces: Vec<(u32, RecordBatch)> = if (1..keys.len()).all(|r| part_of(r) == first) {
-        vec![(first, batch.clone())]
-    } else {
-        // Counting sort of row indexes by partition.
-        let mut counts = vec![0u32; partitions as usize + 1];
-        for r in 0..keys.len() {
-            counts[part_of(r) as usize + 1] += 1;
+    if (1..keys.len()).all(|r| part_of(r) == first) {
+        return Ok(vec![(first, compact_symbols(table, batch.clone(), None)?)]);
+    }
+    // Per partition: its dictionary values, and each value's index among them.
+    let mut local_index = vec![0i32; dict.len()];
+    let mut local_values: Vec<Vec<usize>> = vec![Vec::new(); partitions as usize];
+    for (v, &p) in dict_parts.iter().enumerate() {
+        let list = &mut local_values[p as usize];
+        local_index[v] = list.len() as i32;
+        list.push(v);
+    }
+    // Counting sort of row indexes by partition.
+    let mut counts = vec![0u32; partitions as usize + 1];
+    for r in 0..keys.len() {
+        counts[part_of(r) as usize + 1] += 1;
+    }
+    for p in 0..partitions as usize {
+        counts[p + 1] += counts[p];
+    }
+    let starts = counts.clone();
+    let mut order = vec![0u32; keys.len()];
+    for r in 0..keys.len() {
+        let p = part_of(r) as usize;
+        order[counts[p] as usize] = r as u32;
+        counts[p] += 1;
+    }
+    let order = UInt32Array::from(order);
+    let mut out = Vec::new();
+    for p in 0..partitions as usize {
+        let (s, e) = (starts[p] as usize, starts[p + 1] as usize);
+        if e == s {
+            continue;
         }
-        for p in 0..partitions as usize {
-            counts[p + 1] += counts[p];
-        }
-        let starts = counts.clone();
-        let mut order = vec![0u32; keys.len()];
-        for r in 0..keys.len() {
-            let p = part_of(r) as usize;
-            order[counts[p] as usize] = r as u32;
-            counts[p] += 1;
-        }
-        let order = UInt32Array::from(order);
-        let mut out = Vec::new();
-        for p in 0..partitions as usize {
-            let (s, e) = (starts[p] as usize, starts[p + 1] as usize);
-            if e > s {
-                let idx = order.slice(s, e - s);
-                out.push((p as u32, take_record_batch(batch, &idx)?));
-            }
-        }
-        out
-    };
-    pieces
-        .into_iter()
-        .map(|(p, b)| Ok((p, compact_symbols(table, b)?)))
-        .collect()
+        let idx = order.slice(s, e - s);
+        let piece = take_record_batch(batch, &idx)?;
+        // Rebuild the key column on the partition's own dictionary.
+        let taken = piece.column(key_col).as_dictionary::<Int32Type>();
+        let new_keys: Vec<i32> = taken
+            .keys()
+            .values()
+            .iter()
+            .map(|&k| local_index.get(k as usize).copied().unwrap_or(0))
+            .collect();
+        let values = arrow::array::StringArray::from_iter_values(
+            local_values[p].iter().map(|&v| dict.value(v)),
+        );
+        let new_key = DictionaryArray::<Int32Type>::try_new(
+            Int32Array::new(new_keys.into(), taken.keys().nulls().cloned()),
+            Arc::new(values),
+        )?;
+        out.push((
+            p as u32,
+            compact_symbols(table, piece, Some(Arc::new(new_key)))?,
+        ));
+    }
+    Ok(out)
 }
 
-/// Re-encode SYMBOL columns whose dictionary holds values the rows do not use.
-fn compact_symbols(table: &TableData, batch: RecordBatch) -> Result<RecordBatch> {
+/// Re-encode SYMBOL columns (other than the partition key, which the caller may replace
+/// with `key`) whose dictionary holds values the rows do not use.
+fn compact_symbols(
+    table: &TableData,
+    batch: RecordBatch,
+    key: Option<ArrayRef>,
+) -> Result<RecordBatch> {
     let mut columns = batch.columns().to_vec();
     let mut changed = false;
+    if let Some(k) = key {
+        columns[table.schema.partition_key] = k;
+        changed = true;
+    }
     for (i, ty) in table.types.iter().enumerate() {
-        if *ty == ColumnType::Symbol {
+        if *ty == ColumnType::Symbol && i != table.schema.partition_key {
             let d = columns[i].as_dictionary::<Int32Type>();
             if d.values().len() > d.len() || d.values().len() > 1 {
                 let c = compact_dictionary(d)?;

@@ -28,8 +28,11 @@ use crate::schema::{ColumnType, TableSchema};
 
 /// Pieces smaller than this are merged by compaction.
 pub(crate) const COMPACT_TARGET_ROWS: usize = 64 * 1024;
-/// A chunk with more pieces than this asks for compaction.
-pub(crate) const COMPACT_TRIGGER_PIECES: usize = 16;
+/// How many pieces of one size class are merged into one.
+pub(crate) const COMPACT_FANOUT: usize = 8;
+/// A chunk asks for compaction when its piece count reaches a multiple of the fan-out
+/// at or above this.
+pub(crate) const COMPACT_TRIGGER_PIECES: usize = 2 * COMPACT_FANOUT;
 
 /// One immutable batch of rows inside a memory chunk, with its timestamp statistics.
 #[derive(Debug, Clone)]
@@ -212,7 +215,9 @@ impl TableData {
         next_chunk_id: &mut dyn FnMut() -> u64,
     ) -> Result<bool> {
         let Some(part) = self.partitions.get(p as usize) else {
-            return Err(crate::Error::Internal(format!("partition {p} out of range")));
+            return Err(crate::Error::Internal(format!(
+                "partition {p} out of range"
+            )));
         };
         let mut wants_compaction = false;
         let by_bucket = split_by_bucket(batch, self.ts_col(), bucket_width)?;
@@ -239,7 +244,8 @@ impl TableData {
             };
             if let Chunk::Mem(m) = &mut part.chunks[idx] {
                 m.push(piece, now_ms);
-                wants_compaction |= m.pieces.len() > COMPACT_TRIGGER_PIECES;
+                let n = m.pieces.len();
+                wants_compaction |= n >= COMPACT_TRIGGER_PIECES && n % COMPACT_FANOUT == 0;
             }
         }
         Ok(wants_compaction)
@@ -274,7 +280,14 @@ impl TableData {
         for chunk in selected {
             let (source, bucket, min, max, sorted, pieces): (_, _, _, _, _, Vec<Piece>) =
                 match chunk {
-                    Chunk::Mem(m) => (ChunkSource::Memory, m.bucket, m.min, m.max, m.sorted, m.pieces),
+                    Chunk::Mem(m) => (
+                        ChunkSource::Memory,
+                        m.bucket,
+                        m.min,
+                        m.max,
+                        m.sorted,
+                        m.pieces,
+                    ),
                     Chunk::Disk(d) => (
                         ChunkSource::Disk,
                         d.bucket,
@@ -361,45 +374,45 @@ fn split_by_bucket(
         .collect()
 }
 
-/// Merge runs of small pieces (in order) into pieces of up to [`COMPACT_TARGET_ROWS`] rows.
-/// Returns `None` when there is nothing worth merging.
+/// Size class of a piece: pieces of one class are merged together, 8 at a time, so a row
+/// is copied about log8(target / first piece size) times in all, never once per append.
+fn level(rows: usize) -> u32 {
+    rows.max(1).ilog(COMPACT_FANOUT)
+}
+
+/// Merge runs of at least [`COMPACT_FANOUT`] consecutive pieces of the same size class
+/// (up to [`COMPACT_TARGET_ROWS`] rows per merged piece), keeping row order. Returns `None`
+/// when no run is long enough.
 pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<Vec<Piece>>> {
-    if pieces.len() <= 1 {
-        return Ok(None);
-    }
-    let mut out: Vec<Piece> = Vec::new();
-    let mut run: Vec<RecordBatch> = Vec::new();
-    let mut run_rows = 0;
+    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
     let mut merged_any = false;
-    let flush = |run: &mut Vec<RecordBatch>, out: &mut Vec<Piece>, merged_any: &mut bool| -> Result<()> {
-        if run.len() > 1 {
-            *merged_any = true;
+    let mut i = 0;
+    while i < pieces.len() {
+        let rows = pieces[i].batch.num_rows();
+        let lvl = level(rows);
+        // The longest run from i of the same class that fits in one target-sized piece.
+        let mut j = i + 1;
+        let mut total = rows;
+        while j < pieces.len()
+            && rows < COMPACT_TARGET_ROWS
+            && level(pieces[j].batch.num_rows()) == lvl
+            && total + pieces[j].batch.num_rows() <= COMPACT_TARGET_ROWS
+        {
+            total += pieces[j].batch.num_rows();
+            j += 1;
         }
-        if !run.is_empty() {
-            let b = concat_batches(run)?;
-            run.clear();
-            if let Some(p) = Piece::new(b, ts_col) {
+        if j - i >= COMPACT_FANOUT {
+            let batches: Vec<RecordBatch> = pieces[i..j].iter().map(|p| p.batch.clone()).collect();
+            if let Some(p) = Piece::new(concat_batches(&batches)?, ts_col) {
                 out.push(p);
             }
+            merged_any = true;
+            i = j;
+        } else {
+            out.push(pieces[i].clone());
+            i += 1;
         }
-        Ok(())
-    };
-    for p in pieces {
-        let n = p.batch.num_rows();
-        if n >= COMPACT_TARGET_ROWS {
-            flush(&mut run, &mut out, &mut merged_any)?;
-            run_rows = 0;
-            out.push(p.clone());
-            continue;
-        }
-        if run_rows + n > COMPACT_TARGET_ROWS {
-            flush(&mut run, &mut out, &mut merged_any)?;
-            run_rows = 0;
-        }
-        run.push(p.batch.clone());
-        run_rows += n;
     }
-    flush(&mut run, &mut out, &mut merged_any)?;
     Ok(merged_any.then_some(out))
 }
 

@@ -72,8 +72,20 @@ pub(crate) struct WalStats {
 }
 
 /// Upper bounds (µs) of the fsync latency histogram buckets.
-pub(crate) const FSYNC_BUCKETS_US: [u64; 12] =
-    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, u64::MAX];
+pub(crate) const FSYNC_BUCKETS_US: [u64; 12] = [
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    100_000,
+    1_000_000,
+    u64::MAX,
+];
 
 impl WalStats {
     fn record_fsync(&self, nanos: u64) {
@@ -98,7 +110,12 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(format!("list WAL directory {}", dir.display()), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("list WAL directory {}", dir.display()),
+                e,
+            ))
+        }
     };
     for entry in entries {
         let entry = entry.ctx(|| format!("list WAL directory {}", dir.display()))?;
@@ -151,6 +168,16 @@ fn check_segment_header(h: &[u8], id: u64) -> std::result::Result<(), String> {
         return Err(format!("segment header names segment {found}"));
     }
     Ok(())
+}
+
+/// The format version of a segment header that is intact but newer than this build.
+fn newer_version(h: &[u8]) -> Option<u32> {
+    if h.len() < SEGMENT_HEADER_LEN as usize || &h[0..4] != MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes([h[24], h[25], h[26], h[27]]);
+    let version = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    (crc == crc32c::crc32c(&h[0..24]) && version > WAL_FORMAT_VERSION).then_some(version)
 }
 
 fn record_crc(segment: u64, meta: &RecordMeta, payload: &[u8]) -> u32 {
@@ -243,9 +270,13 @@ impl WalWriter {
             frame_record(&mut self.buf, self.segment, meta, payload);
         }
         self.faults.check("wal::write")?;
-        self.file
-            .write_all_at(&self.buf, self.offset)
-            .ctx(|| format!("write {} bytes to WAL segment {}", self.buf.len(), self.segment))?;
+        self.file.write_all_at(&self.buf, self.offset).ctx(|| {
+            format!(
+                "write {} bytes to WAL segment {}",
+                self.buf.len(),
+                self.segment
+            )
+        })?;
         self.offset += self.buf.len() as u64;
         self.stats
             .bytes_written
@@ -404,7 +435,10 @@ pub(crate) fn replay(
             path: path.clone(),
             segment: *id,
             offset: 0,
-            reason: format!("WAL segment {} is missing before segment {id}", from.segment),
+            reason: format!(
+                "WAL segment {} is missing before segment {id}",
+                from.segment
+            ),
             torn_tail: false,
         });
         out.discarded_segments = todo.iter().map(|(id, _)| *id).collect();
@@ -433,11 +467,21 @@ pub(crate) fn replay(
         let mut f = File::open(path).ctx(|| format!("open WAL segment {}", path.display()))?;
         std::io::Read::read_to_end(&mut f, &mut buf)
             .ctx(|| format!("read WAL segment {}", path.display()))?;
+        if let Some(found) = newer_version(&buf) {
+            return Err(Error::UnsupportedVersion {
+                path: path.clone(),
+                found,
+                supported: WAL_FORMAT_VERSION,
+            });
+        }
         if let Err(reason) = check_segment_header(&buf, id) {
             // A crash while creating the newest segment leaves a bad header: the previous
             // segment ended with END, so nothing is lost.
-            let torn = is_last && buf.iter().take(SEGMENT_HEADER_LEN as usize).all(|&b| b == 0)
-                || is_last && out.end_closed;
+            let zero_header = buf
+                .iter()
+                .take(SEGMENT_HEADER_LEN as usize)
+                .all(|&b| b == 0);
+            let torn = is_last && (zero_header || out.end_closed);
             out.damage = Some(Damage {
                 path: path.clone(),
                 segment: id,
@@ -511,11 +555,14 @@ pub(crate) fn replay(
 
 /// Decode the record at `pos`: `Ok(None)` at a clean end (zeros or no room for a header),
 /// `Err(reason)` for a record that is torn or fails its checksum.
+/// A decoded record: its fields, its payload, and the offset just after it.
+type RecordAt<'a> = (RecordMeta, &'a [u8], usize);
+
 fn read_record(
     buf: &[u8],
     pos: usize,
     segment: u64,
-) -> std::result::Result<Option<(RecordMeta, &[u8], usize)>, String> {
+) -> std::result::Result<Option<RecordAt<'_>>, String> {
     let Some(h) = buf.get(pos..pos + RECORD_HEADER_LEN) else {
         return if buf[pos.min(buf.len())..].iter().all(|&b| b == 0) {
             Ok(None)
@@ -565,8 +612,7 @@ pub(crate) fn repair(dir: &Path, outcome: &ReplayOutcome) -> Result<u64> {
         let path = segment_path(dir, *id);
         if path.exists() && outcome.end.segment != *id {
             let aside = path.with_extension("wal.damaged");
-            fs::rename(&path, &aside)
-                .ctx(|| format!("move {} aside", path.display()))?;
+            fs::rename(&path, &aside).ctx(|| format!("move {} aside", path.display()))?;
         }
     }
     let end = outcome.end;

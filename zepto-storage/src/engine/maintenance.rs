@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
 use crate::batch::{concat_batches, sort_by_ts};
 use crate::checkpoint::{prune_checkpoints, write_checkpoint, CheckpointInfo};
 use crate::engine::Shared;
@@ -44,12 +42,18 @@ pub(super) fn run(shared: Arc<Shared>, ring: Ring) {
                 .saturating_sub(shared.last_checkpoint_ms.load(Ordering::Relaxed));
             if age >= every.as_millis() as u64 {
                 match checkpoint(&shared, &ring) {
-                    Ok(info) => tracing::debug!(id = info.id, ms = info.duration.as_millis() as u64, "checkpoint"),
+                    Ok(info) => tracing::debug!(
+                        id = info.id,
+                        ms = info.duration.as_millis() as u64,
+                        "checkpoint"
+                    ),
                     Err(Error::Shutdown) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "automatic checkpoint failed; will retry");
                         // Do not retry in a tight loop.
-                        shared.last_checkpoint_ms.store(shared.now_ms(), Ordering::Relaxed);
+                        shared
+                            .last_checkpoint_ms
+                            .store(shared.now_ms(), Ordering::Relaxed);
                     }
                 }
             }
@@ -70,7 +74,7 @@ fn compact(shared: &Shared) -> Result<()> {
                 .chunks
                 .iter()
                 .filter_map(|c| match c {
-                    Chunk::Mem(m) if m.pieces.len() > COMPACT_TRIGGER_PIECES => {
+                    Chunk::Mem(m) if m.pieces.len() >= COMPACT_TRIGGER_PIECES => {
                         Some((m.id, m.pieces.clone()))
                     }
                     _ => None,
@@ -108,19 +112,29 @@ pub(super) fn seal_and_flush(shared: &Shared, all: bool) -> Result<usize> {
     let mut flushed = 0;
     for t in tables(shared) {
         for (p, part) in t.partitions.iter().enumerate() {
+            let due = |m: &crate::rdb::MemChunk| {
+                !m.sealed
+                    && m.rows > 0
+                    && (all
+                        || m.rows >= shared.config.max_chunk_rows
+                        || now.saturating_sub(m.last_write_ms) >= idle)
+            };
+            let any = part.read().chunks.iter().any(|c| match c {
+                Chunk::Mem(m) => m.sealed || due(m) || over_memory,
+                Chunk::Disk(_) => false,
+            });
+            if !any {
+                continue;
+            }
             let sealed: Vec<(u64, i64, u32, Vec<Piece>, i64, i64)> = {
                 let mut guard = part.write();
                 for c in guard.chunks.iter_mut() {
                     if let Chunk::Mem(m) = c {
-                        if !m.sealed
-                            && m.rows > 0
-                            && (all
-                                || m.rows >= shared.config.max_chunk_rows
-                                || now.saturating_sub(m.last_write_ms) >= idle)
-                        {
+                        if due(m) {
                             m.sealed = true;
                         }
-                        if over_memory && !m.sealed && oldest.is_none_or(|o| m.last_write_ms < o.0) {
+                        if over_memory && !m.sealed && oldest.is_none_or(|o| m.last_write_ms < o.0)
+                        {
                             oldest = Some((m.last_write_ms, t.id, p, m.id));
                         }
                     }
@@ -215,9 +229,10 @@ pub(super) fn flush_all(shared: &Shared) -> Result<usize> {
 /// the WAL they alone needed are removed (WAL segments are kept for reuse).
 pub(super) fn checkpoint(shared: &Shared, ring: &Ring) -> Result<CheckpointInfo> {
     let mut links = shared.checkpoint_lock.lock();
-    let (tx, rx) = oneshot::channel();
+    // A std-style channel: safe to wait on from any thread, async runtime or not.
+    let (tx, rx) = crossbeam_channel::bounded(1);
     ring.send_control(Request::Capture(tx))?;
-    let capture = rx.blocking_recv().map_err(|_| Error::Shutdown)?;
+    let capture = rx.recv().map_err(|_| Error::Shutdown)?;
     let id = shared.next_checkpoint_id.fetch_add(1, Ordering::Relaxed);
     let (_, info) = write_checkpoint(&shared.dir, id, &capture, &shared.faults, &mut links)?;
     shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);

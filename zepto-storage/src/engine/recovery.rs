@@ -104,16 +104,28 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
                                     .map_err(|e| Error::Corrupt {
                                         path: cdir.join(&c.file),
                                         offset: 0,
-                                        reason: format!("does not match table '{}': {e}", t.schema.name),
+                                        reason: format!(
+                                            "does not match table '{}': {e}",
+                                            t.schema.name
+                                        ),
                                     })
                             })
                             .collect::<Result<Vec<_>>>()?;
                         let id = next_chunk_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Chunk::Mem(MemChunk::restore(id, c.bucket, c.seq, batches, t.ts_col(), now))
+                        Chunk::Mem(MemChunk::restore(
+                            id,
+                            c.bucket,
+                            c.seq,
+                            batches,
+                            t.ts_col(),
+                            now,
+                        ))
                     }
                     ChunkKind::Disk => {
                         referenced.insert(dir.join(&c.file));
-                        Chunk::Disk(Arc::new(DiskChunk::open(&dir, &c.file, &t.schema, c.bucket, c.seq)?))
+                        Chunk::Disk(Arc::new(DiskChunk::open(
+                            &dir, &c.file, &t.schema, c.bucket, c.seq,
+                        )?))
                     }
                 };
                 info.rows += c.rows;
@@ -155,12 +167,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     info.wal_records_replayed = outcome.records;
     info.wal_bytes_replayed = outcome.bytes;
     if let Some(d) = &outcome.damage {
-        let msg = format!(
-            "{} at offset {}: {}",
-            d.path.display(),
-            d.offset,
-            d.reason
-        );
+        let msg = format!("{} at offset {}: {}", d.path.display(), d.offset, d.reason);
         if d.torn_tail {
             tracing::info!(segment = d.segment, offset = d.offset, reason = %d.reason, "WAL ends with a torn or stale tail; truncated there");
         } else {

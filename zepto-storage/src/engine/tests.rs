@@ -1,7 +1,9 @@
 use super::*;
-use crate::schema::{ColumnDef, ColumnType};
 use crate::scan::{ChunkSource, TimeRange};
-use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
+use crate::schema::{ColumnDef, ColumnType};
+use arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray,
+};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampNanosecondType};
 use std::collections::BTreeMap;
 
@@ -32,14 +34,27 @@ fn trades_schema() -> TableSchema {
 /// Rows with ids `ids` (id is stored in `volume`), symbols cycling over 5, timestamps
 /// spread over 3 hours and deliberately out of order.
 fn rows(ids: std::ops::Range<i64>) -> RecordBatch {
-    let ts: Vec<i64> = ids.clone().map(|i| (i * 7919 % 10_000) * (3 * HOUR / 10_000)).collect();
+    let ts: Vec<i64> = ids
+        .clone()
+        .map(|i| (i * 7919 % 10_000) * (3 * HOUR / 10_000))
+        .collect();
     let sym: Vec<String> = ids.clone().map(|i| format!("S{}", i % 5)).collect();
-    let price: Vec<Option<f64>> = ids.clone().map(|i| (i % 11 != 0).then_some(i as f64 / 4.0)).collect();
+    let price: Vec<Option<f64>> = ids
+        .clone()
+        .map(|i| (i % 11 != 0).then_some(i as f64 / 4.0))
+        .collect();
     RecordBatch::try_new(
-        trades_schema().arrow_schema().project(&[0, 1, 2, 3]).map(Arc::new).unwrap(),
+        trades_schema()
+            .arrow_schema()
+            .project(&[0, 1, 2, 3])
+            .map(Arc::new)
+            .unwrap(),
         vec![
             Arc::new(TimestampNanosecondArray::from(ts)),
-            Arc::new(arrow::compute::cast(&StringArray::from(sym), &ColumnType::Symbol.arrow_type()).unwrap()),
+            Arc::new(
+                arrow::compute::cast(&StringArray::from(sym), &ColumnType::Symbol.arrow_type())
+                    .unwrap(),
+            ),
             Arc::new(Float64Array::from(price)),
             Arc::new(Int64Array::from(ids.collect::<Vec<_>>())),
         ],
@@ -60,7 +75,11 @@ fn contents(db: &Db) -> BTreeMap<i64, (i64, String, Option<f64>)> {
         for i in 0..b.num_rows() {
             let s = dict.value(sym.keys().value(i) as usize).to_string();
             let p = price.is_valid(i).then(|| price.value(i));
-            assert!(out.insert(id.value(i), (ts.value(i), s, p)).is_none(), "duplicate id {}", id.value(i));
+            assert!(
+                out.insert(id.value(i), (ts.value(i), s, p)).is_none(),
+                "duplicate id {}",
+                id.value(i)
+            );
         }
     }
     out
@@ -75,7 +94,14 @@ fn expected(ids: std::ops::Range<i64>) -> BTreeMap<i64, (i64, String, Option<f64
     let price = b.column(2).as_primitive::<Float64Type>();
     for (i, id) in ids.enumerate() {
         let p = price.is_valid(i).then(|| price.value(i));
-        out.insert(id, (ts.value(i), dict.value(sym.keys().value(i) as usize).to_string(), p));
+        out.insert(
+            id,
+            (
+                ts.value(i),
+                dict.value(sym.keys().value(i) as usize).to_string(),
+                p,
+            ),
+        );
     }
     out
 }
@@ -178,7 +204,10 @@ fn checkpoint_interrupted_at_each_step_still_recovers() {
             db.checkpoint().unwrap();
             db.insert("trades", rows(300..500)).unwrap();
             db.faults().set(point, "eio").unwrap();
-            assert!(db.checkpoint().is_err(), "{point} should fail the checkpoint");
+            assert!(
+                db.checkpoint().is_err(),
+                "{point} should fail the checkpoint"
+            );
             db.faults().clear(point);
             db.insert("trades", rows(500..600)).unwrap();
         }
@@ -200,7 +229,11 @@ fn enospc_fails_the_write_and_acks_nothing_then_recovers() {
     db.faults().set("wal::write", "enospc").unwrap();
     let e = db.insert("trades", rows(100..200)).unwrap_err();
     assert!(e.to_string().contains("No space left"), "{e}");
-    assert_eq!(contents(&db), expected(0..100), "nothing of the failed write is visible");
+    assert_eq!(
+        contents(&db),
+        expected(0..100),
+        "nothing of the failed write is visible"
+    );
     db.faults().clear("wal::write");
     db.insert("trades", rows(200..300)).unwrap();
     drop(db);
@@ -217,10 +250,16 @@ fn fsync_error_poisons_the_wal_and_health() {
     db.insert("trades", rows(0..10)).unwrap();
     assert!(db.health().is_ok());
     db.faults().set("wal::fsync", "eio").unwrap();
-    assert!(matches!(db.insert("trades", rows(10..20)), Err(Error::WalPoisoned(_))));
+    assert!(matches!(
+        db.insert("trades", rows(10..20)),
+        Err(Error::WalPoisoned(_))
+    ));
     db.faults().clear("wal::fsync");
     assert!(db.health().is_err());
-    assert!(matches!(db.insert("trades", rows(20..30)), Err(Error::WalPoisoned(_))));
+    assert!(matches!(
+        db.insert("trades", rows(20..30)),
+        Err(Error::WalPoisoned(_))
+    ));
     drop(db);
     // A restart recovers what was acknowledged (and may hold the unacknowledged write: the
     // client was told it failed, not that it was not written).
@@ -282,14 +321,25 @@ fn bad_input_is_refused_whole() {
     .unwrap();
     let e = db.insert("trades", b).unwrap_err();
     assert!(e.is_client_error());
-    assert!(e.to_string().contains("symbol") && e.to_string().contains("row 2"), "{e}");
+    assert!(
+        e.to_string().contains("symbol") && e.to_string().contains("row 2"),
+        "{e}"
+    );
     let wrong_type = RecordBatch::try_new(
-        Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Float64, false)])),
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Float64, false),
+        ])),
         vec![Arc::new(Float64Array::from(vec![1.0]))],
     )
     .unwrap();
-    assert!(db.insert("trades", wrong_type).unwrap_err().is_client_error());
-    assert!(matches!(db.insert("nope", rows(0..1)), Err(Error::TableNotFound(_))));
+    assert!(db
+        .insert("trades", wrong_type)
+        .unwrap_err()
+        .is_client_error());
+    assert!(matches!(
+        db.insert("nope", rows(0..1)),
+        Err(Error::TableNotFound(_))
+    ));
     // Strings and integer timestamps are accepted and converted.
     let ok = RecordBatch::try_new(
         schema,
@@ -323,7 +373,9 @@ fn scans_prune_partitions_and_time() {
     assert_eq!(scan.schema.fields().len(), 2);
     let want = expected(0..5000)
         .into_iter()
-        .filter(|(_, (ts, s, _))| db.partition_of("trades", s) == p && *ts >= HOUR && *ts < 2 * HOUR)
+        .filter(|(_, (ts, s, _))| {
+            db.partition_of("trades", s) == p && *ts >= HOUR && *ts < 2 * HOUR
+        })
         .count();
     assert_eq!(scan.num_rows(), want);
     assert!(want > 0);
@@ -353,7 +405,10 @@ fn close_takes_a_final_checkpoint() {
         let db = open_with_table(dir.path());
         db.insert("trades", rows(0..100)).unwrap();
         db.close().unwrap();
-        assert!(matches!(db.insert("trades", rows(0..1)), Err(Error::Shutdown)));
+        assert!(matches!(
+            db.insert("trades", rows(0..1)),
+            Err(Error::Shutdown)
+        ));
     }
     let db = Db::open(config(dir.path())).unwrap();
     assert_eq!(db.recovery_info().wal_records_replayed, 0);
@@ -412,7 +467,10 @@ fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
     clock.0.store(10 * 60 * 1000, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
     while db.stats().memory_rows > 0 {
-        assert!(Instant::now() < deadline, "maintenance did not flush idle chunks");
+        assert!(
+            Instant::now() < deadline,
+            "maintenance did not flush idle chunks"
+        );
         std::thread::yield_now();
     }
     assert_eq!(db.stats().disk_rows, 100);

@@ -18,7 +18,12 @@ use crate::error::{Error, Result};
 use crate::ingest::{Request, WriteReceipt, WriteRequest};
 use crate::wal::{RecordMeta, WalWriter};
 
-pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Request>, mut wal: WalWriter, mut next_seq: Vec<u64>) {
+pub(super) fn run(
+    shared: Arc<Shared>,
+    rx: Receiver<Request>,
+    mut wal: WalWriter,
+    mut next_seq: Vec<u64>,
+) {
     let mut writes: Vec<WriteRequest> = Vec::new();
     let mut captures = Vec::new();
     *shared.wal_position.lock() = wal.position();
@@ -58,7 +63,12 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Request>, mut wal: WalWriter
     }
 }
 
-fn commit_group(shared: &Shared, wal: &mut WalWriter, next_seq: &mut [u64], writes: &mut Vec<WriteRequest>) {
+fn commit_group(
+    shared: &Shared,
+    wal: &mut WalWriter,
+    next_seq: &mut [u64],
+    writes: &mut Vec<WriteRequest>,
+) {
     if writes.is_empty() {
         return;
     }
@@ -110,10 +120,7 @@ fn commit_group(shared: &Shared, wal: &mut WalWriter, next_seq: &mut [u64], writ
             if poisoned {
                 Error::WalPoisoned(msg.clone())
             } else {
-                Error::io(
-                    "write the WAL",
-                    std::io::Error::other(msg.clone()),
-                )
+                Error::io("write the WAL", std::io::Error::other(msg.clone()))
             }
         });
         return;
@@ -125,10 +132,13 @@ fn commit_group(shared: &Shared, wal: &mut WalWriter, next_seq: &mut [u64], writ
         let mut applied: Result<()> = Ok(());
         for (p, batch) in &w.pieces {
             let mut next_id = || shared.next_chunk_id.fetch_add(1, Ordering::Relaxed);
-            match w
-                .table
-                .append(*p, batch, shared.config.chunk_duration_ns, now, &mut next_id)
-            {
+            match w.table.append(
+                *p,
+                batch,
+                shared.config.chunk_duration_ns,
+                now,
+                &mut next_id,
+            ) {
                 Ok(c) => wants_compaction |= c,
                 Err(e) => applied = Err(e),
             }

@@ -1,6 +1,8 @@
 use super::*;
 use crate::schema::{ColumnDef, ColumnType};
-use arrow::array::{AsArray, DictionaryArray, Float64Array, Int32Array, StringArray, TimestampNanosecondArray};
+use arrow::array::{
+    AsArray, DictionaryArray, Float64Array, Int32Array, StringArray, TimestampNanosecondArray,
+};
 use arrow::datatypes::{Float64Type, Int32Type, TimestampNanosecondType};
 
 fn table() -> TableData {
@@ -31,7 +33,9 @@ fn rows(t: &TableData, ts: &[i64]) -> RecordBatch {
                 )
                 .unwrap(),
             ),
-            Arc::new(Float64Array::from(ts.iter().map(|&x| x as f64).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                ts.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap()
@@ -42,10 +46,17 @@ fn scan_ts(t: &TableData, p: u32, r: TimeRange) -> Vec<i64> {
     let mut out = Vec::new();
     for c in t.scan_partition(p, &r, &[0, 2], &mut total).unwrap() {
         for b in &c.batches {
-            out.extend_from_slice(b.column(0).as_primitive::<TimestampNanosecondType>().values());
+            out.extend_from_slice(
+                b.column(0)
+                    .as_primitive::<TimestampNanosecondType>()
+                    .values(),
+            );
             // The value column travels with its row.
             let v = b.column(1).as_primitive::<Float64Type>().values();
-            let ts = b.column(0).as_primitive::<TimestampNanosecondType>().values();
+            let ts = b
+                .column(0)
+                .as_primitive::<TimestampNanosecondType>()
+                .values();
             assert!(ts.iter().zip(v.iter()).all(|(&a, &b)| a as f64 == b));
         }
     }
@@ -62,13 +73,18 @@ fn rows_land_in_time_buckets_and_scans_respect_ranges() {
         id
     };
     // Sorted across three buckets of width 10, then out-of-order rows.
-    t.append(1, &rows(&t, &[1, 5, 12, 19, 25]), 10, 0, &mut next).unwrap();
-    t.append(1, &rows(&t, &[3, 28, 14, 0]), 10, 0, &mut next).unwrap();
+    t.append(1, &rows(&t, &[1, 5, 12, 19, 25]), 10, 0, &mut next)
+        .unwrap();
+    t.append(1, &rows(&t, &[3, 28, 14, 0]), 10, 0, &mut next)
+        .unwrap();
     let part = t.partitions[1].read();
     let keys: Vec<_> = part.chunks.iter().map(|c| c.key()).collect();
     assert_eq!(keys, vec![(0, 0), (10, 0), (20, 0)]);
     drop(part);
-    assert_eq!(scan_ts(&t, 1, TimeRange::ALL), vec![0, 1, 3, 5, 12, 14, 19, 25, 28]);
+    assert_eq!(
+        scan_ts(&t, 1, TimeRange::ALL),
+        vec![0, 1, 3, 5, 12, 14, 19, 25, 28]
+    );
     assert_eq!(scan_ts(&t, 1, TimeRange::new(3, 15)), vec![3, 5, 12, 14]);
     assert_eq!(scan_ts(&t, 1, TimeRange::new(19, 26)), vec![19, 25]);
     assert!(scan_ts(&t, 1, TimeRange::new(29, 100)).is_empty());
@@ -83,19 +99,36 @@ fn compaction_merges_small_pieces_and_keeps_rows() {
         id += 1;
         id
     };
+    let mut asked = 0;
     for i in 0..40 {
-        assert_eq!(
-            t.append(2, &rows(&t, &[i]), 1000, 0, &mut next).unwrap(),
-            i >= COMPACT_TRIGGER_PIECES as i64
-        );
+        asked += t.append(2, &rows(&t, &[i]), 1000, 0, &mut next).unwrap() as usize;
     }
+    assert_eq!(asked, 4, "asks at 16, 24, 32 and 40 pieces");
     let pieces = match &t.partitions[2].read().chunks[0] {
         Chunk::Mem(m) => m.pieces.clone(),
         Chunk::Disk(_) => unreachable!(),
     };
+    // 40 one-row pieces of one size class -> one piece.
     let merged = compact_pieces(&pieces, 0).unwrap().unwrap();
-    assert_eq!(merged.len(), 1);
-    assert_eq!(merged[0].batch.num_rows(), 40);
-    assert!(merged[0].sorted);
-    assert!(compact_pieces(&merged, 0).unwrap().is_none());
+    assert_eq!(
+        merged
+            .iter()
+            .map(|p| p.batch.num_rows())
+            .collect::<Vec<_>>(),
+        vec![40]
+    );
+    assert!(merged.iter().all(|p| p.sorted));
+    assert!(
+        compact_pieces(&merged, 0).unwrap().is_none(),
+        "nothing left to merge"
+    );
+    // A big piece followed by fewer than 8 small ones is left alone.
+    let mut mixed = merged.clone();
+    mixed.extend(pieces[..7].iter().cloned());
+    assert!(compact_pieces(&mixed, 0).unwrap().is_none());
+    let ts: Vec<i64> = merged
+        .iter()
+        .flat_map(|p| timestamps(&p.batch, 0).to_vec())
+        .collect();
+    assert_eq!(ts, (0..40).collect::<Vec<_>>(), "row order kept");
 }

@@ -29,8 +29,10 @@ fn write_n(w: &mut WalWriter, n: u64) -> Vec<WalPosition> {
     let mut starts = Vec::new();
     let mut i = 0;
     while i < n {
-        let group: Vec<(RecordMeta, Vec<u8>)> = (i..(i + 3).min(n)).map(|j| (meta(j), payload(j))).collect();
-        let refs: Vec<(RecordMeta, &[u8])> = group.iter().map(|(m, p)| (*m, p.as_slice())).collect();
+        let group: Vec<(RecordMeta, Vec<u8>)> =
+            (i..(i + 3).min(n)).map(|j| (meta(j), payload(j))).collect();
+        let refs: Vec<(RecordMeta, &[u8])> =
+            group.iter().map(|(m, p)| (*m, p.as_slice())).collect();
         let before = w.position();
         w.append_unsynced(&refs).unwrap();
         // Record starts: if the group rolled, they begin at the header of the new segment.
@@ -152,7 +154,11 @@ fn damage_in_an_older_segment_moves_later_segments_aside() {
     let mut w = writer(dir.path(), 1, 2048);
     let starts = write_n(&mut w, 120);
     drop(w);
-    let in_seg2: Vec<_> = starts.iter().enumerate().filter(|(_, p)| p.segment == 2).collect();
+    let in_seg2: Vec<_> = starts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.segment == 2)
+        .collect();
     let (first_idx, pos) = in_seg2[2];
     let path = segment_path(dir.path(), 2);
     let mut bytes = fs::read(&path).unwrap();
@@ -174,7 +180,15 @@ fn recycled_segment_stale_records_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let recycle = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(WalStats::default());
-    let mut w = WalWriter::create(dir.path(), 1, 1 << 16, Arc::new(Faults::default()), stats.clone(), recycle.clone()).unwrap();
+    let mut w = WalWriter::create(
+        dir.path(),
+        1,
+        1 << 16,
+        Arc::new(Faults::default()),
+        stats.clone(),
+        recycle.clone(),
+    )
+    .unwrap();
     write_n(&mut w, 50);
     w.roll().unwrap();
     // Segment 1 is obsolete: recycle it; segment 3 reuses the file with its old records.
@@ -189,7 +203,13 @@ fn recycled_segment_stale_records_are_not_replayed() {
     w.append_unsynced(&[(meta(1001), &q)]).unwrap();
     w.sync().unwrap();
     drop(w);
-    let (seqs, out) = read_all(dir.path(), WalPosition { segment: 2, offset: 0 });
+    let (seqs, out) = read_all(
+        dir.path(),
+        WalPosition {
+            segment: 2,
+            offset: 0,
+        },
+    );
     assert_eq!(seqs, vec![1000, 1001]);
     // The old life's bytes after the last record read as a tail, never as records.
     assert!(out.damage.is_none_or(|d| d.torn_tail && d.segment == 3));
@@ -199,7 +219,15 @@ fn recycled_segment_stale_records_are_not_replayed() {
 fn enospc_on_write_fails_the_group_and_keeps_the_position() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faults::default());
-    let mut w = WalWriter::create(dir.path(), 1, 1 << 20, faults.clone(), Arc::new(WalStats::default()), Arc::new(Mutex::new(Vec::new()))).unwrap();
+    let mut w = WalWriter::create(
+        dir.path(),
+        1,
+        1 << 20,
+        faults.clone(),
+        Arc::new(WalStats::default()),
+        Arc::new(Mutex::new(Vec::new())),
+    )
+    .unwrap();
     write_n(&mut w, 3);
     let before = w.position();
     faults.set("wal::write", "enospc").unwrap();
@@ -227,4 +255,31 @@ fn bad_or_newer_segment_header_is_reported() {
     let (seqs, out) = read_all(dir.path(), WalPosition::default());
     assert!(seqs.is_empty());
     assert!(!out.damage.unwrap().torn_tail);
+}
+
+#[test]
+fn intact_segment_of_a_newer_format_is_refused_not_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 1, 4096);
+    write_n(&mut w, 5);
+    drop(w);
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &bytes).unwrap();
+    let e = replay(dir.path(), WalPosition::default(), |_, _, _| Ok(())).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(path.exists(), "the file is left alone");
 }

@@ -8,6 +8,8 @@
 //! header  := "ZWAL" | format_version:u32 | segment_id:u64 | created_unix_ms:u64 | crc32c:u32 | 0:u32   (32 bytes)
 //! record  := len:u32 | crc32c:u32 | partition:u32 | epoch:u64 | seq:u64 | payload[len]             (28 + len bytes)
 //!            crc32c covers segment_id:u64 | partition | epoch | seq | payload
+//!            partition bit 31 set: more records of the same write follow (a write that spans
+//!            partitions is several records, delivered by replay only when its last is read)
 //! END     := a record with partition = u32::MAX and payload "END": the segment ended cleanly
 //! ```
 //! Seeding the checksum with the segment id makes records left in a recycled segment from
@@ -56,6 +58,34 @@ pub(crate) struct RecordMeta {
     pub(crate) partition: u32,
     pub(crate) epoch: u64,
     pub(crate) seq: u64,
+    /// More records of the same write follow this one.
+    pub(crate) continues: bool,
+}
+
+/// Bit 31 of the partition field: `continues`.
+const CONTINUES_BIT: u32 = 1 << 31;
+
+impl RecordMeta {
+    fn partition_field(&self) -> u32 {
+        if self.partition == CONTROL_PARTITION {
+            return CONTROL_PARTITION;
+        }
+        self.partition | if self.continues { CONTINUES_BIT } else { 0 }
+    }
+
+    fn from_fields(field: u32, epoch: u64, seq: u64) -> RecordMeta {
+        let (partition, continues) = if field == CONTROL_PARTITION {
+            (CONTROL_PARTITION, false)
+        } else {
+            (field & !CONTINUES_BIT, field & CONTINUES_BIT != 0)
+        };
+        RecordMeta {
+            partition,
+            epoch,
+            seq,
+            continues,
+        }
+    }
 }
 
 /// Counters the writer keeps for `/metrics`.
@@ -183,7 +213,7 @@ fn newer_version(h: &[u8]) -> Option<u32> {
 fn record_crc(segment: u64, meta: &RecordMeta, payload: &[u8]) -> u32 {
     let mut fixed = [0u8; 28];
     fixed[0..8].copy_from_slice(&segment.to_le_bytes());
-    fixed[8..12].copy_from_slice(&meta.partition.to_le_bytes());
+    fixed[8..12].copy_from_slice(&meta.partition_field().to_le_bytes());
     fixed[12..20].copy_from_slice(&meta.epoch.to_le_bytes());
     fixed[20..28].copy_from_slice(&meta.seq.to_le_bytes());
     crc32c::crc32c_append(crc32c::crc32c(&fixed), payload)
@@ -193,7 +223,7 @@ fn record_crc(segment: u64, meta: &RecordMeta, payload: &[u8]) -> u32 {
 pub(crate) fn frame_record(out: &mut Vec<u8>, segment: u64, meta: &RecordMeta, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&record_crc(segment, meta, payload).to_le_bytes());
-    out.extend_from_slice(&meta.partition.to_le_bytes());
+    out.extend_from_slice(&meta.partition_field().to_le_bytes());
     out.extend_from_slice(&meta.epoch.to_le_bytes());
     out.extend_from_slice(&meta.seq.to_le_bytes());
     out.extend_from_slice(payload);
@@ -203,6 +233,7 @@ const END_META: RecordMeta = RecordMeta {
     partition: CONTROL_PARTITION,
     epoch: 0,
     seq: 0,
+    continues: false,
 };
 
 /// The single appender of the log. Owned by the writer thread.
@@ -404,6 +435,8 @@ pub(crate) struct ReplayOutcome {
     pub(crate) discarded_segments: Vec<u64>,
     /// The highest segment id present on disk (0 = none).
     pub(crate) max_segment: u64,
+    /// Writes whose records were only partly in the log (never acknowledged; dropped).
+    pub(crate) incomplete_writes: u64,
 }
 
 /// Read every record from `from` on, in order, and hand it to `apply`.
@@ -423,6 +456,7 @@ pub(crate) fn replay(
         bytes: 0,
         discarded_segments: Vec::new(),
         max_segment,
+        incomplete_writes: 0,
     };
     let todo: Vec<&(u64, PathBuf)> = segments
         .iter()
@@ -502,30 +536,46 @@ pub(crate) fn replay(
             offset: pos as u64,
         };
         out.end_closed = false;
+        // Records of a write that is not complete yet: (meta, record offset, payload range).
+        let mut pending: Vec<(RecordMeta, usize, std::ops::Range<usize>)> = Vec::new();
         loop {
             let rec = read_record(&buf, pos, id);
             if let Ok(Some((meta, payload, next))) = rec {
                 if meta.partition == CONTROL_PARTITION {
                     if payload == END_PAYLOAD {
-                        out.end_closed = true;
-                        out.end.offset = next as u64;
+                        if drop_incomplete(&mut pending, &mut out, id, path) {
+                            // END after half a write: repair closes the segment earlier.
+                            out.end_closed = false;
+                        } else {
+                            out.end_closed = true;
+                            out.end.offset = next as u64;
+                        }
                         break;
                     }
                     // Unknown control records are skipped (forward compatible).
                 } else {
-                    let at = WalPosition {
-                        segment: id,
-                        offset: pos as u64,
-                    };
-                    apply(meta, payload, at)?;
-                    out.records += 1;
-                    out.bytes += payload.len() as u64;
+                    let start = next - payload.len();
+                    pending.push((meta, pos, start..next));
+                    if !meta.continues {
+                        for (m, at, range) in pending.drain(..) {
+                            let at = WalPosition {
+                                segment: id,
+                                offset: at as u64,
+                            };
+                            apply(m, &buf[range.clone()], at)?;
+                            out.records += 1;
+                            out.bytes += range.len() as u64;
+                        }
+                    }
                 }
                 pos = next;
-                out.end.offset = pos as u64;
+                if pending.is_empty() {
+                    out.end.offset = pos as u64;
+                }
                 continue;
             }
             let reason = rec.err();
+            drop_incomplete(&mut pending, &mut out, id, path);
             if is_last {
                 // The newest segment may stop anywhere: a crash tore its tail.
                 if let Some(reason) = reason {
@@ -553,11 +603,35 @@ pub(crate) fn replay(
     Ok(out)
 }
 
-/// Decode the record at `pos`: `Ok(None)` at a clean end (zeros or no room for a header),
-/// `Err(reason)` for a record that is torn or fails its checksum.
+/// Forget the records of a write whose last record never made it: the write was never
+/// acknowledged and must not be half applied. `out.end` still points at its first record,
+/// so repair cuts them off. Returns true when there were such records.
+fn drop_incomplete(
+    pending: &mut Vec<(RecordMeta, usize, std::ops::Range<usize>)>,
+    out: &mut ReplayOutcome,
+    segment: u64,
+    path: &Path,
+) -> bool {
+    let Some((_, first, _)) = pending.first() else {
+        return false;
+    };
+    tracing::info!(
+        segment,
+        offset = first,
+        records = pending.len(),
+        path = %path.display(),
+        "dropping the records of an incomplete write at the end of the WAL"
+    );
+    out.incomplete_writes += 1;
+    pending.clear();
+    true
+}
+
 /// A decoded record: its fields, its payload, and the offset just after it.
 type RecordAt<'a> = (RecordMeta, &'a [u8], usize);
 
+/// Decode the record at `pos`: `Ok(None)` at a clean end (zeros or no room for a header),
+/// `Err(reason)` for a record that is torn or fails its checksum.
 fn read_record(
     buf: &[u8],
     pos: usize,
@@ -578,11 +652,11 @@ fn read_record(
     if len > MAX_RECORD_LEN {
         return Err(format!("record length {len} is impossible"));
     }
-    let meta = RecordMeta {
-        partition: u32::from_le_bytes([h[8], h[9], h[10], h[11]]),
-        epoch: u64::from_le_bytes(h[12..20].try_into().unwrap_or([0; 8])),
-        seq: u64::from_le_bytes(h[20..28].try_into().unwrap_or([0; 8])),
-    };
+    let meta = RecordMeta::from_fields(
+        u32::from_le_bytes([h[8], h[9], h[10], h[11]]),
+        u64::from_le_bytes(h[12..20].try_into().unwrap_or([0; 8])),
+        u64::from_le_bytes(h[20..28].try_into().unwrap_or([0; 8])),
+    );
     let start = pos + RECORD_HEADER_LEN;
     let Some(payload) = buf.get(start..start + len) else {
         return Err(format!(

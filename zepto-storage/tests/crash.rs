@@ -124,6 +124,12 @@ fn crash_child_entry() {
 /// Start the child, SIGKILL it right after its `kill_after`-th acknowledgement; returns
 /// the acknowledged batches (including those printed just before the kill).
 fn run_and_kill(dir: &Path, start: i64, kill_after: usize) -> BTreeSet<i64> {
+    run_child(dir, start, Some(kill_after), "")
+}
+
+/// Run the child with fault points armed; `kill_after = None` waits for it to die by itself
+/// (an `abort` fault point).
+fn run_child(dir: &Path, start: i64, kill_after: Option<usize>, failpoints: &str) -> BTreeSet<i64> {
     let mut c = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -133,6 +139,7 @@ fn run_and_kill(dir: &Path, start: i64, kill_after: usize) -> BTreeSet<i64> {
         ])
         .env("ZEPTO_CRASH_CHILD", dir)
         .env("ZEPTO_CRASH_START", start.to_string())
+        .env("ZEPTO_FAILPOINTS", failpoints)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -151,6 +158,17 @@ fn run_and_kill(dir: &Path, start: i64, kill_after: usize) -> BTreeSet<i64> {
         acked
     });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let Some(kill_after) = kill_after else {
+        // Wait for the fault point to abort the process.
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(!status.success(), "child should have aborted");
+                return reader.join().unwrap();
+            }
+            assert!(Instant::now() < deadline, "fault point never fired");
+            let _ = rx.recv_timeout(Duration::from_millis(20));
+        }
+    };
     for _ in 0..kill_after {
         let left = deadline.saturating_duration_since(Instant::now());
         if rx.recv_timeout(left).is_err() {
@@ -228,5 +246,51 @@ fn sigkill_at_random_points_loses_no_acked_row() {
                 + 1_000_000;
             start = start / BATCH * BATCH;
         }
+    }
+}
+
+/// Verify every acknowledged batch is stored exactly once and nothing is partial.
+fn check(dir: &Path, acked: &BTreeSet<i64>, what: &str) -> BTreeMap<i64, u32> {
+    let rows = stored(dir);
+    for &first in acked {
+        for id in first..first + BATCH {
+            assert_eq!(rows.get(&id), Some(&1), "{what}: acked id {id}");
+        }
+    }
+    let mut batches: BTreeMap<i64, i64> = BTreeMap::new();
+    for (&id, &n) in &rows {
+        assert_eq!(n, 1, "{what}: id {id} stored {n} times");
+        *batches.entry(id / BATCH * BATCH).or_default() += 1;
+    }
+    for (&first, &n) in &batches {
+        assert_eq!(n, BATCH, "{what}: write {first} partially applied");
+    }
+    rows
+}
+
+#[test]
+fn crash_inside_each_checkpoint_and_flush_step_recovers() {
+    for point in [
+        "checkpoint::after_chunks",
+        "checkpoint::after_manifest",
+        "checkpoint::after_rename",
+        "checkpoint::after_cleanup",
+        "hdb::before_rename",
+        "wal::new_segment",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // Let a few succeed first, so there is an older checkpoint and HDB data around.
+        let acked = run_child(dir.path(), 0, None, &format!("{point}=abort@3"));
+        let rows = check(dir.path(), &acked, point);
+        println!(
+            "{point}: {} writes acked before the abort, {} rows recovered",
+            acked.len(),
+            rows.len()
+        );
+        // And the directory keeps working afterwards.
+        let more = run_and_kill(dir.path(), 10_000_000, 30);
+        let mut all = acked.clone();
+        all.extend(more);
+        check(dir.path(), &all, point);
     }
 }

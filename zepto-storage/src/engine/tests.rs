@@ -476,3 +476,47 @@ fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
     assert_eq!(db.stats().disk_rows, 100);
     assert_eq!(contents(&db), expected(0..100));
 }
+
+#[test]
+fn damaged_wal_keeps_the_prefix_and_reports_where() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        for k in 0..20 {
+            db.insert("trades", rows(k * 10..(k + 1) * 10)).unwrap();
+        }
+    }
+    // Flip a byte in the middle of the log's records.
+    let seg = crate::wal::list_segments(&dir.path().join("wal")).unwrap()[0]
+        .1
+        .clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[end / 2] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    let db = Db::open(config(dir.path())).unwrap();
+    let info = db.recovery_info();
+    let damage = info.wal_damage.clone().expect("damage reported");
+    assert!(
+        damage.contains(seg.file_name().unwrap().to_str().unwrap()),
+        "{damage}"
+    );
+    assert!(damage.contains("offset"), "{damage}");
+    let got = contents(&db);
+    assert!(
+        !got.is_empty() && got.len() < 200,
+        "a prefix survives: {}",
+        got.len()
+    );
+    // What survives is whole writes, and exactly what was written.
+    let want = expected(0..200);
+    for (id, row) in &got {
+        assert_eq!(want.get(id), Some(row));
+    }
+    // The node keeps working and a restart is clean.
+    db.insert("trades", rows(1000..1010)).unwrap();
+    drop(db);
+    let db = Db::open(config(dir.path())).unwrap();
+    assert!(db.recovery_info().wal_damage.is_none());
+    assert_eq!(contents(&db).len(), got.len() + 10);
+}

@@ -86,13 +86,16 @@ fn commit_group(
         .collect();
     let mut records: Vec<(RecordMeta, &[u8])> = Vec::with_capacity(seq_before.len());
     for w in writes.iter() {
-        for ((p, _), range) in w.pieces.iter().zip(&w.ranges) {
+        let last = w.pieces.len().saturating_sub(1);
+        for (i, ((p, _), range)) in w.pieces.iter().zip(&w.ranges).enumerate() {
             let seq = &mut next_seq[*p as usize];
             records.push((
                 RecordMeta {
                     partition: *p,
                     epoch: 0,
                     seq: *seq,
+                    // A write spanning partitions is atomic: replay applies it only whole.
+                    continues: i < last,
                 },
                 &w.payload[range.clone()],
             ));

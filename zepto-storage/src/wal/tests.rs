@@ -21,6 +21,7 @@ fn meta(i: u64) -> RecordMeta {
         partition: (i % 5) as u32,
         epoch: 3,
         seq: i,
+        continues: false,
     }
 }
 
@@ -282,4 +283,58 @@ fn intact_segment_of_a_newer_format_is_refused_not_discarded() {
         "{e}"
     );
     assert!(path.exists(), "the file is left alone");
+}
+
+#[test]
+fn a_write_of_several_records_is_replayed_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 1, 1 << 20);
+    write_n(&mut w, 4);
+    // One write of three records (partitions 7, 8, 9).
+    let parts: Vec<(RecordMeta, Vec<u8>)> = (0..3)
+        .map(|k| {
+            let mut m = meta(100 + k);
+            m.partition = 7 + k as u32;
+            m.continues = k < 2;
+            (m, payload(100 + k))
+        })
+        .collect();
+    let refs: Vec<(RecordMeta, &[u8])> = parts.iter().map(|(m, p)| (*m, p.as_slice())).collect();
+    let before = w.position();
+    w.append_unsynced(&refs).unwrap();
+    w.sync().unwrap();
+    let after = w.position();
+    drop(w);
+    let path = segment_path(dir.path(), 1);
+    let original = fs::read(&path).unwrap();
+    let collect = |dir: &Path| {
+        let mut got = Vec::new();
+        let out = replay(dir, WalPosition::default(), |m, p, _| {
+            assert_eq!(p, payload(m.seq).as_slice());
+            got.push((m.seq, m.partition, m.continues));
+            Ok(())
+        })
+        .unwrap();
+        (got, out)
+    };
+    // Whole: all three come back, in order, flags intact.
+    let (got, _) = collect(dir.path());
+    assert_eq!(
+        &got[4..],
+        &[(100, 7, true), (101, 8, true), (102, 9, false)]
+    );
+    // Cut anywhere inside the write: none of it comes back.
+    for cut in (before.offset + 1..after.offset).step_by(7) {
+        fs::write(&path, &original[..cut as usize]).unwrap();
+        let (got, out) = collect(dir.path());
+        assert_eq!(got.len(), 4, "cut at {cut}: {got:?}");
+        assert_eq!(out.end.offset, before.offset, "cut at {cut}");
+    }
+    // Repair cuts the partial write off for good.
+    let (_, out) = collect(dir.path());
+    assert_eq!(out.incomplete_writes, 1);
+    repair(dir.path(), &out).unwrap();
+    let (got, out) = collect(dir.path());
+    assert_eq!(got.len(), 4);
+    assert!(out.damage.is_none() && out.end_closed && out.incomplete_writes == 0);
 }

@@ -20,7 +20,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 
-use crate::batch::{concat_batches, timestamps, ts_stats};
+use crate::batch::{concat_batches, sort_by_ts, timestamps, ts_stats};
 use crate::error::Result;
 use crate::hdb::DiskChunk;
 use crate::scan::{ChunkSource, ScanChunk, TimeRange};
@@ -120,6 +120,8 @@ impl MemChunk {
             .iter()
             .map(|p| p.batch.get_array_memory_size())
             .sum();
+        self.sorted = self.pieces.iter().all(|p| p.sorted)
+            && self.pieces.windows(2).all(|w| w[1].min >= w[0].max);
     }
 
     fn push(&mut self, piece: Piece, now_ms: u64) {
@@ -381,7 +383,7 @@ fn level(rows: usize) -> u32 {
 }
 
 /// Merge runs of at least [`COMPACT_FANOUT`] consecutive pieces of the same size class
-/// (up to [`COMPACT_TARGET_ROWS`] rows per merged piece), keeping row order. Returns `None`
+/// (up to [`COMPACT_TARGET_ROWS`] rows per merged piece), each merged piece sorted by time. Returns `None`
 /// when no run is long enough.
 pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<Vec<Piece>>> {
     let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
@@ -403,7 +405,9 @@ pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<V
         }
         if j - i >= COMPACT_FANOUT {
             let batches: Vec<RecordBatch> = pieces[i..j].iter().map(|p| p.batch.clone()).collect();
-            if let Some(p) = Piece::new(concat_batches(&batches)?, ts_col) {
+            // Sorted while we copy anyway: time-range scans then binary search the piece.
+            let merged = sort_by_ts(concat_batches(&batches)?, ts_col)?;
+            if let Some(p) = Piece::new(merged, ts_col) {
                 out.push(p);
             }
             merged_any = true;

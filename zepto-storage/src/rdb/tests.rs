@@ -130,5 +130,32 @@ fn compaction_merges_small_pieces_and_keeps_rows() {
         .iter()
         .flat_map(|p| timestamps(&p.batch, 0).to_vec())
         .collect();
-    assert_eq!(ts, (0..40).collect::<Vec<_>>(), "row order kept");
+    assert_eq!(ts, (0..40).collect::<Vec<_>>(), "rows kept");
+}
+
+#[test]
+fn compaction_sorts_out_of_order_pieces() {
+    let t = table();
+    let mut id = 0;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    for i in (0..16).rev() {
+        t.append(0, &rows(&t, &[i, i + 100]), 1000, 0, &mut next)
+            .unwrap();
+    }
+    let pieces = match &t.partitions[0].read().chunks[0] {
+        Chunk::Mem(m) => {
+            assert!(!m.sorted);
+            m.pieces.clone()
+        }
+        Chunk::Disk(_) => unreachable!(),
+    };
+    let merged = compact_pieces(&pieces, 0).unwrap().unwrap();
+    assert_eq!(merged.len(), 1);
+    assert!(merged[0].sorted);
+    let mut want: Vec<i64> = (0..16).chain(100..116).collect();
+    want.sort();
+    assert_eq!(timestamps(&merged[0].batch, 0), want.as_slice());
 }

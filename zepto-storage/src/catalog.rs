@@ -185,21 +185,38 @@ impl Catalog {
         self.tables.values()
     }
 
-    /// Add a table durably and return its entry.
-    pub(crate) fn create(&mut self, schema: TableSchema, faults: &Faults) -> Result<TableEntry> {
+    /// Add a table durably and return its entry. `id`: one chosen by the cluster (must be
+    /// unused and at least the next free one); `None` takes the next free id.
+    pub(crate) fn create(
+        &mut self,
+        schema: TableSchema,
+        id: Option<u32>,
+        faults: &Faults,
+    ) -> Result<TableEntry> {
         let key = schema.name.to_ascii_lowercase();
         if self.tables.contains_key(&key) {
             return Err(Error::TableExists(schema.name));
         }
+        let id = match id {
+            Some(id) if id < self.next_table_id || id == 0 => {
+                return Err(Error::InvalidInput(format!(
+                    "table id {id} is used or was used before (next free: {})",
+                    self.next_table_id
+                )))
+            }
+            Some(id) => id,
+            None => self.next_table_id,
+        };
         let entry = TableEntry {
-            id: self.next_table_id,
+            id,
             schema: Arc::new(schema),
         };
-        self.next_table_id += 1;
+        let prev_next = self.next_table_id;
+        self.next_table_id = id + 1;
         self.tables.insert(key.clone(), entry.clone());
         if let Err(e) = self.persist(faults) {
             self.tables.remove(&key);
-            self.next_table_id -= 1;
+            self.next_table_id = prev_next;
             return Err(e);
         }
         Ok(entry)
@@ -259,14 +276,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::default();
         let mut c = Catalog::load(dir.path()).unwrap();
-        let a = c.create(schema("a"), &faults).unwrap();
-        let b = c.create(schema("b"), &faults).unwrap();
+        let a = c.create(schema("a"), None, &faults).unwrap();
+        let b = c.create(schema("b"), None, &faults).unwrap();
         assert!(matches!(
-            c.create(schema("A"), &faults),
+            c.create(schema("A"), None, &faults),
             Err(Error::TableExists(_))
         ));
         c.drop_table("a", &faults).unwrap();
-        let a2 = c.create(schema("a"), &faults).unwrap();
+        let a2 = c.create(schema("a"), None, &faults).unwrap();
         assert!(a2.id > b.id && b.id > a.id);
         let c2 = Catalog::load(dir.path()).unwrap();
         assert_eq!(c2.get("A").unwrap().id, a2.id);
@@ -281,10 +298,10 @@ mod tests {
         faults
             .set("fs::write_atomic::before_fsync", "enospc")
             .unwrap();
-        assert!(c.create(schema("a"), &faults).is_err());
+        assert!(c.create(schema("a"), None, &faults).is_err());
         assert!(c.get("a").is_none());
         faults.clear("fs::write_atomic::before_fsync");
-        c.create(schema("a"), &faults).unwrap();
+        c.create(schema("a"), None, &faults).unwrap();
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub(crate) const KEEP_CHECKPOINTS: usize = 2;
 pub(crate) struct Capture {
     pub(crate) position: WalPosition,
     pub(crate) next_seq: Vec<u64>,
+    pub(crate) epochs: Vec<u64>,
     pub(crate) tables: Vec<CapturedTable>,
 }
 
@@ -109,6 +110,9 @@ pub(crate) struct Manifest {
     pub(crate) created_unix_ms: u64,
     pub(crate) wal_position: WalPosition,
     pub(crate) next_seq: Vec<u64>,
+    /// Per partition: the fencing epoch known at the checkpoint.
+    #[serde(default)]
+    pub(crate) epochs: Vec<u64>,
     pub(crate) tables: Vec<ManifestTable>,
 }
 
@@ -226,6 +230,7 @@ pub(crate) fn write_checkpoint(
         created_unix_ms: info.created_unix_ms,
         wal_position: capture.position,
         next_seq: capture.next_seq.clone(),
+        epochs: capture.epochs.clone(),
         tables,
     };
     let bytes = serde_json::to_vec(&manifest)

@@ -23,7 +23,10 @@ use serde::Serialize;
 use crate::checkpoint::{CheckpointInfo, LinkCache};
 use crate::error::{Error, Result};
 use crate::faults::Faults;
-use crate::ingest::{partition_for, prepare_write, Request, Ring, WriteReceipt, WriteTicket};
+use crate::ingest::{
+    partition_for, prepare_replicated, prepare_write, CommittedRecord, ReplicatedRecord, Request,
+    Ring, WriteReceipt, WriteTicket,
+};
 use crate::rdb::{Chunk, TableData};
 use crate::scan::{ScanRequest, ScanStats, TableScan};
 use crate::schema::TableSchema;
@@ -197,6 +200,26 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) wake: (Mutex<bool>, Condvar),
     pub(crate) recovery: Mutex<RecoveryInfo>,
+    /// Per partition: the fencing epoch (raised by the cluster layer and by replicated
+    /// records; never lowered).
+    pub(crate) epochs: Vec<AtomicU64>,
+    /// Per partition: the next WAL sequence number, as of the last group commit.
+    pub(crate) next_seq: Vec<AtomicU64>,
+    pub(crate) commit_listener: RwLock<Option<CommitListener>>,
+}
+
+/// A function told of every group of records that just became durable (see
+/// [`Db::set_commit_listener`]).
+pub type CommitListenerFn = Arc<dyn Fn(&[CommittedRecord]) + Send + Sync>;
+
+/// Called by the WAL writer with every group of records that just became durable.
+#[derive(Clone)]
+pub(crate) struct CommitListener(pub(crate) CommitListenerFn);
+
+impl std::fmt::Debug for CommitListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitListener")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -344,9 +367,13 @@ impl Db {
 
     /// Create a table; durable when this returns.
     pub fn create_table(&self, schema: TableSchema) -> Result<Arc<TableSchema>> {
+        self.create_table_inner(schema, None)
+    }
+
+    fn create_table_inner(&self, schema: TableSchema, id: Option<u32>) -> Result<Arc<TableSchema>> {
         let s = self.shared();
         let mut catalog = s.catalog.lock();
-        let entry = catalog.create(schema, &s.faults)?;
+        let entry = catalog.create(schema, id, &s.faults)?;
         // A directory left by a dropped table of the same name holds nothing we reference.
         let hdb = s.dir.join("hdb").join(&entry.schema.name);
         if hdb.exists() {
@@ -361,6 +388,17 @@ impl Db {
             .write()
             .insert(entry.schema.name.to_ascii_lowercase(), data);
         Ok(entry.schema)
+    }
+
+    /// Create a table with an id chosen by the cluster's metadata (so that every node uses
+    /// the same ids in its WAL records); durable when this returns.
+    pub fn create_table_with_id(&self, schema: TableSchema, id: u32) -> Result<Arc<TableSchema>> {
+        self.create_table_inner(schema, Some(id))
+    }
+
+    /// The id of a table (as written in WAL records).
+    pub fn table_id(&self, name: &str) -> Result<u32> {
+        Ok(self.shared().table(name)?.id)
     }
 
     /// Drop a table and its files; durable when this returns.
@@ -417,6 +455,79 @@ impl Db {
         let t = s.table(table)?;
         let req = prepare_write(&t, batch, s.config.partitions)?;
         self.inner.ring.push(req)
+    }
+
+    /// Apply records shipped by a partition's primary, with the epochs and sequence numbers
+    /// the primary gave them. All or nothing: a record from an older epoch than this node
+    /// knows is refused with [`Error::Fenced`], one that skips sequence numbers with
+    /// [`Error::SeqGap`]; records this node already has are skipped (idempotent resend).
+    pub fn write_replicated(&self, records: Vec<ReplicatedRecord>) -> Result<WriteTicket> {
+        let s = self.shared();
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if let Some(p) = s.poisoned.lock().clone() {
+            return Err(Error::WalPoisoned(p));
+        }
+        let req = prepare_replicated(records, s.config.partitions, |id| s.table_by_id(id))?;
+        self.inner.ring.push(req)
+    }
+
+    /// Be told of every record right after it becomes durable and visible (replication,
+    /// WAL archiving). The listener runs on the WAL writer thread: it must only hand the
+    /// records on (e.g. into a channel), never block. Replaces any previous listener.
+    pub fn set_commit_listener(&self, listener: CommitListenerFn) {
+        *self.shared().commit_listener.write() = Some(crate::engine::CommitListener(listener));
+    }
+
+    /// Raise a partition's fencing epoch (the cluster layer does this on promotion).
+    /// Replicated records of older epochs are refused from then on. Lowering is an error.
+    pub fn set_partition_epoch(&self, partition: u32, epoch: u64) -> Result<()> {
+        let e = self
+            .shared()
+            .epochs
+            .get(partition as usize)
+            .ok_or_else(|| Error::InvalidInput(format!("partition {partition} out of range")))?;
+        let prev = e.fetch_max(epoch, Ordering::AcqRel);
+        if prev > epoch {
+            return Err(Error::Fenced {
+                partition,
+                epoch,
+                current: prev,
+            });
+        }
+        Ok(())
+    }
+
+    /// A partition's fencing epoch and next WAL sequence number.
+    pub fn partition_position(&self, partition: u32) -> Result<(u64, u64)> {
+        let s = self.shared();
+        let p = partition as usize;
+        match (s.epochs.get(p), s.next_seq.get(p)) {
+            (Some(e), Some(n)) => Ok((e.load(Ordering::Acquire), n.load(Ordering::Acquire))),
+            _ => Err(Error::InvalidInput(format!(
+                "partition {partition} out of range"
+            ))),
+        }
+    }
+
+    /// The records of one partition with `seq >= from_seq` still in the WAL, in order, up
+    /// to about `max_bytes` of payload (at least one record). What a primary sends a
+    /// replica that fell behind. [`Error::WalTruncated`] when the WAL no longer reaches
+    /// back to `from_seq`.
+    pub fn wal_records_since(
+        &self,
+        partition: u32,
+        from_seq: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<ReplicatedRecord>> {
+        let s = self.shared();
+        let (_, next) = self.partition_position(partition)?;
+        if from_seq >= next {
+            return Ok(Vec::new());
+        }
+        let until = *s.wal_position.lock();
+        crate::wal::read_partition(&s.dir.join("wal"), partition, from_seq, until, max_bytes)
     }
 
     /// Write rows and wait until they are durable. Blocking: do not call from async code.

@@ -71,6 +71,33 @@ pub enum Error {
     #[error("WAL is unavailable: {0}")]
     WalPoisoned(String),
 
+    /// A replicated record from an older epoch than this node knows for the partition:
+    /// it comes from a deposed primary and is refused.
+    #[error("partition {partition}: epoch {epoch} is older than the current epoch {current}")]
+    Fenced {
+        partition: u32,
+        epoch: u64,
+        current: u64,
+    },
+
+    /// A replicated record that skips sequence numbers: the replica missed records and
+    /// must catch up first.
+    #[error("partition {partition}: expected WAL sequence {expected}, got {got}")]
+    SeqGap {
+        partition: u32,
+        expected: u64,
+        got: u64,
+    },
+
+    /// The WAL no longer holds the records asked for (a checkpoint covered and recycled
+    /// them): the reader needs a copy of the partition instead.
+    #[error("partition {partition}: WAL records from sequence {from_seq} are gone (oldest kept: {oldest})")]
+    WalTruncated {
+        partition: u32,
+        from_seq: u64,
+        oldest: u64,
+    },
+
     /// The engine is shutting down or has shut down.
     #[error("storage engine is shut down")]
     Shutdown,

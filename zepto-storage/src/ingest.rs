@@ -34,22 +34,55 @@ pub fn partition_for(table: &str, key: &str, partitions: u32) -> u32 {
 }
 
 /// The acknowledgement of a durable write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteReceipt {
     /// Rows written.
     pub rows: u64,
+    /// `(partition, seq)` of every WAL record the write became (what replication waits for).
+    pub records: Vec<(u32, u64)>,
+}
+
+/// A WAL record as shipped from a partition's primary to its replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedRecord {
+    pub partition: u32,
+    pub epoch: u64,
+    pub seq: u64,
+    /// The encoded rows, exactly as in the primary's WAL.
+    pub payload: bytes::Bytes,
+}
+
+/// A record that has just become durable and visible, as handed to the commit listener
+/// (replication, WAL archiving).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedRecord {
+    pub partition: u32,
+    pub epoch: u64,
+    pub seq: u64,
+    pub payload: bytes::Bytes,
+    /// True when it came from a primary through [`crate::Db::write_replicated`].
+    pub replicated: bool,
+}
+
+/// One partition's share of a write.
+#[derive(Debug)]
+pub(crate) struct WritePiece {
+    pub(crate) partition: u32,
+    pub(crate) table: Arc<TableData>,
+    /// The rows, in the table's types.
+    pub(crate) batch: RecordBatch,
+    /// The encoded rows inside the request's payload.
+    pub(crate) range: Range<usize>,
+    /// `(epoch, seq)` fixed by the primary for a replicated record; `None` for a local write.
+    pub(crate) replicated: Option<(u64, u64)>,
 }
 
 /// A write waiting in the ring or being made durable.
 #[derive(Debug)]
 pub(crate) struct WriteRequest {
-    pub(crate) table: Arc<TableData>,
-    /// (partition, rows of that partition in table types).
-    pub(crate) pieces: Vec<(u32, RecordBatch)>,
+    pub(crate) pieces: Vec<WritePiece>,
     /// Encoded WAL payloads of all pieces, back to back.
-    pub(crate) payload: Vec<u8>,
-    pub(crate) ranges: Vec<Range<usize>>,
-    pub(crate) rows: u64,
+    pub(crate) payload: bytes::Bytes,
     pub(crate) done: oneshot::Sender<Result<WriteReceipt>>,
 }
 
@@ -164,13 +197,12 @@ pub(crate) fn prepare_write(
     partitions: u32,
 ) -> Result<WriteRequest> {
     let batch = conform(table, batch)?;
-    let rows = batch.num_rows() as u64;
     let pieces = split_by_partition(table, &batch, partitions)?;
     let mut payload = Vec::with_capacity(batch.get_array_memory_size() + 64 * pieces.len());
-    let mut ranges = Vec::with_capacity(pieces.len());
-    for (_, piece) in &pieces {
+    let mut out = Vec::with_capacity(pieces.len());
+    for (partition, piece) in pieces {
         let start = payload.len();
-        encode_rows(table.id, &table.types, piece, &mut payload)?;
+        encode_rows(table.id, &table.types, &piece, &mut payload)?;
         if payload.len() - start > crate::wal::MAX_RECORD_LEN {
             return Err(Error::InvalidInput(format!(
                 "one partition's share of this write is {} bytes; send batches under {} bytes",
@@ -178,16 +210,73 @@ pub(crate) fn prepare_write(
                 crate::wal::MAX_RECORD_LEN
             )));
         }
-        ranges.push(start..payload.len());
+        out.push(WritePiece {
+            partition,
+            table: table.clone(),
+            batch: piece,
+            range: start..payload.len(),
+            replicated: None,
+        });
     }
     // The sender is replaced when the request enters the ring.
     let (done, _) = oneshot::channel();
     Ok(WriteRequest {
-        table: table.clone(),
+        pieces: out,
+        payload: bytes::Bytes::from(payload),
+        done,
+    })
+}
+
+/// Decode records shipped by a primary into a write request (all or nothing). The
+/// tables are looked up by the id inside each payload.
+pub(crate) fn prepare_replicated(
+    records: Vec<ReplicatedRecord>,
+    partitions: u32,
+    table_by_id: impl Fn(u32) -> Option<Arc<TableData>>,
+) -> Result<WriteRequest> {
+    let total: usize = records.iter().map(|r| r.payload.len()).sum();
+    let mut payload = Vec::with_capacity(total);
+    let mut pieces = Vec::with_capacity(records.len());
+    for r in records {
+        if r.partition >= partitions {
+            return Err(Error::InvalidInput(format!(
+                "replicated record for partition {} of {partitions}",
+                r.partition
+            )));
+        }
+        let id = crate::codec::payload_table_id(&r.payload).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "replicated record {}/{} has no valid payload header",
+                r.partition, r.seq
+            ))
+        })?;
+        let table = table_by_id(id).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "replicated record {}/{} names table id {id}, which this node does not have",
+                r.partition, r.seq
+            ))
+        })?;
+        let (_, batch) = crate::codec::decode_rows(&r.payload, &table.types, &table.arrow_schema)
+            .map_err(|e| {
+            Error::InvalidInput(format!(
+                "replicated record {}/{} does not decode: {e}",
+                r.partition, r.seq
+            ))
+        })?;
+        let start = payload.len();
+        payload.extend_from_slice(&r.payload);
+        pieces.push(WritePiece {
+            partition: r.partition,
+            table,
+            batch,
+            range: start..payload.len(),
+            replicated: Some((r.epoch, r.seq)),
+        });
+    }
+    let (done, _) = oneshot::channel();
+    Ok(WriteRequest {
         pieces,
-        payload,
-        ranges,
-        rows,
+        payload: bytes::Bytes::from(payload),
         done,
     })
 }

@@ -37,9 +37,9 @@ pub mod wal;
 
 pub use catalog::FORMAT_VERSION;
 pub use checkpoint::CheckpointInfo;
-pub use engine::{Clock, Config, Db, DbStats, MonotonicClock, RecoveryInfo};
+pub use engine::{Clock, CommitListenerFn, Config, Db, DbStats, MonotonicClock, RecoveryInfo};
 pub use error::{Error, Result};
-pub use ingest::{partition_for, WriteReceipt, WriteTicket};
+pub use ingest::{partition_for, CommittedRecord, ReplicatedRecord, WriteReceipt, WriteTicket};
 pub use scan::{ChunkSource, ScanChunk, ScanRequest, ScanStats, TableScan, TimeRange};
 pub use schema::{ColumnDef, ColumnType, TableSchema};
 pub use wal::WalPosition;

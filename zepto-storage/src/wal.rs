@@ -708,6 +708,76 @@ pub(crate) fn repair(dir: &Path, outcome: &ReplayOutcome) -> Result<u64> {
     Ok(outcome.max_segment.max(end.segment) + 1)
 }
 
+/// The records of `partition` with `seq >= from_seq`, read from the segments up to `until`
+/// (the durable end), about `max_bytes` of payload at most (at least one record).
+pub(crate) fn read_partition(
+    dir: &Path,
+    partition: u32,
+    from_seq: u64,
+    until: WalPosition,
+    max_bytes: usize,
+) -> Result<Vec<crate::ingest::ReplicatedRecord>> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut oldest: Option<u64> = None;
+    let mut buf = Vec::new();
+    for (id, path) in list_segments(dir)? {
+        if id > until.segment {
+            break;
+        }
+        buf.clear();
+        match File::open(&path) {
+            Ok(mut f) => {
+                std::io::Read::read_to_end(&mut f, &mut buf)
+                    .ctx(|| format!("read WAL segment {}", path.display()))?;
+            }
+            // Recycled by a checkpoint while we looked: treat as gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+        }
+        if check_segment_header(&buf, id).is_err() {
+            continue;
+        }
+        let end = if id == until.segment {
+            (until.offset as usize).min(buf.len())
+        } else {
+            buf.len()
+        };
+        let mut pos = SEGMENT_HEADER_LEN as usize;
+        while pos < end {
+            let Ok(Some((meta, payload, next))) = read_record(&buf[..end], pos, id) else {
+                break;
+            };
+            pos = next;
+            if meta.partition != partition {
+                continue;
+            }
+            oldest.get_or_insert(meta.seq);
+            if meta.seq >= from_seq {
+                bytes += payload.len();
+                out.push(crate::ingest::ReplicatedRecord {
+                    partition,
+                    epoch: meta.epoch,
+                    seq: meta.seq,
+                    payload: bytes::Bytes::copy_from_slice(payload),
+                });
+                if bytes >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    match (out.first(), oldest) {
+        (Some(r), _) if r.seq == from_seq => Ok(out),
+        (None, None) => Ok(out),
+        (first, oldest) => Err(Error::WalTruncated {
+            partition,
+            from_seq,
+            oldest: first.map(|r| r.seq).or(oldest).unwrap_or(from_seq),
+        }),
+    }
+}
+
 /// Segments whose every record lies before `pos`: safe to delete or recycle.
 pub(crate) fn obsolete_segments(dir: &Path, pos: WalPosition) -> Result<Vec<(u64, PathBuf)>> {
     Ok(list_segments(dir)?

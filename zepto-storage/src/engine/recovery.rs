@@ -65,11 +65,15 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         }
     }
     let mut next_seq = vec![0u64; partitions as usize];
+    let mut epochs = vec![0u64; partitions as usize];
     let mut from = WalPosition::default();
     let mut referenced: HashSet<PathBuf> = HashSet::new();
     if let Some((m, cdir)) = &chosen {
         info.checkpoint_id = Some(m.id);
         from = m.wal_position;
+        if m.epochs.len() == partitions as usize {
+            epochs.clone_from(&m.epochs);
+        }
         if m.next_seq.len() == partitions as usize {
             next_seq.clone_from(&m.next_seq);
         } else {
@@ -155,6 +159,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             return Ok(()); // already in the checkpoint
         }
         next_seq[p] = next_seq[p].max(meta.seq + 1);
+        epochs[p] = epochs[p].max(meta.epoch);
         let Some(t) = payload_table_id(payload).and_then(|id| by_id.get(&id)) else {
             return Ok(()); // a table dropped since
         };
@@ -217,6 +222,9 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         stop: AtomicBool::new(false),
         wake: (Mutex::new(false), Condvar::new()),
         recovery: Mutex::new(info),
+        epochs: epochs.into_iter().map(AtomicU64::new).collect(),
+        next_seq: next_seq.iter().map(|&s| AtomicU64::new(s)).collect(),
+        commit_listener: RwLock::new(None),
     });
     Ok(Recovered {
         shared,

@@ -520,3 +520,180 @@ fn damaged_wal_keeps_the_prefix_and_reports_where() {
     assert!(db.recovery_info().wal_damage.is_none());
     assert_eq!(contents(&db).len(), got.len() + 10);
 }
+
+mod replication {
+    use super::*;
+    use crate::ingest::{CommittedRecord, ReplicatedRecord};
+
+    fn pair(dir: &Path) -> (Db, Db, crossbeam_channel::Receiver<Vec<CommittedRecord>>) {
+        let primary = Db::open(config(&dir.join("p"))).unwrap();
+        let replica = Db::open(config(&dir.join("r"))).unwrap();
+        primary.create_table_with_id(trades_schema(), 7).unwrap();
+        replica.create_table_with_id(trades_schema(), 7).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        primary.set_commit_listener(Arc::new(move |recs: &[CommittedRecord]| {
+            let _ = tx.send(recs.to_vec());
+        }));
+        (primary, replica, rx)
+    }
+
+    fn ship(recs: &[CommittedRecord]) -> Vec<ReplicatedRecord> {
+        recs.iter()
+            .map(|r| ReplicatedRecord {
+                partition: r.partition,
+                epoch: r.epoch,
+                seq: r.seq,
+                payload: r.payload.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replica_applies_shipped_records_exactly_once_and_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primary, replica, rx) = pair(dir.path());
+        let mut shipped = Vec::new();
+        for k in 0..5 {
+            let receipt = primary
+                .insert("trades", rows(k * 100..(k + 1) * 100))
+                .unwrap();
+            let recs = rx.recv().unwrap();
+            assert_eq!(
+                receipt.records,
+                recs.iter()
+                    .map(|r| (r.partition, r.seq))
+                    .collect::<Vec<_>>()
+            );
+            replica
+                .write_replicated(ship(&recs))
+                .unwrap()
+                .wait()
+                .unwrap();
+            shipped.extend(recs);
+        }
+        assert_eq!(contents(&replica), expected(0..500));
+        // A resend of everything is skipped, not applied twice.
+        let again = replica
+            .write_replicated(ship(&shipped))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(again.rows, 0);
+        assert_eq!(contents(&replica), expected(0..500));
+        for p in 0..8 {
+            assert_eq!(
+                replica.partition_position(p).unwrap(),
+                primary.partition_position(p).unwrap()
+            );
+        }
+        drop(replica);
+        let replica = Db::open(config(&dir.path().join("r"))).unwrap();
+        assert_eq!(contents(&replica), expected(0..500));
+        for p in 0..8 {
+            assert_eq!(
+                replica.partition_position(p).unwrap().1,
+                primary.partition_position(p).unwrap().1
+            );
+        }
+    }
+
+    #[test]
+    fn gaps_and_stale_epochs_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primary, replica, rx) = pair(dir.path());
+        primary.insert("trades", rows(0..50)).unwrap();
+        let first = rx.recv().unwrap();
+        primary.insert("trades", rows(50..100)).unwrap();
+        let second = rx.recv().unwrap();
+        // Skipping the first batch leaves a gap in some partition.
+        let e = replica
+            .write_replicated(ship(&second))
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(matches!(e, Error::SeqGap { .. }), "{e}");
+        assert!(
+            contents(&replica).is_empty(),
+            "nothing of a refused batch is applied"
+        );
+        replica
+            .write_replicated(ship(&first))
+            .unwrap()
+            .wait()
+            .unwrap();
+        // The partition moved on to epoch 3 (a new primary): epoch-0 records are fenced.
+        let p = second[0].partition;
+        replica.set_partition_epoch(p, 3).unwrap();
+        let e = replica
+            .write_replicated(ship(&second))
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Fenced { partition, epoch: 0, current: 3 } if partition == p),
+            "{e}"
+        );
+        assert_eq!(contents(&replica), expected(0..50));
+        assert!(
+            replica.set_partition_epoch(p, 2).is_err(),
+            "epochs never go down"
+        );
+        // Local writes on the replica now carry epoch 3 in that partition; the epoch survives restart.
+        drop(replica);
+        let replica = Db::open(config(&dir.path().join("r"))).unwrap();
+        assert_eq!(
+            replica.partition_position(p).unwrap().0,
+            0,
+            "no epoch-3 record was written yet"
+        );
+        replica.set_partition_epoch(p, 3).unwrap();
+        replica.checkpoint().unwrap();
+        drop(replica);
+        let replica = Db::open(config(&dir.path().join("r"))).unwrap();
+        assert_eq!(
+            replica.partition_position(p).unwrap().0,
+            3,
+            "epoch kept by the checkpoint"
+        );
+    }
+
+    #[test]
+    fn wal_records_since_serves_catch_up_until_recycled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.wal_segment_bytes = 16 * 1024;
+        let db = Db::open(c).unwrap();
+        db.create_table(trades_schema()).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        db.set_commit_listener(Arc::new(move |recs: &[CommittedRecord]| {
+            let _ = tx.send(recs.to_vec());
+        }));
+        for k in 0..40 {
+            db.insert("trades", rows(k * 50..(k + 1) * 50)).unwrap();
+        }
+        let all: Vec<CommittedRecord> = rx.try_iter().flatten().collect();
+        let p = all[0].partition;
+        let want: Vec<ReplicatedRecord> = ship(&all)
+            .into_iter()
+            .filter(|r| r.partition == p)
+            .collect();
+        let got = db.wal_records_since(p, 0, usize::MAX).unwrap();
+        assert_eq!(got, want);
+        let tail = db.wal_records_since(p, 10, usize::MAX).unwrap();
+        assert_eq!(tail.first().map(|r| r.seq), Some(10));
+        assert_eq!(tail.len(), want.len() - 10);
+        let one = db.wal_records_since(p, 10, 1).unwrap();
+        assert_eq!(one.len(), 1);
+        let (_, next) = db.partition_position(p).unwrap();
+        assert!(db
+            .wal_records_since(p, next, usize::MAX)
+            .unwrap()
+            .is_empty());
+        // Two checkpoints recycle the old segments: the beginning is gone.
+        db.checkpoint().unwrap();
+        db.insert("trades", rows(5000..5050)).unwrap();
+        db.checkpoint().unwrap();
+        let e = db.wal_records_since(p, 0, usize::MAX).unwrap_err();
+        assert!(matches!(e, Error::WalTruncated { from_seq: 0, .. }), "{e}");
+    }
+}

@@ -1,8 +1,9 @@
 //! The WAL writer thread: the single consumer of the ingest ring.
 //!
 //! Hot path. One loop iteration is one group commit: take every request waiting (up to
-//! `max_group_bytes`), assign per-partition sequence numbers, write all records with one
-//! write, fdatasync once, then apply the rows to RDB and acknowledge. Nothing is
+//! `max_group_bytes`), assign per-partition sequence numbers (or check the ones a primary
+//! fixed, for replicated records), write all records with one write, fdatasync once, then
+//! apply the rows to RDB, tell the commit listener, and acknowledge. Nothing is
 //! acknowledged before its fdatasync returned. A failed write fails the whole group and
 //! leaves the log position where it was; a failed fdatasync poisons the WAL (the page
 //! cache state is unknown), after which every write is refused until restart.
@@ -15,7 +16,7 @@ use crossbeam_channel::Receiver;
 use crate::checkpoint::{Capture, CapturedTable};
 use crate::engine::Shared;
 use crate::error::{Error, Result};
-use crate::ingest::{Request, WriteReceipt, WriteRequest};
+use crate::ingest::{CommittedRecord, Request, WriteReceipt, WriteRequest};
 use crate::wal::{RecordMeta, WalWriter};
 
 pub(super) fn run(
@@ -27,7 +28,7 @@ pub(super) fn run(
     let mut writes: Vec<WriteRequest> = Vec::new();
     let mut captures = Vec::new();
     *shared.wal_position.lock() = wal.position();
-    'outer: loop {
+    loop {
         let Ok(first) = rx.recv() else { break };
         let mut stop = false;
         let mut bytes = 0usize;
@@ -54,13 +55,84 @@ pub(super) fn run(
         }
         shared.writer_busy_since.store(0, Ordering::Release);
         if stop {
-            break 'outer;
+            break;
         }
     }
     // Requests still queued are dropped with the receiver: their tickets answer Shutdown.
     if let Err(e) = wal.sync() {
         tracing::warn!(error = %e, "final WAL sync failed");
     }
+}
+
+/// Where each piece of a request goes in the log: `None` = a replicated record this node
+/// already has (skipped, idempotent).
+type Placement = Vec<Option<RecordMeta>>;
+
+/// Give each piece its epoch and sequence number, or refuse the request (stale epoch,
+/// sequence gap). Advances `next_seq` only on success.
+fn place(shared: &Shared, w: &WriteRequest, next_seq: &mut [u64]) -> Result<Placement> {
+    let mut out = Vec::with_capacity(w.pieces.len());
+    let mut seqs: Vec<(u32, u64)> = Vec::new(); // (partition, next) as this request sees them
+    let next_of = |seqs: &[(u32, u64)], p: u32, next_seq: &[u64]| {
+        seqs.iter()
+            .rev()
+            .find(|(q, _)| *q == p)
+            .map(|(_, s)| *s)
+            .unwrap_or(next_seq[p as usize])
+    };
+    for piece in &w.pieces {
+        let p = piece.partition;
+        let current = shared.epochs[p as usize].load(Ordering::Acquire);
+        let expected = next_of(&seqs, p, next_seq);
+        match piece.replicated {
+            None => {
+                out.push(Some(RecordMeta {
+                    partition: p,
+                    epoch: current,
+                    seq: expected,
+                    continues: false,
+                }));
+                seqs.push((p, expected + 1));
+            }
+            Some((epoch, seq)) => {
+                if epoch < current {
+                    return Err(Error::Fenced {
+                        partition: p,
+                        epoch,
+                        current,
+                    });
+                }
+                if seq < expected {
+                    out.push(None); // already durable here
+                } else if seq > expected {
+                    return Err(Error::SeqGap {
+                        partition: p,
+                        expected,
+                        got: seq,
+                    });
+                } else {
+                    out.push(Some(RecordMeta {
+                        partition: p,
+                        epoch,
+                        seq,
+                        continues: false,
+                    }));
+                    seqs.push((p, seq + 1));
+                }
+            }
+        }
+    }
+    // A write is atomic: all its records but the last say "more follow".
+    let last = out.iter().rposition(Option::is_some);
+    for (i, m) in out.iter_mut().enumerate() {
+        if let Some(m) = m {
+            m.continues = Some(i) != last;
+        }
+    }
+    for (p, s) in seqs {
+        next_seq[p as usize] = s;
+    }
+    Ok(out)
 }
 
 fn commit_group(
@@ -78,48 +150,46 @@ fn commit_group(
         fail_all(shared, writes, || Error::WalPoisoned(p.clone()));
         return;
     }
-    // Sequence numbers, remembered so a failed group can give them back.
-    let seq_before: Vec<(u32, u64)> = writes
-        .iter()
-        .flat_map(|w| w.pieces.iter().map(|(p, _)| *p))
-        .map(|p| (p, next_seq[p as usize]))
-        .collect();
-    let mut records: Vec<(RecordMeta, &[u8])> = Vec::with_capacity(seq_before.len());
-    for w in writes.iter() {
-        let last = w.pieces.len().saturating_sub(1);
-        for (i, ((p, _), range)) in w.pieces.iter().zip(&w.ranges).enumerate() {
-            let seq = &mut next_seq[*p as usize];
-            records.push((
-                RecordMeta {
-                    partition: *p,
-                    epoch: 0,
-                    seq: *seq,
-                    // A write spanning partitions is atomic: replay applies it only whole.
-                    continues: i < last,
-                },
-                &w.payload[range.clone()],
-            ));
-            *seq += 1;
+    let seq_before = next_seq.to_vec();
+    // Place every request; refuse the ones that cannot go in.
+    let mut placed: Vec<(WriteRequest, Placement)> = Vec::with_capacity(writes.len());
+    for w in writes.drain(..) {
+        match place(shared, &w, next_seq) {
+            Ok(pl) => placed.push((w, pl)),
+            Err(e) => {
+                shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = w.done.send(Err(e));
+            }
         }
     }
-    let result = wal.append_unsynced(&records).and_then(|()| {
-        wal.sync().map_err(|e| {
-            let msg = format!("{e}; restart zeptod to recover from the WAL");
-            tracing::error!(error = %e, "WAL fdatasync failed: refusing all writes until restart");
-            *shared.poisoned.lock() = Some(msg.clone());
-            Error::WalPoisoned(msg)
+    let mut records: Vec<(RecordMeta, &[u8])> = Vec::new();
+    for (w, pl) in &placed {
+        for (piece, meta) in w.pieces.iter().zip(pl) {
+            if let Some(meta) = meta {
+                records.push((*meta, &w.payload[piece.range.clone()]));
+            }
+        }
+    }
+    let result = if records.is_empty() {
+        Ok(())
+    } else {
+        wal.append_unsynced(&records).and_then(|()| {
+            wal.sync().map_err(|e| {
+                let msg = format!("{e}; restart zeptod to recover from the WAL");
+                tracing::error!(error = %e, "WAL fdatasync failed: refusing all writes until restart");
+                *shared.poisoned.lock() = Some(msg.clone());
+                Error::WalPoisoned(msg)
+            })
         })
-    });
+    };
     drop(records);
     if let Err(e) = result {
-        // Give the sequence numbers back (in reverse, so each ends at its first value).
-        for (p, s) in seq_before.iter().rev() {
-            next_seq[*p as usize] = *s;
-        }
-        tracing::warn!(error = %e, requests = writes.len(), "WAL write failed; the group is not acknowledged");
+        next_seq.copy_from_slice(&seq_before);
+        tracing::warn!(error = %e, requests = placed.len(), "WAL write failed; the group is not acknowledged");
         let msg = e.to_string();
         let poisoned = matches!(e, Error::WalPoisoned(_));
-        fail_all(shared, writes, || {
+        let mut reqs: Vec<WriteRequest> = placed.into_iter().map(|(w, _)| w).collect();
+        fail_all(shared, &mut reqs, || {
             if poisoned {
                 Error::WalPoisoned(msg.clone())
             } else {
@@ -129,15 +199,25 @@ fn commit_group(
         return;
     }
     *shared.wal_position.lock() = wal.position();
+    for (p, s) in next_seq.iter().enumerate() {
+        shared.next_seq[p].store(*s, Ordering::Release);
+    }
     let now = shared.now_ms();
     let mut wants_compaction = false;
-    for w in writes.drain(..) {
+    let listener = shared.commit_listener.read().clone();
+    let mut committed: Vec<CommittedRecord> = Vec::new();
+    for (w, pl) in placed {
         let mut applied: Result<()> = Ok(());
-        for (p, batch) in &w.pieces {
+        let mut receipt = WriteReceipt {
+            rows: 0,
+            records: Vec::with_capacity(pl.len()),
+        };
+        for (piece, meta) in w.pieces.iter().zip(&pl) {
+            let Some(meta) = meta else { continue };
             let mut next_id = || shared.next_chunk_id.fetch_add(1, Ordering::Relaxed);
-            match w.table.append(
-                *p,
-                batch,
+            match piece.table.append(
+                piece.partition,
+                &piece.batch,
                 shared.config.chunk_duration_ns,
                 now,
                 &mut next_id,
@@ -145,15 +225,29 @@ fn commit_group(
                 Ok(c) => wants_compaction |= c,
                 Err(e) => applied = Err(e),
             }
+            if meta.epoch > shared.epochs[meta.partition as usize].load(Ordering::Acquire) {
+                shared.epochs[meta.partition as usize].fetch_max(meta.epoch, Ordering::AcqRel);
+            }
+            receipt.rows += piece.batch.num_rows() as u64;
+            receipt.records.push((meta.partition, meta.seq));
+            if listener.is_some() {
+                committed.push(CommittedRecord {
+                    partition: meta.partition,
+                    epoch: meta.epoch,
+                    seq: meta.seq,
+                    payload: w.payload.slice(piece.range.clone()),
+                    replicated: piece.replicated.is_some(),
+                });
+            }
         }
         let c = &shared.counters;
         c.write_requests.fetch_add(1, Ordering::Relaxed);
         match applied {
             Ok(()) => {
-                c.rows_written.fetch_add(w.rows, Ordering::Relaxed);
+                c.rows_written.fetch_add(receipt.rows, Ordering::Relaxed);
                 c.bytes_written
                     .fetch_add(w.payload.len() as u64, Ordering::Relaxed);
-                let _ = w.done.send(Ok(WriteReceipt { rows: w.rows }));
+                let _ = w.done.send(Ok(receipt));
             }
             Err(e) => {
                 // Durable in the WAL but not applied: a bug. Say so rather than ack.
@@ -163,6 +257,11 @@ fn commit_group(
                     "write is durable but could not be applied: {e}"
                 ))));
             }
+        }
+    }
+    if let Some(l) = listener {
+        if !committed.is_empty() {
+            (l.0)(&committed);
         }
     }
     if wants_compaction {
@@ -203,6 +302,11 @@ fn capture(shared: &Shared, wal: &WalWriter, next_seq: &[u64]) -> Capture {
     Capture {
         position: wal.position(),
         next_seq: next_seq.to_vec(),
+        epochs: shared
+            .epochs
+            .iter()
+            .map(|e| e.load(Ordering::Acquire))
+            .collect(),
         tables,
     }
 }

@@ -1,0 +1,120 @@
+//! The smoke run of zepto-bench, so the harness never rots: start the real `zeptod` (built
+//! by the same `cargo test --workspace`) on a free port, then run `ingest` in all three
+//! formats and `query --load` (with the DuckDB comparison when the Python package is
+//! there) on tiny data, one timed run each, and check what the tool printed.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `target/<profile>/zeptod`, next to this test's own `deps/` directory.
+fn zeptod_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("zeptod");
+    bin.is_file().then_some(bin)
+}
+
+fn start(bin: &PathBuf) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin)
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("zeptod listening on http=") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("zeptod printed its address");
+    let server = Server {
+        child,
+        url: format!("http://{addr}"),
+        _dir: dir,
+    };
+    server
+}
+
+fn bench(url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_zepto-bench"))
+        .args(args)
+        .args(["--url", url, "--rows", "3000", "--symbols", "50"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "zepto-bench {args:?} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn smoke_ingest_and_queries_against_a_real_server() {
+    let Some(bin) = zeptod_binary() else {
+        println!("SKIPPED smoke test: no zeptod binary next to this test (run `cargo test --workspace`, which builds it)");
+        return;
+    };
+    let server = start(&bin);
+    for format in ["arrow", "csv", "ilp"] {
+        let out = bench(
+            &server.url,
+            &[
+                "ingest",
+                "--format",
+                format,
+                "--batch-rows",
+                "1000",
+                "--clients",
+                "2",
+            ],
+        );
+        assert!(out.contains("3000 rows in"), "{format}: {out}");
+    }
+    let out = bench(
+        &server.url,
+        &[
+            "query",
+            "--load",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+            "--compare",
+            "duckdb",
+        ],
+    );
+    for q in ["Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8"] {
+        assert!(out.lines().any(|l| l.starts_with(q)), "{q} missing:\n{out}");
+    }
+    if out.contains("DuckDB comparison skipped") {
+        println!("DuckDB part SKIPPED: {out}");
+    } else {
+        assert!(out.contains("DuckDB "), "{out}");
+    }
+}

@@ -457,6 +457,24 @@ impl Db {
         self.inner.ring.push(req)
     }
 
+    /// Like [`Db::write`] for several tables at once, atomic across all of them: after a
+    /// crash either every row of every table is there or none is.
+    pub fn write_many(&self, batches: Vec<(String, RecordBatch)>) -> Result<WriteTicket> {
+        let s = self.shared();
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if let Some(p) = s.poisoned.lock().clone() {
+            return Err(Error::WalPoisoned(p));
+        }
+        let mut reqs = Vec::with_capacity(batches.len());
+        for (table, batch) in batches {
+            let t = s.table(&table)?;
+            reqs.push(prepare_write(&t, batch, s.config.partitions)?);
+        }
+        self.inner.ring.push(crate::ingest::merge_requests(reqs))
+    }
+
     /// Apply records shipped by a partition's primary, with the epochs and sequence numbers
     /// the primary gave them. All or nothing: a record from an older epoch than this node
     /// knows is refused with [`Error::Fenced`], one that skips sequence numbers with

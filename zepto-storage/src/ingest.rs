@@ -227,6 +227,27 @@ pub(crate) fn prepare_write(
     })
 }
 
+/// One request holding the pieces of several (a write to several tables, atomic).
+pub(crate) fn merge_requests(reqs: Vec<WriteRequest>) -> WriteRequest {
+    let total: usize = reqs.iter().map(|r| r.payload.len()).sum();
+    let mut payload = Vec::with_capacity(total);
+    let mut pieces = Vec::new();
+    for r in reqs {
+        let base = payload.len();
+        payload.extend_from_slice(&r.payload);
+        pieces.extend(r.pieces.into_iter().map(|p| WritePiece {
+            range: p.range.start + base..p.range.end + base,
+            ..p
+        }));
+    }
+    let (done, _) = oneshot::channel();
+    WriteRequest {
+        pieces,
+        payload: bytes::Bytes::from(payload),
+        done,
+    }
+}
+
 /// Decode records shipped by a primary into a write request (all or nothing). The
 /// tables are looked up by the id inside each payload.
 pub(crate) fn prepare_replicated(

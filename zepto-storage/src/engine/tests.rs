@@ -697,3 +697,39 @@ mod replication {
         assert!(matches!(e, Error::WalTruncated { from_seq: 0, .. }), "{e}");
     }
 }
+
+#[test]
+fn write_many_is_one_atomic_write_across_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    let mut other = trades_schema();
+    other.name = "trades2".into();
+    db.create_table(other).unwrap();
+    let r = db
+        .write_many(vec![
+            ("trades".into(), rows(0..100)),
+            ("trades2".into(), rows(100..150)),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(r.rows, 150);
+    assert_eq!(
+        db.scan(&ScanRequest::all("trades2")).unwrap().num_rows(),
+        50
+    );
+    assert_eq!(contents(&db), expected(0..100));
+    // A bad batch for one table refuses the whole write.
+    let e = db.write_many(vec![
+        ("trades".into(), rows(200..210)),
+        ("nope".into(), rows(0..1)),
+    ]);
+    assert!(matches!(e, Err(Error::TableNotFound(_))));
+    assert_eq!(contents(&db), expected(0..100));
+    drop(db);
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(
+        db.scan(&ScanRequest::all("trades2")).unwrap().num_rows(),
+        50
+    );
+}

@@ -20,10 +20,15 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
         return Ok(());
     }
     fs::create_dir_all(dir).ctx(|| format!("create directory {}", dir.display()))?;
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
+    fsync_dir(parent_or_cwd(dir))
+}
+
+/// The directory holding `path`: its parent, or `.` for a bare relative name.
+pub(crate) fn parent_or_cwd(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
-    Ok(())
 }
 
 /// Replace `path` atomically with `bytes`: write `path.tmp`, fsync it, rename over `path`,
@@ -43,8 +48,5 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result
         f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
     }
     fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(())
+    fsync_dir(parent_or_cwd(path))
 }

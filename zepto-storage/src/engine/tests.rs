@@ -678,7 +678,16 @@ mod replication {
             .filter(|r| r.partition == p)
             .collect();
         let got = db.wal_records_since(p, 0, usize::MAX).unwrap();
-        assert_eq!(got, want);
+        let key = |v: &[ReplicatedRecord]| {
+            v.iter()
+                .map(|r| (r.partition, r.seq, r.epoch))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&got), key(&want));
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| a.payload == b.payload),
+            "payloads differ"
+        );
         let tail = db.wal_records_since(p, 10, usize::MAX).unwrap();
         assert_eq!(tail.first().map(|r| r.seq), Some(10));
         assert_eq!(tail.len(), want.len() - 10);
@@ -732,4 +741,44 @@ fn write_many_is_one_atomic_write_across_tables() {
         db.scan(&ScanRequest::all("trades2")).unwrap().num_rows(),
         50
     );
+}
+
+#[test]
+fn a_bare_relative_data_dir_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("zepto-rel-{}", std::process::id());
+    // Relative to the test's working directory: create it inside the tempdir via a symlink-free path.
+    let cwd = std::env::current_dir().unwrap();
+    let target = cwd.join(&name);
+    let _cleanup = scopeguard(target.clone());
+    let db = Db::open(config(Path::new(&name))).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    db.insert("trades", rows(0..10)).unwrap();
+    drop(db);
+    let db = Db::open(config(Path::new(&name))).unwrap();
+    assert_eq!(contents(&db).len(), 10);
+    drop(dir);
+}
+
+/// Removes a directory when dropped.
+fn scopeguard(path: std::path::PathBuf) -> impl Drop {
+    struct G(std::path::PathBuf);
+    impl Drop for G {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    G(path)
+}
+
+#[test]
+fn poisoned_message_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    db.faults().set("wal::fsync", "eio").unwrap();
+    let first = db.insert("trades", rows(0..10)).unwrap_err().to_string();
+    let later = db.insert("trades", rows(10..20)).unwrap_err().to_string();
+    for m in [&first, &later] {
+        assert_eq!(m.matches("WAL is unavailable").count(), 1, "{m}");
+    }
 }

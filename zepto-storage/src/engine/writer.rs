@@ -186,16 +186,18 @@ fn commit_group(
     if let Err(e) = result {
         next_seq.copy_from_slice(&seq_before);
         tracing::warn!(error = %e, requests = placed.len(), "WAL write failed; the group is not acknowledged");
-        let msg = e.to_string();
-        let poisoned = matches!(e, Error::WalPoisoned(_));
         let mut reqs: Vec<WriteRequest> = placed.into_iter().map(|(w, _)| w).collect();
-        fail_all(shared, &mut reqs, || {
-            if poisoned {
-                Error::WalPoisoned(msg.clone())
-            } else {
-                Error::io("write the WAL", std::io::Error::other(msg.clone()))
+        match e {
+            Error::WalPoisoned(msg) => {
+                fail_all(shared, &mut reqs, || Error::WalPoisoned(msg.clone()))
             }
-        });
+            other => {
+                let msg = other.to_string();
+                fail_all(shared, &mut reqs, || {
+                    Error::io("write the WAL", std::io::Error::other(msg.clone()))
+                })
+            }
+        }
         return;
     }
     *shared.wal_position.lock() = wal.position();
@@ -206,6 +208,7 @@ fn commit_group(
     let mut wants_compaction = false;
     let listener = shared.commit_listener.read().clone();
     let mut committed: Vec<CommittedRecord> = Vec::new();
+    let mut answers = Vec::with_capacity(placed.len());
     for (w, pl) in placed {
         let mut applied: Result<()> = Ok(());
         let mut receipt = WriteReceipt {
@@ -225,9 +228,7 @@ fn commit_group(
                 Ok(c) => wants_compaction |= c,
                 Err(e) => applied = Err(e),
             }
-            if meta.epoch > shared.epochs[meta.partition as usize].load(Ordering::Acquire) {
-                shared.epochs[meta.partition as usize].fetch_max(meta.epoch, Ordering::AcqRel);
-            }
+            shared.epochs[meta.partition as usize].fetch_max(meta.epoch, Ordering::AcqRel);
             receipt.rows += piece.batch.num_rows() as u64;
             receipt.records.push((meta.partition, meta.seq));
             if listener.is_some() {
@@ -242,27 +243,32 @@ fn commit_group(
         }
         let c = &shared.counters;
         c.write_requests.fetch_add(1, Ordering::Relaxed);
-        match applied {
+        let answer = match applied {
             Ok(()) => {
                 c.rows_written.fetch_add(receipt.rows, Ordering::Relaxed);
                 c.bytes_written
                     .fetch_add(w.payload.len() as u64, Ordering::Relaxed);
-                let _ = w.done.send(Ok(receipt));
+                Ok(receipt)
             }
             Err(e) => {
                 // Durable in the WAL but not applied: a bug. Say so rather than ack.
                 tracing::error!(error = %e, "durable write could not be applied to memory");
                 c.write_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = w.done.send(Err(Error::Internal(format!(
+                Err(Error::Internal(format!(
                     "write is durable but could not be applied: {e}"
-                ))));
+                )))
             }
-        }
+        };
+        answers.push((w.done, answer));
     }
+    // The listener hears of every record before any of its writes is acknowledged.
     if let Some(l) = listener {
         if !committed.is_empty() {
             (l.0)(&committed);
         }
+    }
+    for (done, answer) in answers {
+        let _ = done.send(answer);
     }
     if wants_compaction {
         shared.wake_maintenance();

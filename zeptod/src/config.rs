@@ -1,0 +1,442 @@
+//! Configuration: command-line flags (each with a `ZEPTO_*` environment variable and a
+//! default), an optional TOML file for the same settings, and one validated [`Config`] built
+//! from both. Precedence: flag or environment variable > TOML file > default. Unknown TOML
+//! keys are an error, as are out-of-range values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// When an INSERT is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AckPolicy {
+    /// After the local WAL fdatasync.
+    Local,
+    /// After the partition's replica has fsynced too (the same as `local` on a single node).
+    Replicated,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// zeptod: the zeptodb server (SQL over HTTP, bulk ingest, InfluxDB line protocol).
+///
+/// Durations accept `ms`, `s`, `m`, `h` suffixes (`500ms`, `30s`, `5m`); a bare number is seconds.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zeptod",
+    version,
+    about,
+    long_about = None,
+    after_help = "Durations accept ms, s, m and h suffixes (500ms, 30s, 5m, 1h); a bare number is seconds. \
+                  The bound address is printed on stdout as `zeptod listening on http=ADDR`."
+)]
+struct Cli {
+    /// TOML file with any of the settings below (keys as the flag names with '_' for '-').
+    /// Flags and environment variables override it; unknown keys are an error.
+    #[arg(long, env = "ZEPTO_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Directory for the WAL, checkpoints and on-disk chunks.
+    #[arg(long, env = "ZEPTO_DATA_DIR", default_value = "./zepto-data")]
+    data_dir: PathBuf,
+
+    /// Address of the HTTP API (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "ZEPTO_HTTP_ADDR", default_value = "0.0.0.0:8123")]
+    http_addr: SocketAddr,
+
+    /// Time between automatic checkpoints; `0` turns them off.
+    #[arg(long, env = "ZEPTO_CHECKPOINT_INTERVAL", default_value = "60s")]
+    checkpoint_interval: String,
+
+    /// When an INSERT is acknowledged: `local` (after the local fdatasync) or `replicated`
+    /// (after the replica's fsync too; on a single node this is the same as `local`).
+    #[arg(long, env = "ZEPTO_ACK", value_enum, default_value = "local")]
+    ack: AckPolicy,
+
+    /// Key that grants the admin role (`Authorization: Bearer <key>`). Without it and without
+    /// an admin entry in --api-keys-file, the /admin endpoints answer 403.
+    #[arg(long, env = "ZEPTO_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+
+    /// File of API keys, one `role:sha256-hex-of-key` per line (roles: admin, writer, reader;
+    /// `#` starts a comment). Without any key, data endpoints answer loopback clients only.
+    #[arg(long, env = "ZEPTO_API_KEYS_FILE", value_name = "FILE")]
+    api_keys_file: Option<PathBuf>,
+
+    /// Largest request body accepted; larger bodies get 413 and insert nothing.
+    #[arg(long, env = "ZEPTO_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_body_bytes: u64,
+
+    /// Longest a query may run before it is cancelled with 408.
+    #[arg(long, env = "ZEPTO_QUERY_TIMEOUT", default_value = "30s")]
+    query_timeout: String,
+
+    /// Memory a single query may hold (bytes: sort buffers, join tables, results); over it
+    /// the query fails with 413. 0 = unlimited.
+    #[arg(long, env = "ZEPTO_QUERY_MEMORY_LIMIT", default_value_t = 1 << 30)]
+    query_memory_limit: u64,
+
+    /// Time a client has to send the request headers (against slowloris).
+    #[arg(long, env = "ZEPTO_HEADER_READ_TIMEOUT", default_value = "10s")]
+    header_read_timeout: String,
+
+    /// Time a client has to send the whole request body.
+    #[arg(long, env = "ZEPTO_BODY_READ_TIMEOUT", default_value = "60s")]
+    body_read_timeout: String,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before they are cut.
+    #[arg(long, env = "ZEPTO_SHUTDOWN_TIMEOUT", default_value = "30s")]
+    shutdown_timeout: String,
+
+    /// On SIGTERM/SIGINT, how long to keep serving with /ready answering 503 before the
+    /// listener closes (lets load balancers stop sending traffic first).
+    #[arg(long, env = "ZEPTO_DRAIN_DELAY", default_value = "0s")]
+    drain_delay: String,
+
+    /// Write requests that may wait for the WAL writer; beyond that writes get 503 with
+    /// Retry-After (never a silent drop).
+    #[arg(long, env = "ZEPTO_INGEST_QUEUE_REQUESTS", default_value_t = 4096)]
+    ingest_queue_requests: usize,
+
+    /// Bytes of writes that may wait for the WAL writer; beyond that writes get 503 with
+    /// Retry-After (a single larger write is still taken when the queue is empty).
+    #[arg(long, env = "ZEPTO_INGEST_QUEUE_BYTES", default_value_t = 512 * 1024 * 1024)]
+    ingest_queue_bytes: usize,
+
+    /// Number of partitions; fixed when the data directory is created.
+    #[arg(long, env = "ZEPTO_PARTITIONS", default_value_t = 64)]
+    partitions: u32,
+
+    /// Log format: `text` or `json` (one JSON object per line), written to stderr.
+    #[arg(long, env = "ZEPTO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `zeptod=debug,info`.
+    #[arg(long, env = "ZEPTO_LOG", default_value = "info")]
+    log_level: String,
+}
+
+/// The TOML file: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    checkpoint_interval: Option<String>,
+    ack: Option<AckPolicy>,
+    admin_key: Option<String>,
+    api_keys_file: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    query_timeout: Option<String>,
+    query_memory_limit: Option<u64>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+    drain_delay: Option<String>,
+    ingest_queue_requests: Option<usize>,
+    ingest_queue_bytes: Option<usize>,
+    partitions: Option<u32>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) checkpoint_interval: Option<Duration>,
+    pub(crate) ack: AckPolicy,
+    pub(crate) admin_key: Option<String>,
+    pub(crate) api_keys_file: Option<PathBuf>,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) query_timeout: Duration,
+    pub(crate) query_memory_limit: Option<u64>,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) drain_delay: Duration,
+    pub(crate) ingest_queue_requests: usize,
+    pub(crate) ingest_queue_bytes: usize,
+    pub(crate) partitions: u32,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log_level: String,
+}
+
+impl Config {
+    /// Parse the process arguments and environment (exits with usage on `--help` or a bad
+    /// flag, like every clap program), then merge and validate.
+    pub(crate) fn from_env() -> Result<Config> {
+        let matches = Cli::command().get_matches();
+        Self::from_matches(&matches)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Config> {
+        let cli = Cli::from_arg_matches(matches).map_err(|e| Error::Config(e.to_string()))?;
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        // A flag wins when it came from the command line or the environment.
+        let explicit = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        fn pick<T>(explicit: bool, cli: T, file: Option<T>) -> T {
+            match file {
+                Some(v) if !explicit => v,
+                _ => cli,
+            }
+        }
+        let http_addr = match file.http_addr {
+            Some(a) if !explicit("http_addr") => a.parse().map_err(|e| {
+                Error::Config(format!("http_addr: '{a}' is not a socket address: {e}"))
+            })?,
+            _ => cli.http_addr,
+        };
+        let checkpoint_interval = pick(
+            explicit("checkpoint_interval"),
+            cli.checkpoint_interval,
+            file.checkpoint_interval,
+        );
+        let checkpoint_interval = parse_duration("checkpoint_interval", &checkpoint_interval)?;
+        let query_timeout = parse_duration(
+            "query_timeout",
+            &pick(
+                explicit("query_timeout"),
+                cli.query_timeout,
+                file.query_timeout,
+            ),
+        )?;
+        let header_read_timeout = parse_duration(
+            "header_read_timeout",
+            &pick(
+                explicit("header_read_timeout"),
+                cli.header_read_timeout,
+                file.header_read_timeout,
+            ),
+        )?;
+        let body_read_timeout = parse_duration(
+            "body_read_timeout",
+            &pick(
+                explicit("body_read_timeout"),
+                cli.body_read_timeout,
+                file.body_read_timeout,
+            ),
+        )?;
+        let shutdown_timeout = parse_duration(
+            "shutdown_timeout",
+            &pick(
+                explicit("shutdown_timeout"),
+                cli.shutdown_timeout,
+                file.shutdown_timeout,
+            ),
+        )?;
+        let drain_delay = parse_duration(
+            "drain_delay",
+            &pick(explicit("drain_delay"), cli.drain_delay, file.drain_delay),
+        )?;
+        let query_memory_limit = pick(
+            explicit("query_memory_limit"),
+            cli.query_memory_limit,
+            file.query_memory_limit,
+        );
+        let cfg = Config {
+            data_dir: pick(explicit("data_dir"), cli.data_dir, file.data_dir),
+            http_addr,
+            checkpoint_interval: (!checkpoint_interval.is_zero()).then_some(checkpoint_interval),
+            ack: pick(explicit("ack"), cli.ack, file.ack),
+            admin_key: if explicit("admin_key") {
+                cli.admin_key
+            } else {
+                file.admin_key.or(cli.admin_key)
+            },
+            api_keys_file: if explicit("api_keys_file") {
+                cli.api_keys_file
+            } else {
+                file.api_keys_file.or(cli.api_keys_file)
+            },
+            max_body_bytes: pick(
+                explicit("max_body_bytes"),
+                cli.max_body_bytes,
+                file.max_body_bytes,
+            ),
+            query_timeout,
+            query_memory_limit: (query_memory_limit > 0).then_some(query_memory_limit),
+            header_read_timeout,
+            body_read_timeout,
+            shutdown_timeout,
+            drain_delay,
+            ingest_queue_requests: pick(
+                explicit("ingest_queue_requests"),
+                cli.ingest_queue_requests,
+                file.ingest_queue_requests,
+            ),
+            ingest_queue_bytes: pick(
+                explicit("ingest_queue_bytes"),
+                cli.ingest_queue_bytes,
+                file.ingest_queue_bytes,
+            ),
+            partitions: pick(explicit("partitions"), cli.partitions, file.partitions),
+            log_format: pick(explicit("log_format"), cli.log_format, file.log_format),
+            log_level: pick(explicit("log_level"), cli.log_level, file.log_level),
+        };
+        cfg.validate()?;
+        let mut cfg = cfg;
+        // Absolute, so that logs and /admin/cluster say exactly where the data is.
+        cfg.data_dir = std::path::absolute(&cfg.data_dir)
+            .map_err(|e| Error::Config(format!("data_dir {}: {e}", cfg.data_dir.display())))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty".into());
+        }
+        if self.max_body_bytes == 0 {
+            return bad("max_body_bytes must be at least 1".into());
+        }
+        if self.ingest_queue_requests == 0 || self.ingest_queue_bytes == 0 {
+            return bad("ingest_queue_requests and ingest_queue_bytes must be at least 1".into());
+        }
+        if self.partitions == 0 || self.partitions > 65_536 {
+            return bad(format!(
+                "partitions must be in 1..=65536, not {}",
+                self.partitions
+            ));
+        }
+        for (name, d) in [
+            ("query_timeout", self.query_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be more than 0"));
+            }
+        }
+        if let Some(k) = &self.admin_key {
+            if k.len() < 16 {
+                return bad("admin_key must be at least 16 characters long".into());
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return bad(format!(
+                "log_level '{}' is not a valid filter",
+                self.log_level
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+}
+
+/// Parse `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub(crate) fn parse_duration(name: &str, s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| {
+        Error::Config(format!(
+            "{name}: '{s}' is not a duration (use e.g. 500ms, 30s, 5m, 1h)"
+        ))
+    })?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(Error::Config(format!(
+                "{name}: unknown unit in '{s}' (use ms, s, m or h)"
+            )))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut full = vec!["zeptod"];
+        full.extend_from_slice(args);
+        let m = Cli::command()
+            .try_get_matches_from(full)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Config::from_matches(&m)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8123");
+        assert!(c.data_dir.is_absolute());
+        assert!(c.data_dir.ends_with("zepto-data"), "{:?}", c.data_dir);
+        assert_eq!(c.checkpoint_interval, Some(Duration::from_secs(60)));
+        assert_eq!(c.ack, AckPolicy::Local);
+        assert_eq!(c.partitions, 64);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("z.toml");
+        std::fs::write(
+            &f,
+            "http_addr = \"127.0.0.1:9000\"\nquery_timeout = \"5s\"\ncheckpoint_interval = \"0\"\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", f.to_str().unwrap(), "--query-timeout", "2s"]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.query_timeout, Duration::from_secs(2));
+        assert_eq!(c.checkpoint_interval, None);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("z.toml");
+        std::fs::write(&f, "http_adr = \"127.0.0.1:9000\"\n").unwrap();
+        let e = parse(&["--config", f.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_adr"), "{e}");
+        assert!(parse(&["--query-timeout", "5 parsecs"]).is_err());
+        assert!(parse(&["--partitions", "0"]).is_err());
+        assert!(parse(&["--admin-key", "short"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("x", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration("x", "7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("x", "2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("x", "-1s").is_err());
+    }
+}

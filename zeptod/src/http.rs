@@ -1,0 +1,574 @@
+//! The HTTP API on :8123 (ClickHouse conventions): routes, request handling, auth checks,
+//! streaming responses. Every data request ends in [`crate::db::Node`]: SQL through
+//! `Node::execute`, bulk inserts and line protocol through `Node::write` (durable ack).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /?query=`, `POST /` | SQL; trailing `FORMAT x` or `?default_format=x` picks the output |
+//! | `POST /?query=INSERT INTO t FORMAT CSV` + data | bulk insert (also header + data in one body) |
+//! | `POST /write`, `POST /api/v2/write` | InfluxDB line protocol |
+//! | `GET /health`, `/ready`, `/ping` | probes |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /admin/snapshot`, `GET /admin/cluster` | admin (admin key) |
+
+pub(crate) mod ilp;
+pub(crate) mod input;
+pub(crate) mod output;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use crate::auth::{Auth, Role};
+use crate::config::Config;
+use crate::db::{Node, SqlOutput};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::sql_text;
+use input::InputFormat;
+use output::{Encoder, OutputFormat, PIECE_ROWS};
+
+/// The client's address, put into each request by the connection loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+const FAILED: u8 = 3;
+
+/// Shared server state.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) cfg: Config,
+    pub(crate) auth: Auth,
+    pub(crate) metrics: Metrics,
+    node: OnceLock<Arc<Node>>,
+    phase: AtomicU8,
+    started: Instant,
+}
+
+impl AppState {
+    pub(crate) fn new(cfg: Config, auth: Auth) -> AppState {
+        AppState {
+            cfg,
+            auth,
+            metrics: Metrics::default(),
+            node: OnceLock::new(),
+            phase: AtomicU8::new(STARTING),
+            started: Instant::now(),
+        }
+    }
+
+    /// The database finished opening.
+    pub(crate) fn set_ready(&self, node: Arc<Node>) {
+        let _ = self.node.set(node);
+        let _ = self
+            .phase
+            .compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Shutdown began: `/ready` turns false.
+    pub(crate) fn set_draining(&self) {
+        self.phase.store(DRAINING, Ordering::SeqCst);
+    }
+
+    /// The database could not be opened.
+    pub(crate) fn set_failed(&self) {
+        self.phase.store(FAILED, Ordering::SeqCst);
+    }
+
+    /// The open database, or 503 while it is opening or closing.
+    pub(crate) fn node(&self) -> Result<Arc<Node>> {
+        match (self.phase.load(Ordering::SeqCst), self.node.get()) {
+            (READY | DRAINING, Some(n)) => Ok(n.clone()),
+            (FAILED, _) => Err(Error::Unavailable {
+                message: "the database failed to open; see the server log".into(),
+                retry_after: None,
+            }),
+            _ => Err(Error::Unavailable {
+                message:
+                    "recovering: the database is still opening (checkpoint load and WAL replay)"
+                        .into(),
+                retry_after: Some(1),
+            }),
+        }
+    }
+
+    /// The node for shutdown, whatever the phase.
+    pub(crate) fn node_for_close(&self) -> Option<Arc<Node>> {
+        self.node.get().cloned()
+    }
+}
+
+/// Build the router.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(query_get).post(query_post))
+        .route("/write", post(ilp_write))
+        .route("/api/v2/write", post(ilp_write))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/ping", get(ping))
+        .route("/metrics", get(metrics))
+        .route("/admin/snapshot", post(admin_snapshot))
+        .route("/admin/cluster", get(admin_cluster))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log_request,
+        ))
+        .with_state(state)
+}
+
+async fn log_request(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    state.metrics.http_request(status.as_u16());
+    tracing::debug!(%method, %path, status = status.as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn not_found(req: Request) -> Error {
+    Error::NotFound(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> Error {
+    Error::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+fn params(req: &Request) -> Result<HashMap<String, String>> {
+    Query::<HashMap<String, String>>::try_from_uri(req.uri())
+        .map(|q| q.0)
+        .map_err(|e| Error::BadRequest(format!("bad query string: {e}")))
+}
+
+fn peer_ip(req: &Request) -> Option<IpAddr> {
+    req.extensions().get::<PeerAddr>().map(|p| p.0.ip())
+}
+
+/// Read the whole body, enforcing `--max-body-bytes` (413) and the body read timeout (408).
+async fn read_body(state: &AppState, req: Request) -> Result<Bytes> {
+    let max = state.cfg.max_body_bytes;
+    let too_large = || {
+        Error::TooLarge(format!(
+            "request body is larger than --max-body-bytes ({max} bytes); nothing was inserted"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let read = async {
+        // Reserve what the client declared, up to 64 MiB (a declared length is a claim, not
+        // data: a slow client must not pin more memory than it has sent).
+        let reserve = declared.unwrap_or(0).min(64 << 20) as usize;
+        let mut buf = bytes::BytesMut::with_capacity(reserve);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::BadRequest(format!("read request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if (buf.len() + data.len()) as u64 > max {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(state.cfg.body_read_timeout, read)
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "request body not received within {:?}; nothing was inserted",
+                state.cfg.body_read_timeout
+            ))
+        })?
+}
+
+async fn query_get(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    let p = params(&req)?;
+    let Some(sql) = p.get("query").cloned() else {
+        return Ok((StatusCode::OK, "Ok.\n").into_response());
+    };
+    let peer = peer_ip(&req);
+    state.auth.check(req.headers(), peer, Role::Reader)?;
+    if sql_text::parse_insert_header(sql.as_bytes())
+        .map_err(Error::BadRequest)?
+        .is_some()
+    {
+        return Err(Error::MethodNotAllowed(
+            "GET is for reads; send inserts with POST".into(),
+        ));
+    }
+    run_sql(
+        &state,
+        req.headers(),
+        peer,
+        sql,
+        p.get("default_format"),
+        true,
+    )
+    .await
+}
+
+async fn query_post(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    let p = params(&req)?;
+    let peer = peer_ip(&req);
+    let headers = req.headers().clone();
+    // Authenticate before reading a possibly large body.
+    state.auth.check(&headers, peer, Role::Reader)?;
+    let body = read_body(&state, req).await?;
+    let default_format = p.get("default_format");
+    if let Some(q) = p.get("query") {
+        if let Some(h) = sql_text::parse_insert_header(q.as_bytes()).map_err(Error::BadRequest)? {
+            return bulk_insert(&state, &headers, peer, h, body).await;
+        }
+        // ClickHouse: the body continues the query.
+        let mut sql = q.clone();
+        if !body.is_empty() {
+            sql.push('\n');
+            sql.push_str(
+                std::str::from_utf8(&body)
+                    .map_err(|_| Error::BadRequest("the request body is not UTF-8 SQL".into()))?,
+            );
+        }
+        return run_sql(&state, &headers, peer, sql, default_format, false).await;
+    }
+    if let Some(h) = sql_text::parse_insert_header(&body[..body.len().min(64 * 1024)])
+        .map_err(Error::BadRequest)?
+    {
+        let data = body.slice(h.data_offset..);
+        return bulk_insert(&state, &headers, peer, h, data).await;
+    }
+    let sql = String::from_utf8(body.to_vec())
+        .map_err(|_| Error::BadRequest("the request body is not UTF-8 SQL".into()))?;
+    if sql.trim().is_empty() {
+        return Err(Error::BadRequest(
+            "empty query: send SQL in the body or in ?query=".into(),
+        ));
+    }
+    run_sql(&state, &headers, peer, sql, default_format, false).await
+}
+
+async fn run_sql(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    sql: String,
+    default_format: Option<&String>,
+    get_only: bool,
+) -> Result<Response> {
+    state.auth.check(headers, peer, Role::Reader)?;
+    let start = Instant::now();
+    let result = run_sql_inner(state, headers, peer, sql, default_format, get_only, start).await;
+    state.metrics.query(result.is_ok(), start.elapsed());
+    result
+}
+
+async fn run_sql_inner(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    sql: String,
+    default_format: Option<&String>,
+    get_only: bool,
+    start: Instant,
+) -> Result<Response> {
+    let (sql, fmt) = sql_text::split_format(&sql).map_err(Error::BadRequest)?;
+    let format = OutputFormat::parse(
+        fmt.as_deref()
+            .or(default_format.map(|s| s.as_str()))
+            .unwrap_or("JSON"),
+    )?;
+    let read_only = Node::is_read_only(&sql)?;
+    if get_only && !read_only {
+        return Err(Error::MethodNotAllowed(
+            "GET is for read-only statements; send writes with POST".into(),
+        ));
+    }
+    if !read_only {
+        state.auth.check(headers, peer, Role::Writer)?;
+    }
+    let node = state.node()?;
+    let timeout = state.cfg.query_timeout;
+    let task = tokio::task::spawn_blocking(move || node.execute(&sql));
+    // The engine enforces the timeout itself; this bound covers an engine that does not.
+    let result = match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
+        Err(_) => Err(Error::Timeout(format!(
+            "query did not finish within --query-timeout ({timeout:?})"
+        ))),
+        Ok(Err(e)) => Err(Error::Internal(format!("query task failed: {e}"))),
+        Ok(Ok(r)) => r,
+    };
+    match result? {
+        SqlOutput::Rows {
+            schema,
+            batches,
+            rows_read,
+        } => stream_rows(format, schema, batches, rows_read, start),
+        SqlOutput::Inserted(rows) => {
+            state.metrics.ingested("sql", rows, 0, start.elapsed());
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::json!({ "inserted": rows }),
+            ))
+        }
+        SqlOutput::Message(m) => Ok(json_response(
+            StatusCode::OK,
+            serde_json::json!({ "ok": true, "message": m }),
+        )),
+    }
+}
+
+/// Send a result piece by piece from a blocking encoder task.
+fn stream_rows(
+    format: OutputFormat,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::record_batch::RecordBatch>,
+    rows_read: u64,
+    start: Instant,
+) -> Result<Response> {
+    let (mut enc, head) = Encoder::start(format, schema)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let send = |b: std::result::Result<Bytes, Error>| {
+            let item = b.map_err(|e| {
+                // The status line is already sent: the client sees a cut-off response.
+                tracing::warn!(error = %e, "encoding a query result failed mid-stream");
+                std::io::Error::other(e.to_string())
+            });
+            let failed = item.is_err();
+            // A closed channel means the client went away: stop encoding.
+            tx.blocking_send(item).is_ok() && !failed
+        };
+        if !head.is_empty() && !send(Ok(head)) {
+            return;
+        }
+        for batch in &batches {
+            let mut off = 0;
+            while off < batch.num_rows() {
+                let len = PIECE_ROWS.min(batch.num_rows() - off);
+                let piece = enc.batch(&batch.slice(off, len));
+                if !send(piece) {
+                    return;
+                }
+                off += len;
+            }
+        }
+        let elapsed = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let tail = enc.finish(elapsed, rows_read);
+        match tail {
+            Ok(b) if b.is_empty() => {}
+            other => {
+                send(other);
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    Ok(resp)
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response {
+    let mut resp = (status, format!("{v}\n")).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn bulk_insert(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    h: sql_text::InsertHeader,
+    data: Bytes,
+) -> Result<Response> {
+    state.auth.check(headers, peer, Role::Writer)?;
+    let result = bulk_insert_inner(state, h, data).await;
+    if result.is_err() {
+        state.metrics.ingest_failed();
+    }
+    result
+}
+
+async fn bulk_insert_inner(
+    state: &Arc<AppState>,
+    h: sql_text::InsertHeader,
+    data: Bytes,
+) -> Result<Response> {
+    let node = state.node()?;
+    let format = InputFormat::parse(&h.format)?;
+    let schema = node.table_arrow_schema(&h.table)?;
+    let table = h.table.clone();
+    let bytes = data.len() as u64;
+    let batch = tokio::task::spawn_blocking(move || {
+        input::decode(format, &h.table, &schema, h.columns.as_deref(), &data)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??;
+    let start = Instant::now();
+    let rows = if batch.num_rows() == 0 {
+        0
+    } else {
+        node.write(&table, batch).await?
+    };
+    state
+        .metrics
+        .ingested(format.label(), rows, bytes, start.elapsed());
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::json!({ "inserted": rows }),
+    ))
+}
+
+async fn ilp_write(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    let p = params(&req)?;
+    let peer = peer_ip(&req);
+    state.auth.check(req.headers(), peer, Role::Writer)?;
+    let factor = ilp::precision_factor(p.get("precision").map(|s| s.as_str()))?;
+    let result = async {
+        let node = state.node()?;
+        let body = read_body(&state, req).await?;
+        let bytes = body.len() as u64;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let node2 = node.clone();
+        // Parse everything and build every batch before the first write.
+        let batches = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
+            let measurements = ilp::parse(&body, factor, now_ns)?;
+            let mut out = Vec::with_capacity(measurements.len());
+            for mut m in measurements {
+                let (schema, ts_index) = node2.ensure_ilp_table(&m)?;
+                let batch = m.take_batch(&schema, ts_index)?;
+                out.push((m.name, batch));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("line protocol task failed: {e}")))??;
+        let start = Instant::now();
+        let rows = node.write_all(batches).await?;
+        state.metrics.ingested("ilp", rows, bytes, start.elapsed());
+        Ok(json_response(
+            StatusCode::OK,
+            serde_json::json!({ "inserted": rows }),
+        ))
+    }
+    .await;
+    if result.is_err() {
+        state.metrics.ingest_failed();
+    }
+    result
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Result<Response> {
+    if state.phase.load(Ordering::SeqCst) == FAILED {
+        return Err(Error::Unavailable {
+            message: "the database failed to open".into(),
+            retry_after: None,
+        });
+    }
+    if let Some(node) = state.node.get() {
+        node.health()?;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::json!({ "status": "ok" }),
+    ))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Response> {
+    match state.phase.load(Ordering::SeqCst) {
+        READY => Ok(json_response(
+            StatusCode::OK,
+            serde_json::json!({ "status": "ready" }),
+        )),
+        DRAINING => Err(Error::Unavailable {
+            message: "draining: the server is shutting down".into(),
+            retry_after: None,
+        }),
+        _ => Err(state.node().err().unwrap_or(Error::Unavailable {
+            message: "not ready".into(),
+            retry_after: Some(1),
+        })),
+    }
+}
+
+async fn ping() -> Response {
+    (StatusCode::OK, "Ok.\n").into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let figures = state.node.get().map(|n| n.figures());
+    let ready = state.phase.load(Ordering::SeqCst) == READY;
+    let text = state.metrics.render(figures.as_ref(), ready);
+    let mut resp = (StatusCode::OK, text).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+async fn admin_snapshot(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    state.auth.check_admin(&headers)?;
+    let node = state.node()?;
+    let info = tokio::task::spawn_blocking(move || node.checkpoint())
+        .await
+        .map_err(|e| Error::Internal(format!("checkpoint task failed: {e}")))??;
+    Ok(json_response(StatusCode::OK, info))
+}
+
+async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
+    state.auth.check_admin(&headers)?;
+    let node = state.node()?;
+    let phase = match state.phase.load(Ordering::SeqCst) {
+        READY => "ready",
+        DRAINING => "draining",
+        _ => "starting",
+    };
+    let view = node.cluster_view(&state.cfg, phase, state.started.elapsed());
+    Ok(json_response(StatusCode::OK, view))
+}

@@ -42,6 +42,9 @@ struct Cli {
     writers: usize,
     #[arg(long, default_value_t = 1)]
     readers: usize,
+    /// Keep the data, logs and history (history.json) of passing runs too.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
@@ -112,7 +115,7 @@ fn main() {
                         eprintln!("  {p}");
                     }
                 }
-                cleanup(&dir, report.passed());
+                cleanup(&dir, report.passed() && !cli.keep);
             }
             Err(Error::Unsupported(why)) => {
                 eprintln!("NOT RUN: {why}");

@@ -163,6 +163,10 @@ fn finish(
     exit_code: Option<i32>,
 ) -> Result<Report, Error> {
     let history = workload.stop();
+    let dump = cfg.dir.join("history.json");
+    if let Ok(bytes) = serde_json::to_vec(&history) {
+        let _ = std::fs::write(&dump, bytes);
+    }
     let fault_ms = match fault {
         FaultAt::Ms(ms) => ms,
         FaultAt::FirstFailedWrite => history

@@ -365,6 +365,7 @@ fn new_segment_file(
 ) -> Result<File> {
     faults.check("wal::new_segment")?;
     let path = segment_path(dir, id);
+    faults.check("wal::preallocate")?;
     let reused = recycle.lock().pop();
     let file = match reused {
         Some(old) => {
@@ -381,19 +382,32 @@ fn new_segment_file(
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .open(&path)
                 .ctx(|| format!("create WAL segment {}", path.display()))?;
-            preallocate(&f, size).ctx(|| format!("preallocate WAL segment {}", path.display()))?;
             stats.segments_created.fetch_add(1, Ordering::Relaxed);
             f
         }
     };
-    file.write_all_at(&segment_header(id), 0)
-        .ctx(|| format!("write header of WAL segment {}", path.display()))?;
-    file.sync_all()
-        .ctx(|| format!("fsync WAL segment {}", path.display()))?;
-    fsync_dir(dir)?;
+    let ready = preallocate(&file, size)
+        .ctx(|| format!("preallocate WAL segment {}", path.display()))
+        .and_then(|()| {
+            file.write_all_at(&segment_header(id), 0)
+                .ctx(|| format!("write header of WAL segment {}", path.display()))
+        })
+        .and_then(|()| {
+            file.sync_all()
+                .ctx(|| format!("fsync WAL segment {}", path.display()))
+        })
+        .and_then(|()| fsync_dir(dir));
+    if let Err(e) = ready {
+        // Leave nothing half-made behind: the next roll tries again from scratch (e.g. once
+        // the disk has room).
+        drop(file);
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(file)
 }
 

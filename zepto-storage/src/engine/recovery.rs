@@ -51,6 +51,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     let list = list_checkpoints(&dir)?;
     let next_checkpoint_id = list.first().map(|(id, _)| id + 1).unwrap_or(1);
     let mut chosen: Option<(Manifest, PathBuf)> = None;
+    let mut fell_back = false;
     for (id, path) in &list {
         match load_manifest(path) {
             Ok(m) => {
@@ -61,6 +62,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
                 tracing::error!(checkpoint = id, error = %e, "checkpoint is unusable; trying an older one");
                 let aside = path.with_extension("corrupt");
                 fs::rename(path, &aside).ctx(|| format!("move {} aside", path.display()))?;
+                fell_back = true;
             }
         }
     }
@@ -137,7 +139,11 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             }
         }
     }
-    remove_unreferenced_hdb(&dir.join("hdb"), &referenced)?;
+    // Files the checkpoint does not name were flushed after it: their rows come back from
+    // the WAL. When recovery had to fall back past an unusable newer checkpoint, they are
+    // moved aside instead (that checkpoint may have been their only reference).
+    let orphans = fell_back.then(|| dir.join("hdb-orphans"));
+    remove_unreferenced_hdb(&dir.join("hdb"), &referenced, orphans.as_deref())?;
 
     // 2. WAL replay.
     let wal_dir = dir.join("wal");
@@ -235,7 +241,11 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
 
 /// Remove HDB files (and temp files) the checkpoint does not reference: they were written
 /// after it, and WAL replay brings their rows back into memory.
-fn remove_unreferenced_hdb(root: &Path, keep: &HashSet<PathBuf>) -> Result<()> {
+fn remove_unreferenced_hdb(
+    root: &Path,
+    keep: &HashSet<PathBuf>,
+    aside: Option<&Path>,
+) -> Result<()> {
     if !root.is_dir() {
         return Ok(());
     }
@@ -247,8 +257,23 @@ fn remove_unreferenced_hdb(root: &Path, keep: &HashSet<PathBuf>) -> Result<()> {
             if path.is_dir() {
                 stack.push(path);
             } else if !keep.contains(&path) {
-                tracing::debug!(path = %path.display(), "removing HDB file written after the checkpoint");
-                fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+                match aside {
+                    Some(to) => {
+                        let rel = path.strip_prefix(root).unwrap_or(&path);
+                        let target = to.join(rel);
+                        if let Some(parent) = target.parent() {
+                            fs::create_dir_all(parent)
+                                .ctx(|| format!("create {}", parent.display()))?;
+                        }
+                        tracing::warn!(path = %path.display(), to = %target.display(), "moving an HDB file no usable checkpoint names aside");
+                        fs::rename(&path, &target)
+                            .ctx(|| format!("move {} aside", path.display()))?;
+                    }
+                    None => {
+                        tracing::debug!(path = %path.display(), "removing HDB file written after the checkpoint");
+                        fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+                    }
+                }
             }
         }
     }

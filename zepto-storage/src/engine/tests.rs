@@ -782,3 +782,29 @@ fn poisoned_message_is_said_once() {
         assert_eq!(m.matches("WAL is unavailable").count(), 1, "{m}");
     }
 }
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_and_keeps_hdb_files_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..300)).unwrap();
+        db.checkpoint().unwrap();
+        db.insert("trades", rows(300..600)).unwrap();
+        db.flush().unwrap();
+        db.checkpoint().unwrap(); // the newest names the HDB files
+    }
+    // Damage the newest manifest.
+    let newest = crate::checkpoint::list_checkpoints(dir.path()).unwrap()[0]
+        .1
+        .clone();
+    std::fs::write(newest.join("MANIFEST.json"), b"{ not json").unwrap();
+    let db = Db::open(config(dir.path())).unwrap();
+    // The older checkpoint plus the WAL still hold every row.
+    assert_eq!(contents(&db), expected(0..600));
+    assert!(
+        dir.path().join("hdb-orphans").is_dir(),
+        "files kept aside, not deleted"
+    );
+    assert!(newest.with_extension("corrupt").is_dir());
+}

@@ -338,3 +338,36 @@ fn a_write_of_several_records_is_replayed_whole_or_not_at_all() {
     assert_eq!(got.len(), 4);
     assert!(out.damage.is_none() && out.end_closed && out.incomplete_writes == 0);
 }
+
+#[test]
+fn a_segment_that_cannot_be_created_is_retried_at_the_next_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let mut w = WalWriter::create(
+        dir.path(),
+        1,
+        4096,
+        faults.clone(),
+        Arc::new(WalStats::default()),
+        Arc::new(Mutex::new(Vec::new())),
+    )
+    .unwrap();
+    faults.set("wal::preallocate", "enospc").unwrap();
+    let big = vec![7u8; 3000];
+    w.append_unsynced(&[(meta(0), &big)]).unwrap();
+    w.sync().unwrap();
+    // The next record needs a new segment, which cannot be made: the group fails.
+    assert!(w.append_unsynced(&[(meta(1), &big)]).is_err());
+    faults.clear("wal::preallocate");
+    w.append_unsynced(&[(meta(1), &big)]).unwrap();
+    w.sync().unwrap();
+    assert_eq!(w.position().segment, 2);
+    let mut seqs = Vec::new();
+    let out = replay(dir.path(), WalPosition::default(), |m, _, _| {
+        seqs.push(m.seq);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seqs, vec![0, 1]);
+    assert!(out.damage.is_none(), "{:?}", out.damage);
+}

@@ -191,6 +191,9 @@ pub(crate) struct Shared {
     pub(crate) next_chunk_id: AtomicU64,
     pub(crate) next_checkpoint_id: AtomicU64,
     pub(crate) checkpoint_lock: Mutex<LinkCache>,
+    /// Held while sealed chunks are written to HDB: one flusher at a time (the maintenance
+    /// thread and `Db::flush` would otherwise write the same chunk twice).
+    pub(crate) flush_lock: Mutex<()>,
     pub(crate) last_checkpoint: Mutex<Option<CheckpointInfo>>,
     pub(crate) last_checkpoint_ms: AtomicU64,
     /// Engine-clock ms when the writer started its current group; 0 when idle.
@@ -570,13 +573,15 @@ impl Db {
             None => (0..t.schema.columns.len()).collect(),
         };
         let schema = Arc::new(t.arrow_schema.project(&columns)?);
-        let all: Vec<u32>;
-        let parts: &[u32] = match &req.partitions {
-            Some(p) => p,
-            None => {
-                all = (0..s.config.partitions).collect();
-                &all
+        // Each partition once, in order, whatever the caller passed.
+        let parts: Vec<u32> = match &req.partitions {
+            Some(p) => {
+                let mut p = p.clone();
+                p.sort_unstable();
+                p.dedup();
+                p
             }
+            None => (0..s.config.partitions).collect(),
         };
         let mut stats = ScanStats {
             partitions_total: s.config.partitions,
@@ -584,7 +589,7 @@ impl Db {
         };
         let mut chunks = Vec::new();
         if !req.time_range.is_empty() {
-            for &p in parts {
+            for &p in &parts {
                 if p >= s.config.partitions {
                     continue;
                 }

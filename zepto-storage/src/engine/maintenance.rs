@@ -105,6 +105,7 @@ fn compact(shared: &Shared) -> Result<()> {
 /// Seal chunks that are full, idle, or (with `all`) every one, then write each sealed
 /// chunk to HDB. Returns the number flushed.
 pub(super) fn seal_and_flush(shared: &Shared, all: bool) -> Result<usize> {
+    let _one_flusher = shared.flush_lock.lock();
     let now = shared.now_ms();
     let idle = shared.config.seal_idle.as_millis() as u64;
     let over_memory = !all && memory_bytes(shared) > shared.config.max_memory_bytes;

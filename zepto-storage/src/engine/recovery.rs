@@ -220,6 +220,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         next_chunk_id,
         next_checkpoint_id: AtomicU64::new(next_checkpoint_id),
         checkpoint_lock: Mutex::new(HashMap::new()),
+        flush_lock: Mutex::new(()),
         last_checkpoint: Mutex::new(None),
         last_checkpoint_ms: AtomicU64::new(now),
         writer_busy_since: AtomicU64::new(0),

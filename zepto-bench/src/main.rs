@@ -314,6 +314,8 @@ fn cmd_mixed(a: MixedArgs) -> Result<(), Error> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let busy = std::thread::scope(|sc| {
         let writer = sc.spawn(|| -> Result<usize, Error> {
+            // Its own connection, so queries and ingest do not share a pool.
+            let client = Client::new(&a.common.url, a.common.token.clone());
             let mut sent = 0;
             let start = Instant::now();
             for (i, (rows, body)) in t_bodies.iter().enumerate() {

@@ -1,0 +1,53 @@
+-- Bad input: every failure is a typed error, never a panic, and never changes data
+CREATE TABLE t (ts TIMESTAMP, symbol SYMBOL, price DOUBLE, size BIGINT);
+INSERT INTO t VALUES ('2024-01-02T10:00:00Z', 'A', 1.0, 1);
+SELEC * FROM t;
+SELECT * FROM t WHERE;
+SELECT * FROM
+t WHERE price >;
+SELECT 'unterminated;
+SELECT * FROM nope;
+SELECT nope FROM t;
+SELECT t.nope FROM t;
+SELECT x.price FROM t;
+SELECT price + 'abc' FROM t;
+SELECT price + symbol FROM t;
+SELECT * FROM t WHERE price = 'abc';
+SELECT * FROM t WHERE price;
+SELECT * FROM t WHERE symbol > 1;
+SELECT NOT price FROM t;
+SELECT price LIKE 'a%' FROM t;
+SELECT unknown_fn(price) FROM t;
+SELECT abs(price, 2) FROM t;
+SELECT CAST(price AS BLOB) FROM t;
+SELECT CAST('abc' AS BIGINT);
+SELECT 9223372036854775807 + 1;
+SELECT size / 0 AS d, size % 0 AS m, 1.0 / 0 AS f, 0 / 0 AS z FROM t;
+SELECT * FROM t LIMIT -1;
+SELECT * FROM t LIMIT 'a';
+SELECT * FROM t ORDER BY 5;
+SELECT * FROM t a JOIN t b ON a.symbol = b.symbol WHERE symbol = 'A';
+SELECT (SELECT price FROM t UNION ALL SELECT price FROM t);
+SELECT * FROM t WHERE price IN (SELECT price, size FROM t);
+SELECT 1; SELECT 2;
+UPDATE t SET price = 2;
+DELETE FROM t;
+INSERT INTO t VALUES ('2024-01-02T10:00:00Z', 'A', 1.0);
+INSERT INTO t VALUES ('not a time', 'A', 1.0, 1);
+INSERT INTO t VALUES ('2024-01-02T10:00:00Z', NULL, 1.0, 1);
+INSERT INTO t VALUES ('2024-01-02T10:00:00Z', 'A', 'x', 1);
+INSERT INTO t (ts, price) VALUES ('2024-01-02T10:00:00Z', 1.0);
+INSERT INTO t (ts, symbol, nope) VALUES ('2024-01-02T10:00:00Z', 'A', 1);
+INSERT INTO nope VALUES (1);
+CREATE TABLE bad (a BIGINT);
+CREATE TABLE bad2 (ts TIMESTAMP, symbol SYMBOL, x BLOB);
+CREATE TABLE bad3 (ts TIMESTAMP, symbol SYMBOL) WITH (colour = 'red');
+CREATE TABLE bad4 (ts TIMESTAMP, k SYMBOL, ts2 TIMESTAMP) WITH (timestamp = 'ts2', partition_key = 'k');
+DESCRIBE bad4;
+DESCRIBE nope;
+-- the table is unchanged after all of that
+SELECT * FROM t;
+-- partial column lists fill the rest with NULL
+INSERT INTO t (symbol, ts) VALUES ('B', '2024-01-02T11:00:00Z');
+INSERT INTO t SELECT ts + INTERVAL '1 hour', symbol, price * 2, size FROM t WHERE symbol = 'A';
+SELECT * FROM t ORDER BY ts;

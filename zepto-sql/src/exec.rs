@@ -464,13 +464,12 @@ fn scan_rows(s: &crate::plan::ScanNode, ctx: &ExecCtx) -> Result<usize> {
     if req.time_range.is_empty() {
         return Ok(0);
     }
-    let scan = ctx.db.scan(&req)?;
-    ctx.rows_read
-        .set(ctx.rows_read.get() + scan.stats.rows_scanned);
+    let (rows, stats) = ctx.db.count_rows(&req)?;
+    ctx.rows_read.set(ctx.rows_read.get() + stats.rows_scanned);
     ctx.scan_stats
         .borrow_mut()
-        .push((s.table.name.clone(), scan.stats));
-    Ok(scan.num_rows())
+        .push((s.table.name.clone(), stats));
+    Ok(rows as usize)
 }
 
 /// Largest LIMIT that is sorted as a bounded top-N.

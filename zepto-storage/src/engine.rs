@@ -610,6 +610,32 @@ impl Db {
         })
     }
 
+    /// How many rows a scan would return, without building a single batch (`count(*)`).
+    /// Uses the same pruning as [`Db::scan`]; `columns` is ignored.
+    pub fn count_rows(&self, req: &ScanRequest) -> Result<(u64, ScanStats)> {
+        let s = self.shared();
+        let t = s.table(&req.table)?;
+        let mut parts: Vec<u32> = match &req.partitions {
+            Some(p) => p.clone(),
+            None => (0..s.config.partitions).collect(),
+        };
+        parts.sort_unstable();
+        parts.dedup();
+        let mut stats = ScanStats {
+            partitions_total: s.config.partitions,
+            ..ScanStats::default()
+        };
+        if !req.time_range.is_empty() {
+            for p in parts.into_iter().filter(|&p| p < s.config.partitions) {
+                stats.partitions_scanned += 1;
+                let (rows, chunks) = t.count_partition(p, &req.time_range, &mut stats.chunks_total);
+                stats.rows_scanned += rows;
+                stats.chunks_scanned += chunks;
+            }
+        }
+        Ok((stats.rows_scanned, stats))
+    }
+
     /// Take a checkpoint now (blocking). Concurrent calls run one after the other.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
         maintenance::checkpoint(&self.inner.shared, &self.inner.ring)

@@ -253,6 +253,38 @@ impl TableData {
         Ok(wants_compaction)
     }
 
+    /// How many rows of partition `p` lie inside `range`: `(rows, chunks with rows)`.
+    pub(crate) fn count_partition(
+        &self,
+        p: u32,
+        range: &TimeRange,
+        chunks_total: &mut u64,
+    ) -> (u64, u64) {
+        let Some(part) = self.partitions.get(p as usize) else {
+            return (0, 0);
+        };
+        let part = part.read();
+        *chunks_total += part.chunks.len() as u64;
+        let ts = self.ts_col();
+        let (mut rows, mut chunks) = (0, 0);
+        for c in &part.chunks {
+            let (min, max) = c.min_max();
+            if !range.overlaps(min, max) {
+                continue;
+            }
+            let pieces = match c {
+                Chunk::Mem(m) => &m.pieces,
+                Chunk::Disk(d) => &d.pieces,
+            };
+            let n: u64 = pieces.iter().map(|piece| count_in(piece, range, ts)).sum();
+            if n > 0 {
+                rows += n;
+                chunks += 1;
+            }
+        }
+        (rows, chunks)
+    }
+
     /// The rows of partition `p` inside `range`, projected to `columns`.
     pub(crate) fn scan_partition(
         &self,
@@ -299,10 +331,12 @@ impl TableData {
                         d.pieces.clone(),
                     ),
                 };
+            let identity = columns.len() == self.schema.columns.len()
+                && columns.iter().enumerate().all(|(i, &c)| i == c);
             let mut batches = Vec::with_capacity(pieces.len());
             for piece in &pieces {
                 if let Some(b) = restrict(piece, range, ts)? {
-                    batches.push(b.project(columns)?);
+                    batches.push(if identity { b } else { b.project(columns)? });
                 }
             }
             if !batches.is_empty() {
@@ -319,6 +353,23 @@ impl TableData {
         }
         Ok(out)
     }
+}
+
+/// How many rows of a piece lie inside `range`, without building any batch.
+fn count_in(piece: &Piece, range: &TimeRange, ts_col: usize) -> u64 {
+    if !range.overlaps(piece.min, piece.max) {
+        return 0;
+    }
+    if range.covers(piece.min, piece.max) {
+        return piece.batch.num_rows() as u64;
+    }
+    let ts = timestamps(&piece.batch, ts_col);
+    if piece.sorted {
+        let lo = ts.partition_point(|&t| t < range.start);
+        let hi = ts.partition_point(|&t| t < range.end);
+        return (hi - lo) as u64;
+    }
+    ts.iter().filter(|&&t| range.contains(t)).count() as u64
 }
 
 /// The rows of a piece inside `range`: the whole batch, a zero-copy slice found by binary

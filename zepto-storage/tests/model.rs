@@ -181,6 +181,15 @@ proptest! {
                 w
             };
             let got = scanned(&db, range, parts.clone());
+            let (counted, _) = db
+                .count_rows(&ScanRequest {
+                    table: "t".into(),
+                    columns: None,
+                    partitions: parts.clone(),
+                    time_range: range,
+                })
+                .unwrap();
+            prop_assert_eq!(counted as usize, want.len(), "step {} {:?}: count_rows", step, op);
             prop_assert_eq!(got.len(), want.len(), "step {} {:?}: row count", step, op);
             prop_assert!(got == want, "step {} {:?}: rows differ", step, op);
         }

@@ -215,6 +215,11 @@ impl MetaNode {
         self.applied
     }
 
+    /// The highest log index this node knows to be committed (applied lags it briefly).
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
     pub fn term(&self) -> u64 {
         self.raw.raft.term
     }
@@ -260,6 +265,23 @@ impl MetaNode {
         }
         self.raw.step(msg)?;
         Ok(())
+    }
+
+    /// Like [`MetaNode::step`] for a message that arrived from an authenticated `sender`:
+    /// also refuses a message whose `from` is not the sender (a peer may only speak for
+    /// itself).
+    pub fn step_from(&mut self, sender: NodeId, bytes: &[u8]) -> Result<()> {
+        let msg = Message::parse_from_bytes(bytes).map_err(|e| Error::Decode {
+            what: "raft message",
+            reason: e.to_string(),
+        })?;
+        if msg.from != sender {
+            return Err(Error::InvalidInput(format!(
+                "raft message from node {} sent by node {sender}",
+                msg.from
+            )));
+        }
+        self.step(bytes)
     }
 
     /// Propose a command. Only the leader proposes (followers answer `NotLeader` with the

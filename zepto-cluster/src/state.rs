@@ -112,6 +112,14 @@ pub struct ClusterState {
     /// Keyed by lower-cased table name (table names are case-insensitive).
     pub tables: BTreeMap<String, TableSchema>,
     pub settings: BTreeMap<String, String>,
+    /// The storage table id of every table in `tables` (same key). Assigned when
+    /// `CreateTable` is applied, so every node writes the same ids into its WAL.
+    #[serde(default)]
+    pub table_ids: BTreeMap<String, u32>,
+    /// The next table id to assign (ids only go up and are never reused, as in the storage
+    /// catalog). `0` (an old snapshot) means 1.
+    #[serde(default)]
+    pub next_table_id: u32,
 }
 
 /// What a successfully applied command did.
@@ -273,13 +281,18 @@ impl ClusterState {
                         name: schema.name.clone(),
                     });
                 }
+                let id = self.next_table_id.max(1);
+                self.next_table_id = id.saturating_add(1);
+                self.table_ids.insert(key.clone(), id);
                 self.tables.insert(key, schema.clone());
                 true
             }
             Command::DropTable { name } => {
-                if self.tables.remove(&name.to_ascii_lowercase()).is_none() {
+                let key = name.to_ascii_lowercase();
+                if self.tables.remove(&key).is_none() {
                     return Err(Rejected::UnknownTable { name: name.clone() });
                 }
+                self.table_ids.remove(&key);
                 true
             }
             Command::SetSetting { key, value } => {
@@ -473,6 +486,11 @@ impl ClusterState {
 
     pub fn table(&self, name: &str) -> Option<&TableSchema> {
         self.tables.get(&name.to_ascii_lowercase())
+    }
+
+    /// The storage table id the metadata assigned to a table.
+    pub fn table_id(&self, name: &str) -> Option<u32> {
+        self.table_ids.get(&name.to_ascii_lowercase()).copied()
     }
 
     /// Encode as a raft snapshot payload (see the module doc).

@@ -188,6 +188,21 @@ impl Timings {
         self.raft_tick * tick_count(self.raft_heartbeat_ticks)
     }
 
+    /// Deadline of one peer RPC (heartbeat, raft batch): the suspect time, clamped to
+    /// 0.5 s .. 5 s. Long enough for a loaded peer; a dead one is given up on before it
+    /// could turn SUSPECT twice.
+    pub fn peer_call_timeout(&self) -> Duration {
+        self.suspect_after
+            .clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
+
+    /// How long a metadata change (e.g. DDL) may take, leader elections and retries
+    /// included, before the client is told UNAVAILABLE: ten worst-case elections, at least
+    /// 5 s (20 s at hb = 1 s, 5 s at hb = 200 ms).
+    pub fn metadata_change_timeout(&self) -> Duration {
+        (self.max_election_timeout() * 10).max(Duration::from_secs(5))
+    }
+
     /// How many raft ticks fit in `d` (rounded up), for code that counts ticks.
     pub fn ticks_for(&self, d: Duration) -> usize {
         let tick = self.raft_tick.as_micros().max(1);
@@ -276,6 +291,11 @@ mod tests {
         // plus one vote round well inside the remaining second.
         assert!(d.max_election_timeout() < ms(3_000));
         assert_eq!(d.raft_heartbeat(), ms(200));
+        assert_eq!(d.peer_call_timeout(), ms(3_000));
+        assert_eq!(d.metadata_change_timeout(), ms(20_000));
+        let fast = Timings::derive(ms(200), &TimingOverrides::default()).unwrap();
+        assert_eq!(fast.peer_call_timeout(), ms(600));
+        assert_eq!(fast.metadata_change_timeout(), ms(5_000));
     }
 
     #[test]

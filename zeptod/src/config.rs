@@ -2,6 +2,10 @@
 //! default), an optional TOML file for the same settings, and one validated [`Config`] built
 //! from both. Precedence: flag or environment variable > TOML file > default. Unknown TOML
 //! keys are an error, as are out-of-range values.
+//!
+//! Cluster mode (`--peers` given) is validated in [`cluster`] into a [`ClusterConfig`].
+
+pub(crate) mod cluster;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub(crate) use cluster::ClusterConfig;
 
 /// When an INSERT is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -41,7 +46,13 @@ pub(crate) enum LogFormat {
     about,
     long_about = None,
     after_help = "Durations accept ms, s, m and h suffixes (500ms, 30s, 5m, 1h); a bare number is seconds. \
-                  The bound address is printed on stdout as `zeptod listening on http=ADDR`."
+                  The bound address is printed on stdout as `zeptod listening on http=ADDR` \
+                  (and `zeptod listening on grpc=ADDR` in cluster mode). \
+                  Cluster mode: give --peers (the raft voters, the same list on every node), \
+                  --node-id and --cluster-secret-file; a 3-node example on one machine: \
+                  `zeptod --node-id 1 --http-addr 127.0.0.1:8123 --grpc-addr 127.0.0.1:9124 \
+                  --peers 1=127.0.0.1:9124,2=127.0.0.1:9125,3=127.0.0.1:9126 \
+                  --cluster-secret-file secret --data-dir d1` and likewise for nodes 2 and 3."
 )]
 struct Cli {
     /// TOML file with any of the settings below (keys as the flag names with '_' for '-').
@@ -63,8 +74,9 @@ struct Cli {
 
     /// When an INSERT is acknowledged: `local` (after the local fdatasync) or `replicated`
     /// (after the replica's fsync too; on a single node this is the same as `local`).
-    #[arg(long, env = "ZEPTO_ACK", value_enum, default_value = "local")]
-    ack: AckPolicy,
+    /// Default: `local` on a single node, `replicated` in cluster mode.
+    #[arg(long, env = "ZEPTO_ACK", value_enum)]
+    ack: Option<AckPolicy>,
 
     /// Key that grants the admin role (`Authorization: Bearer <key>`). Without it and without
     /// an admin entry in --api-keys-file, the /admin endpoints answer 403.
@@ -120,6 +132,9 @@ struct Cli {
     #[arg(long, env = "ZEPTO_PARTITIONS", default_value_t = 64)]
     partitions: u32,
 
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
+
     /// Log format: `text` or `json` (one JSON object per line), written to stderr.
     #[arg(long, env = "ZEPTO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -151,6 +166,18 @@ struct FileConfig {
     partitions: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    // Cluster mode (see `cluster`).
+    node_id: Option<String>,
+    grpc_addr: Option<String>,
+    advertise_addr: Option<String>,
+    peers: Option<String>,
+    replication_factor: Option<usize>,
+    heartbeat_interval: Option<String>,
+    suspect_after: Option<String>,
+    dead_after: Option<String>,
+    write_lease: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
+    insecure_cluster: Option<bool>,
 }
 
 /// The validated runtime configuration.
@@ -174,6 +201,8 @@ pub(crate) struct Config {
     pub(crate) partitions: u32,
     pub(crate) log_format: LogFormat,
     pub(crate) log_level: String,
+    /// Set in cluster mode (`--peers` given); `None` is the single node.
+    pub(crate) cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -256,11 +285,31 @@ impl Config {
             cli.query_memory_limit,
             file.query_memory_limit,
         );
+        let file_cluster = cluster::FileClusterConfig {
+            node_id: file.node_id,
+            grpc_addr: file.grpc_addr,
+            advertise_addr: file.advertise_addr,
+            peers: file.peers,
+            replication_factor: file.replication_factor,
+            heartbeat_interval: file.heartbeat_interval,
+            suspect_after: file.suspect_after,
+            dead_after: file.dead_after,
+            write_lease: file.write_lease,
+            cluster_secret_file: file.cluster_secret_file,
+            insecure_cluster: file.insecure_cluster,
+        };
+        let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
+        // `--ack` has no clap default (it depends on the mode): given > file > mode default.
+        let ack = cli.ack.or(file.ack).unwrap_or(if cluster.is_some() {
+            AckPolicy::Replicated
+        } else {
+            AckPolicy::Local
+        });
         let cfg = Config {
             data_dir: pick(explicit("data_dir"), cli.data_dir, file.data_dir),
             http_addr,
             checkpoint_interval: (!checkpoint_interval.is_zero()).then_some(checkpoint_interval),
-            ack: pick(explicit("ack"), cli.ack, file.ack),
+            ack,
             admin_key: if explicit("admin_key") {
                 cli.admin_key
             } else {
@@ -295,6 +344,7 @@ impl Config {
             partitions: pick(explicit("partitions"), cli.partitions, file.partitions),
             log_format: pick(explicit("log_format"), cli.log_format, file.log_format),
             log_level: pick(explicit("log_level"), cli.log_level, file.log_level),
+            cluster,
         };
         cfg.validate()?;
         let mut cfg = cfg;
@@ -427,6 +477,143 @@ mod tests {
         assert!(parse(&["--query-timeout", "5 parsecs"]).is_err());
         assert!(parse(&["--partitions", "0"]).is_err());
         assert!(parse(&["--admin-key", "short"]).is_err());
+    }
+
+    #[test]
+    fn cluster_mode_flags() {
+        // Without --peers nothing changes, whatever else is set.
+        let c = parse(&["--node-id", "3", "--replication-factor", "7"]).unwrap();
+        assert!(c.cluster.is_none());
+        assert_eq!(c.ack, AckPolicy::Local);
+
+        let peers = "1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003";
+        let e = parse(&["--peers", peers, "--node-id", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cluster-secret-file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "  a-long-enough-cluster-secret\n").unwrap();
+        let s = secret.to_str().unwrap();
+        let c = parse(&[
+            "--peers",
+            peers,
+            "--node-id",
+            "2",
+            "--cluster-secret-file",
+            s,
+            "--heartbeat-interval",
+            "200ms",
+        ])
+        .unwrap();
+        let k = c.cluster.as_ref().unwrap();
+        assert_eq!(k.node_id, 2);
+        assert_eq!(k.advertise_addr, "127.0.0.1:9002");
+        assert_eq!(k.grpc_addr.to_string(), "0.0.0.0:8124");
+        assert_eq!(k.replication_factor, 2);
+        assert_eq!(k.timings.dead_after, Duration::from_secs(2));
+        assert_eq!(k.timings.raft_tick, Duration::from_millis(20));
+        assert_eq!(
+            k.token.as_deref(),
+            Some(cluster::token_of(b"a-long-enough-cluster-secret").as_str())
+        );
+        assert_eq!(
+            c.ack,
+            AckPolicy::Replicated,
+            "cluster mode defaults to replicated acks"
+        );
+        let c = parse(&[
+            "--peers",
+            peers,
+            "--node-id",
+            "1",
+            "--insecure-cluster",
+            "--ack",
+            "local",
+        ])
+        .unwrap();
+        assert_eq!(c.ack, AckPolicy::Local);
+        assert!(c.cluster.unwrap().token.is_none());
+
+        for (args, needle) in [
+            (
+                vec!["--node-id", "4", "--insecure-cluster"],
+                "not in --peers",
+            ),
+            (vec!["--insecure-cluster"], "--node-id"),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--insecure-cluster",
+                    "--advertise-addr",
+                    "x:1",
+                ],
+                "differs",
+            ),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--insecure-cluster",
+                    "--replication-factor",
+                    "3",
+                ],
+                "replication_factor",
+            ),
+            (
+                vec!["--node-id", "1", "--insecure-cluster", "--dead-after", "1s"],
+                "timings",
+            ),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--insecure-cluster",
+                    "--cluster-secret-file",
+                    s,
+                ],
+                "not both",
+            ),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--cluster-secret-file",
+                    "/nonexistent/secret",
+                ],
+                "secret",
+            ),
+        ] {
+            let mut full = vec!["--peers", peers];
+            full.extend(args.iter().copied());
+            let e = parse(&full).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tiny").unwrap();
+        let e = parse(&[
+            "--peers",
+            peers,
+            "--node-id",
+            "1",
+            "--cluster-secret-file",
+            short.to_str().unwrap(),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shorter"), "{e}");
+
+        // The same settings from the TOML file.
+        let f = dir.path().join("z.toml");
+        std::fs::write(
+            &f,
+            format!("peers = \"{peers}\"\nnode_id = \"3\"\ninsecure_cluster = true\ngrpc_addr = \"127.0.0.1:0\"\n"),
+        )
+        .unwrap();
+        let c = parse(&["--config", f.to_str().unwrap()]).unwrap();
+        let k = c.cluster.unwrap();
+        assert_eq!((k.node_id, k.grpc_addr.port()), (3, 0));
     }
 
     #[test]

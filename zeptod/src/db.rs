@@ -5,7 +5,10 @@
 //! Write path: `http` decodes a request into one Arrow batch per table, then
 //! [`Node::write`] hands it to `Db::write` and awaits the durable acknowledgement.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -33,6 +36,12 @@ pub(crate) enum SqlOutput {
 pub(crate) struct Node {
     db: Db,
     engine: Engine,
+    /// Cluster mode: the catalog follows the metadata group (no local-only table creation).
+    cluster_mode: bool,
+    /// Where the scratch catalog for [`Node::table_schema_of`] lives.
+    scratch_dir: PathBuf,
+    /// Opened on first use; one statement at a time.
+    scratch: Mutex<Option<(Db, Engine)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -105,7 +114,101 @@ impl Node {
                 memory_limit_bytes: limit,
             },
         );
-        Ok(Node { db, engine })
+        Ok(Node {
+            db,
+            engine,
+            cluster_mode: cfg.cluster.is_some(),
+            scratch_dir: cfg.data_dir.join("meta").join("ddl-scratch"),
+            scratch: Mutex::new(None),
+        })
+    }
+
+    /// The schema a `CREATE TABLE` statement defines, built by the SQL engine on a scratch
+    /// catalog (so cluster DDL means exactly what single-node DDL means) without touching
+    /// this node's catalog. Blocking.
+    pub(crate) fn table_schema_of(&self, sql: &str) -> Result<TableSchema> {
+        let mut guard = self.scratch.lock();
+        if guard.is_none() {
+            if self.scratch_dir.exists() {
+                std::fs::remove_dir_all(&self.scratch_dir)
+                    .map_err(|e| Error::io(format!("clear {}", self.scratch_dir.display()), e))?;
+            }
+            let mut scfg = zepto_storage::Config::new(self.scratch_dir.clone());
+            scfg.partitions = 1;
+            scfg.checkpoint_interval = None;
+            scfg.wal_segment_bytes = 1 << 20;
+            let db = Db::open(scfg).map_err(storage_error)?;
+            let engine = Engine::new(db.clone(), QuerySettings::default());
+            *guard = Some((db, engine));
+        }
+        let Some((db, engine)) = guard.as_ref() else {
+            return Err(Error::Internal("scratch catalog missing".into()));
+        };
+        for t in db.tables() {
+            db.drop_table(&t.name).map_err(storage_error)?;
+        }
+        engine.execute(sql).map_err(sql_error)?;
+        let created = db.tables();
+        let schema = match created.as_slice() {
+            [one] => TableSchema::clone(one),
+            _ => {
+                return Err(Error::BadRequest(
+                    "the statement did not define exactly one table".into(),
+                ))
+            }
+        };
+        db.drop_table(&schema.name).map_err(storage_error)?;
+        Ok(schema)
+    }
+
+    /// Make the local catalog hold exactly the tables of the committed metadata, each with
+    /// the id the metadata assigned (drops first, so a re-created name gets its new id).
+    /// Blocking; idempotent.
+    pub(crate) fn reconcile_catalog(&self, state: &zepto_cluster::ClusterState) -> Result<()> {
+        for t in self.db.tables() {
+            let local = self.db.table_id(&t.name).map_err(storage_error)?;
+            if state.table_id(&t.name) != Some(local) {
+                tracing::info!(table = %t.name, id = local, "dropping table (not in the committed metadata)");
+                self.db.drop_table(&t.name).map_err(storage_error)?;
+            }
+        }
+        for (key, schema) in &state.tables {
+            let Some(&id) = state.table_ids.get(key) else {
+                return Err(Error::Internal(format!(
+                    "metadata table {} has no id",
+                    schema.name
+                )));
+            };
+            match self.db.table_id(&schema.name) {
+                Ok(_) => {}
+                Err(zepto_storage::Error::TableNotFound(_)) => {
+                    self.db
+                        .create_table_with_id(schema.clone(), id)
+                        .map_err(storage_error)?;
+                    tracing::info!(table = %schema.name, id, "created table from the committed metadata");
+                }
+                Err(e) => return Err(storage_error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn has_tables(&self) -> bool {
+        !self.db.tables().is_empty()
+    }
+
+    /// `(name, storage id)` of every local table.
+    pub(crate) fn table_ids(&self) -> Vec<(String, u32)> {
+        self.db
+            .tables()
+            .iter()
+            .filter_map(|t| {
+                self.db
+                    .table_id(&t.name)
+                    .ok()
+                    .map(|id| (t.name.clone(), id))
+            })
+            .collect()
     }
 
     /// Does this statement only read? (Parse errors are 400.)
@@ -164,6 +267,13 @@ impl Node {
             Ok(t) => return Ok((t.arrow_schema(), t.timestamp)),
             Err(zepto_storage::Error::TableNotFound(_)) => {}
             Err(e) => return Err(storage_error(e)),
+        }
+        if self.cluster_mode {
+            return Err(Error::BadRequest(format!(
+                "table '{}' does not exist; in cluster mode create it with CREATE TABLE first \
+                 (line protocol does not create tables in cluster mode yet)",
+                m.name
+            )));
         }
         let key = m.first_tag().ok_or_else(|| {
             Error::BadRequest(format!(

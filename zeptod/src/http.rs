@@ -32,6 +32,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use crate::auth::{Auth, Role};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::db::{Node, SqlOutput};
 use crate::error::{Error, Result};
@@ -56,6 +57,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Auth,
     pub(crate) metrics: Metrics,
     node: OnceLock<Arc<Node>>,
+    /// Set in cluster mode.
+    cluster: OnceLock<Arc<Cluster>>,
     phase: AtomicU8,
     started: Instant,
 }
@@ -67,9 +70,15 @@ impl AppState {
             auth,
             metrics: Metrics::default(),
             node: OnceLock::new(),
+            cluster: OnceLock::new(),
             phase: AtomicU8::new(STARTING),
             started: Instant::now(),
         }
+    }
+
+    /// Cluster mode: this node's cluster handle.
+    pub(crate) fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// The database finished opening.
@@ -319,6 +328,15 @@ async fn run_sql_inner(
         state.auth.check(headers, peer, Role::Writer)?;
     }
     let node = state.node()?;
+    if let (Some(cluster), false) = (state.cluster.get(), read_only) {
+        if let Some(ddl) = crate::cluster::ddl::classify(&sql) {
+            let message = cluster.execute_ddl(&node, ddl).await?;
+            return Ok(json_response(
+                StatusCode::OK,
+                serde_json::json!({ "ok": true, "message": message }),
+            ));
+        }
+    }
     let timeout = state.cfg.query_timeout;
     let task = tokio::task::spawn_blocking(move || node.execute(&sql));
     // The engine enforces the timeout itself; this bound covers an engine that does not.
@@ -518,10 +536,18 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<Response> {
 
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Response> {
     match state.phase.load(Ordering::SeqCst) {
-        READY => Ok(json_response(
-            StatusCode::OK,
-            serde_json::json!({ "status": "ready" }),
-        )),
+        READY => {
+            if let Some(c) = state.cluster.get() {
+                c.readiness().map_err(|why| Error::Unavailable {
+                    message: format!("not ready: {why}"),
+                    retry_after: Some(1),
+                })?;
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::json!({ "status": "ready" }),
+            ))
+        }
         DRAINING => Err(Error::Unavailable {
             message: "draining: the server is shutting down".into(),
             retry_after: None,
@@ -563,6 +589,20 @@ async fn admin_snapshot(
 
 async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
     state.auth.check_admin(&headers)?;
+    if let Some(c) = state.cluster.get() {
+        let mut view = c.admin_view().await?;
+        if let Some(obj) = view.as_object_mut() {
+            obj.insert("grpc_addr".into(), c.grpc_addr.to_string().into());
+            obj.insert("ready".into(), c.readiness().is_ok().into());
+            obj.insert(
+                "ready_reason".into(),
+                c.readiness()
+                    .err()
+                    .map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+        return Ok(json_response(StatusCode::OK, view));
+    }
     let node = state.node()?;
     let phase = match state.phase.load(Ordering::SeqCst) {
         READY => "ready",

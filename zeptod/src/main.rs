@@ -6,15 +6,20 @@
 //! [`http`] (routes and handlers) -> [`db::Node`] (the only module that names the engines;
 //! `Node::write` is where every insert meets `Db::write` and its durable acknowledgement).
 //!
+//! Cluster mode (`--peers`): [`cluster`] (membership in the metadata raft group, DDL through
+//! it) over [`rpc`] (the authenticated peer gRPC service and clients); see ADR 0004.
+//!
 //! This crate must not contain storage or query logic: it parses and formats wire data and
 //! calls the engines.
 
 mod auth;
+mod cluster;
 mod config;
 mod db;
 mod error;
 mod http;
 mod metrics;
+mod rpc;
 mod server;
 mod sql_text;
 

@@ -27,7 +27,7 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
              disabled; set --api-keys-file or --admin-key to serve other clients"
         );
     }
-    if cfg.ack == crate::config::AckPolicy::Replicated {
+    if cfg.ack == crate::config::AckPolicy::Replicated && cfg.cluster.is_none() {
         tracing::warn!("--ack replicated: single-node mode has no replicas, acks are local");
     }
     let listener = TcpListener::bind(cfg.http_addr)
@@ -41,7 +41,20 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "zeptod listening");
 
     let state = Arc::new(AppState::new(cfg.clone(), auth));
-    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<Error>(1);
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<Error>(4);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Whether this data directory has been part of a cluster before (checked before the
+    // metadata driver creates `meta/`).
+    let fresh_meta = !cfg.data_dir.join("meta").exists();
+    let cluster = match &cfg.cluster {
+        Some(c) => {
+            let handle =
+                crate::cluster::start(&cfg, c, addr, fatal_tx.clone(), shutdown_rx.clone()).await?;
+            state.set_cluster(handle.clone());
+            Some(handle)
+        }
+        None => None,
+    };
     {
         let state = state.clone();
         let cfg = cfg.clone();
@@ -49,7 +62,22 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
             let started = std::time::Instant::now();
             match tokio::task::spawn_blocking(move || Node::open(&cfg)).await {
                 Ok(Ok(node)) => {
-                    state.set_ready(Arc::new(node));
+                    let node = Arc::new(node);
+                    if let Some(c) = &cluster {
+                        if fresh_meta && node.has_tables() {
+                            state.set_failed();
+                            let _ = fatal_tx
+                                .send(Error::Config(
+                                    "the data directory holds tables of a single-node database; \
+                                     cluster mode must start from an empty data directory"
+                                        .into(),
+                                ))
+                                .await;
+                            return;
+                        }
+                        c.set_db(node.clone()).await;
+                    }
+                    state.set_ready(node);
                     tracing::info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "database open; ready"
@@ -57,6 +85,7 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
                 }
                 Ok(Err(e)) => {
                     state.set_failed();
+                    tracing::error!(error = %e, "cannot open the database");
                     let _ = fatal_tx.send(e).await;
                 }
                 Err(e) => {
@@ -114,13 +143,14 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
             }
             _ = sleep_until_opt(drain_until) => break,
             Some(e) = fatal_rx.recv() => {
-                tracing::error!(error = %e, "cannot open the database");
+                tracing::error!(error = %e, "stopping after a fatal error");
                 fatal = Some(e);
                 break;
             }
         }
     }
     state.set_draining();
+    let _ = shutdown_tx.send(true);
     drop(listener);
     let drain = cfg.shutdown_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())

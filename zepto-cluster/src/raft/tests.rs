@@ -379,6 +379,17 @@ fn malformed_or_misaddressed_messages_are_errors() {
     m.from = 3;
     m.set_msg_type(raft::eraftpb::MessageType::MsgHup);
     assert!(n.step(&m.write_to_bytes().unwrap()).is_err());
+    // A peer may only speak for itself: `from` must be the authenticated sender.
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    let bytes = m.write_to_bytes().unwrap();
+    assert!(matches!(
+        n.step_from(2, &bytes),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        n.step_from(3, &[0xff, 0x01]),
+        Err(Error::Decode { .. })
+    ));
 }
 
 #[test]

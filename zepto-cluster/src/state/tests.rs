@@ -402,6 +402,18 @@ fn tables_and_settings() {
             name: "TRADES".into()
         }
     );
+    assert_eq!(s.table_id("TRADES"), Some(1));
+    s.apply(&Command::DropTable {
+        name: "trades".into(),
+    })
+    .unwrap();
+    assert_eq!(s.table_id("trades"), None);
+    // Ids are never reused: the storage catalog refuses an id below its next free one.
+    s.apply(&Command::CreateTable {
+        schema: schema("Trades"),
+    })
+    .unwrap();
+    assert_eq!(s.table_id("trades"), Some(2));
     s.apply(&Command::DropTable {
         name: "trades".into(),
     })

@@ -1,0 +1,12 @@
+//! Generates the peer gRPC code from `proto/*.proto` with no `protoc`: `protox` parses the
+//! files into a descriptor set and `tonic-prost-build` turns that into Rust.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["peer.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Cluster mode (`--peers`): this node's membership in the metadata raft group, as a handle
+//! the HTTP layer shares ([`Cluster`]).
+//!
+//! - [`driver`]: the thread that owns the raft node (ticks, steps, proposes, applies).
+//! - [`ddl`]: `CREATE TABLE` / `DROP TABLE` go through the metadata group; every node then
+//!   applies the committed tables to its own storage catalog with the metadata's table ids.
+//! - here: startup (gRPC listener, peer clients, driver), forwarding proposals to the leader,
+//!   registering this node (`AddNode`), heartbeating the leader, and readiness.
+//!
+//! Not yet here (next steps on this transport): WAL replication, write forwarding and
+//! distributed queries; INSERTs in cluster mode are written to the receiving node only.
+
+pub(crate) mod ddl;
+pub(crate) mod driver;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use zepto_cluster::{Command, NodeId};
+
+use crate::config::{ClusterConfig, Config};
+use crate::db::Node;
+use crate::error::{Error, Result};
+use crate::rpc::client::PeerClients;
+use crate::rpc::server::PeerService;
+use crate::rpc::Identity;
+use driver::{Event, Outcome, ProposeError, RejectKind, View};
+
+/// Depth of the driver's event queue.
+const EVENT_QUEUE: usize = 8192;
+
+/// This node's handle on the cluster. See the module doc.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    cfg: ClusterConfig,
+    events: mpsc::Sender<Event>,
+    view: watch::Receiver<View>,
+    peers: Arc<PeerClients>,
+    /// The bound gRPC address.
+    pub(crate) grpc_addr: SocketAddr,
+    partitions: u32,
+}
+
+/// Bind the gRPC listener (printing `zeptod listening on grpc=ADDR`), start the peer clients,
+/// the metadata driver, the gRPC service, registration and heartbeats. `shutdown` resolves
+/// when the server stops.
+pub(crate) async fn start(
+    cfg: &Config,
+    cluster: &ClusterConfig,
+    http_addr: SocketAddr,
+    fatal: mpsc::Sender<Error>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<Cluster>> {
+    let listener = TcpListener::bind(cluster.grpc_addr)
+        .await
+        .map_err(|e| Error::io(format!("bind gRPC listener on {}", cluster.grpc_addr), e))?;
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("read the bound gRPC address", e))?;
+    println!("zeptod listening on grpc={grpc_addr}");
+    tracing::info!(%grpc_addr, node = cluster.node_id, advertise = %cluster.advertise_addr, voters = ?cluster.peers, "cluster mode");
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (view_tx, view_rx) = watch::channel(View::default());
+    let identity = Identity {
+        node_id: cluster.node_id,
+        advertise_addr: cluster.advertise_addr.clone(),
+        token: cluster.token.clone(),
+    };
+    let call_timeout = cluster.timings.peer_call_timeout();
+    let peers = PeerClients::start(
+        &identity,
+        &cluster.peers,
+        call_timeout,
+        events_tx.clone(),
+        fatal.clone(),
+    );
+    driver::start(
+        cfg,
+        cluster,
+        events_rx,
+        view_tx,
+        peers.clone(),
+        fatal.clone(),
+    )?;
+
+    let svc = PeerService::new(
+        cluster.node_id,
+        cluster.peers.clone(),
+        cluster.token.clone(),
+        events_tx.clone(),
+        cluster.timings.metadata_change_timeout(),
+    );
+    {
+        let mut shutdown = shutdown.clone();
+        let fatal = fatal.clone();
+        tokio::spawn(async move {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let stop = async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc.into_server())
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+            {
+                let _ = fatal
+                    .send(Error::Internal(format!("gRPC server failed: {e}")))
+                    .await;
+            }
+        });
+    }
+    let handle = Arc::new(Cluster {
+        cfg: cluster.clone(),
+        events: events_tx,
+        view: view_rx,
+        peers,
+        grpc_addr,
+        partitions: cfg.partitions,
+    });
+    // The HTTP address peers and /admin/cluster show: the advertised host, the bound port.
+    let host = cluster
+        .advertise_addr
+        .rsplit_once(':')
+        .map_or(cluster.advertise_addr.as_str(), |(h, _)| h);
+    let http = format!("{host}:{}", http_addr.port());
+    tokio::spawn(register(handle.clone(), http, fatal, shutdown.clone()));
+    tokio::spawn(heartbeats(handle.clone(), shutdown));
+    Ok(handle)
+}
+
+impl Cluster {
+    pub(crate) fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// The database finished opening: the driver may now apply tables to it.
+    pub(crate) async fn set_db(&self, node: Arc<Node>) {
+        let _ = self.events.send(Event::DbOpen(node)).await;
+    }
+
+    /// `Ok` when this node is a member, knows a leader, has applied the committed log it
+    /// knows of, and its local catalog holds the committed tables; else why not.
+    pub(crate) fn readiness(&self) -> std::result::Result<(), String> {
+        let v = self.view.borrow();
+        if v.leader.is_none() {
+            return Err("no metadata leader known".into());
+        }
+        if !v.state.nodes.contains_key(&self.cfg.node_id) {
+            return Err("this node is not registered in the cluster metadata yet".into());
+        }
+        if v.applied < v.commit {
+            return Err(format!(
+                "applying the metadata log ({} of {})",
+                v.applied, v.commit
+            ));
+        }
+        if let Some(e) = &v.catalog_error {
+            return Err(format!("local catalog: {e}"));
+        }
+        if v.catalog_applied < v.applied {
+            return Err("applying committed tables to the local catalog".into());
+        }
+        match v.state.partitions.len() {
+            0 => Err("the partition map is not created yet (every voter must register)".into()),
+            n if n != self.partitions as usize => Err(format!(
+                "the cluster has {n} partitions, this node was started with --partitions {}",
+                self.partitions
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `/admin/cluster` JSON, built by the driver (it holds the heartbeat ages).
+    pub(crate) async fn admin_view(&self) -> Result<serde_json::Value> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Admin(tx))
+            .await
+            .map_err(|_| driver_stopped())?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .map_err(|_| Error::Unavailable {
+                message: "the metadata driver did not answer in time".into(),
+                retry_after: Some(1),
+            })?
+            .map_err(|_| driver_stopped())
+    }
+
+    /// Propose a metadata command through the leader (this node, or forwarded over gRPC),
+    /// retrying across leader changes until `Timings::metadata_change_timeout`. Returns once the command
+    /// committed and the leader applied it.
+    pub(crate) async fn propose(&self, cmd: &Command) -> Result<Outcome> {
+        let limit = self.cfg.timings.metadata_change_timeout();
+        let deadline = Instant::now() + limit;
+        let mut view = self.view.clone();
+        let mut last_error: String;
+        loop {
+            let leader = view.borrow_and_update().leader;
+            let attempt = match leader {
+                Some(l) if l == self.cfg.node_id => self.propose_local(cmd).await,
+                Some(l) => self.propose_remote(l, cmd).await,
+                None => Err(ProposeError::NotLeader(None)),
+            };
+            match attempt {
+                Ok(o) => return Ok(o),
+                Err(ProposeError::NotLeader(hint)) => {
+                    last_error = format!("not the leader (leader hint {hint:?})");
+                }
+                Err(ProposeError::Unknown(m)) => last_error = m,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "the metadata change was not confirmed within {limit:?} (it may still take effect once a leader is elected): {last_error}"
+                    ),
+                    retry_after: Some(1),
+                });
+            }
+            // Wait for news (a leader change) or a short while, whichever comes first.
+            let pause = (deadline - now).min(self.cfg.timings.election_timeout());
+            let _ = tokio::time::timeout(pause, view.changed()).await;
+        }
+    }
+
+    async fn propose_local(&self, cmd: &Command) -> std::result::Result<Outcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.events
+            .send(Event::Propose {
+                cmd: cmd.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| ProposeError::Unknown("the metadata driver is stopped".into()))?;
+        match tokio::time::timeout(self.cfg.timings.metadata_change_timeout(), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ProposeError::Unknown(
+                "the metadata driver is stopped".into(),
+            )),
+            Err(_) => Err(ProposeError::Unknown(
+                "the proposal did not commit in time".into(),
+            )),
+        }
+    }
+
+    async fn propose_remote(
+        &self,
+        leader: NodeId,
+        cmd: &Command,
+    ) -> std::result::Result<Outcome, ProposeError> {
+        let Some(client) = self.peers.get(leader) else {
+            return Err(ProposeError::NotLeader(None));
+        };
+        match client.propose_meta(cmd.encode()).await {
+            Ok(r) => Ok(Outcome {
+                index: r.index,
+                version: r.version,
+                rejected: (!r.rejected_kind.is_empty())
+                    .then(|| (RejectKind::parse(&r.rejected_kind), r.rejected)),
+            }),
+            Err(s) => Err(ProposeError::Unknown(format!(
+                "forward to leader {leader}: {}",
+                s.message()
+            ))),
+        }
+    }
+
+    /// Wait until this node has applied log index `index` and its local catalog matches.
+    pub(crate) async fn wait_applied(&self, index: u64) -> Result<()> {
+        let mut view = self.view.clone();
+        let limit = self.cfg.timings.metadata_change_timeout();
+        let waited = tokio::time::timeout(limit, async {
+            view.wait_for(|v| v.catalog_applied >= index || v.catalog_error.is_some())
+                .await
+                .map(|v| (v.catalog_applied, v.catalog_error.clone()))
+        })
+        .await;
+        match waited {
+            Ok(Ok((applied, error))) => match error {
+                Some(e) if applied < index => Err(Error::Internal(format!(
+                    "committed, but the local catalog could not apply it: {e}"
+                ))),
+                _ => Ok(()),
+            },
+            Ok(Err(_)) => Err(driver_stopped()),
+            Err(_) => Err(Error::Unavailable {
+                message: format!("committed, but not applied on this node within {limit:?}"),
+                retry_after: Some(1),
+            }),
+        }
+    }
+}
+
+fn driver_stopped() -> Error {
+    Error::Unavailable {
+        message: "the metadata driver is stopped".into(),
+        retry_after: None,
+    }
+}
+
+/// Register this node (`AddNode`) until the metadata holds it. A node id held by another
+/// address is fatal: two processes must never act as one raft member.
+async fn register(
+    cluster: Arc<Cluster>,
+    http_addr: String,
+    fatal: mpsc::Sender<Error>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let me = cluster.cfg.node_id;
+    let grpc = cluster.cfg.advertise_addr.clone();
+    let cmd = Command::AddNode {
+        id: me,
+        http_addr,
+        grpc_addr: grpc.clone(),
+    };
+    let mut view = cluster.view.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let existing = view.borrow_and_update().state.nodes.get(&me).cloned();
+        if let Some(n) = existing {
+            if n.grpc_addr == grpc {
+                tracing::info!(node = me, state = %n.state, "registered in the cluster metadata");
+                return;
+            }
+            let e = Error::Config(format!(
+                "node id {me} is already a member at {}; refusing to run as a second node {me}",
+                n.grpc_addr
+            ));
+            tracing::error!(error = %e, "duplicate node id");
+            let _ = fatal.send(e).await;
+            return;
+        }
+        // Only once a leader is known; otherwise wait for the election.
+        if view.borrow().leader.is_some() {
+            match cluster.propose(&cmd).await {
+                Ok(o) => {
+                    if let Some((kind, reason)) = o.rejected {
+                        if kind != RejectKind::NodeIdInUse {
+                            tracing::error!(%reason, "registration refused");
+                        }
+                    }
+                    // Applied on the leader; the next turn of the loop reads our own view.
+                    let _ = cluster.wait_applied(o.index).await;
+                    continue;
+                }
+                Err(e) => tracing::debug!(error = %e, "registration not committed yet; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = view.changed() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Heartbeat the metadata leader every `--heartbeat-interval` (ourselves included, through
+/// the driver, when we lead).
+async fn heartbeats(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
+    let hb = cluster.cfg.timings.heartbeat_interval;
+    let mut tick = tokio::time::interval(hb);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let me = cluster.cfg.node_id;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let leader = cluster.view.borrow().leader;
+        match leader {
+            Some(l) if l == me => {
+                let (reply, _rx) = oneshot::channel();
+                let _ = cluster
+                    .events
+                    .try_send(Event::Heartbeat { from: me, reply });
+            }
+            Some(l) => {
+                if let Some(c) = cluster.peers.get(l) {
+                    let c = c.clone();
+                    // Never let a slow leader delay the next heartbeat.
+                    tokio::spawn(async move {
+                        if let Err(e) = c.heartbeat().await {
+                            tracing::debug!(leader = l, error = %e.message(), "heartbeat failed");
+                        }
+                    });
+                }
+            }
+            None => {}
+        }
+    }
+}

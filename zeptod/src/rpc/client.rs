@@ -1,0 +1,235 @@
+//! Outbound peer calls: one [`PeerClient`] per peer, reused by every caller (raft, heartbeats,
+//! forwarded proposals; replication later), and one raft message queue per peer.
+//!
+//! A client connects lazily. After a transport failure it drops its channel, so the next
+//! call connects anew and resolves the peer's DNS name again (a StatefulSet pod that was
+//! replaced comes back with a new IP). Raft messages go through a bounded queue per peer
+//! drained by one task that sends them in batches; a full queue or a failed send is reported
+//! to raft as "unreachable" (raft retries), never blocks the metadata driver.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use zepto_cluster::NodeId;
+
+use super::pb::peer_client::PeerClient as GrpcClient;
+use super::pb::{
+    HeartbeatRequest, HeartbeatResponse, ProposeRequest, ProposeResponse, RaftMessages,
+};
+use super::{Identity, NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
+use crate::cluster::driver::Event;
+use crate::error::Error;
+
+/// Raft messages queued per peer before new ones are dropped (raft resends).
+const RAFT_QUEUE: usize = 1024;
+/// Most raft messages in one `Raft` call.
+const RAFT_BATCH: usize = 128;
+/// Largest message accepted or sent (a metadata snapshot must fit).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Log the same peer failure at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A reusable client for one peer.
+#[derive(Debug)]
+pub(crate) struct PeerClient {
+    pub(crate) id: NodeId,
+    pub(crate) addr: String,
+    identity: Identity,
+    timeout: Duration,
+    channel: Mutex<Option<GrpcClient<Channel>>>,
+    started: Instant,
+    /// Milliseconds since `started` of the last failure log line.
+    last_log_ms: AtomicU64,
+    fatal: mpsc::Sender<Error>,
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<GrpcClient<Channel>, Status> {
+        let mut guard = self.channel.lock();
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| Status::invalid_argument(format!("peer address {}: {e}", self.addr)))?
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(self.timeout);
+        let c = GrpcClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    fn request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.set_timeout(timeout);
+        let md = req.metadata_mut();
+        if let Some(t) = &self.identity.token {
+            if let Ok(v) = MetadataValue::try_from(t.as_str()) {
+                md.insert(TOKEN_HEADER, v);
+            }
+        }
+        md.insert(NODE_ID_HEADER, MetadataValue::from(self.identity.node_id));
+        if let Ok(v) = MetadataValue::try_from(self.identity.advertise_addr.as_str()) {
+            md.insert(NODE_ADDR_HEADER, v);
+        }
+        req
+    }
+
+    /// Look at a failed call: drop the channel after a transport failure (the next call
+    /// reconnects and re-resolves), log auth refusals, and stop the process if the peer
+    /// says our node id belongs to someone else.
+    fn failed(&self, what: &str, status: &Status) {
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::DeadlineExceeded => {
+                *self.channel.lock() = None;
+                if self.should_log() {
+                    tracing::debug!(peer = self.id, addr = %self.addr, call = what, error = %status.message(), "peer call failed");
+                }
+            }
+            Code::Unauthenticated | Code::PermissionDenied if self.should_log() => {
+                tracing::error!(peer = self.id, addr = %self.addr, call = what, error = %status.message(), "peer refused our call: check --cluster-secret-file and --peers");
+            }
+            Code::AlreadyExists => {
+                let msg = format!(
+                    "peer {} ({}) refused us: {}; another process already is node {}",
+                    self.id,
+                    self.addr,
+                    status.message(),
+                    self.identity.node_id
+                );
+                tracing::error!("{msg}");
+                let _ = self.fatal.try_send(Error::Config(msg));
+            }
+            _ => {}
+        }
+    }
+
+    fn should_log(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        let every = u64::try_from(LOG_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every {
+            return false;
+        }
+        self.last_log_ms.store(now.max(1), Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) async fn raft(&self, msgs: Vec<Vec<u8>>) -> Result<(), Status> {
+        let mut c = self.client()?;
+        let r = c
+            .raft(self.request(RaftMessages { messages: msgs }, self.timeout))
+            .await;
+        r.map(|_| ()).inspect_err(|s| self.failed("Raft", s))
+    }
+
+    pub(crate) async fn heartbeat(&self) -> Result<HeartbeatResponse, Status> {
+        let mut c = self.client()?;
+        let r = c
+            .heartbeat(self.request(HeartbeatRequest {}, self.timeout))
+            .await;
+        r.map(|r| r.into_inner())
+            .inspect_err(|s| self.failed("Heartbeat", s))
+    }
+
+    pub(crate) async fn propose_meta(&self, command: Vec<u8>) -> Result<ProposeResponse, Status> {
+        let mut c = self.client()?;
+        // A commit needs a round trip and an fsync on a majority; give it more than a
+        // heartbeat's budget so a slow commit is not retried (and applied) twice.
+        let timeout = (self.timeout * 4).max(Duration::from_secs(5));
+        let r = c
+            .propose_meta(self.request(ProposeRequest { command }, timeout))
+            .await;
+        r.map(|r| r.into_inner())
+            .inspect_err(|s| self.failed("ProposeMeta", s))
+    }
+}
+
+/// Clients and raft queues for every peer.
+#[derive(Debug)]
+pub(crate) struct PeerClients {
+    clients: BTreeMap<NodeId, Arc<PeerClient>>,
+    raft_queues: BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    events: mpsc::Sender<Event>,
+}
+
+impl PeerClients {
+    /// Build a client per peer (except ourselves) and spawn the raft senders on the current
+    /// tokio runtime. `timeout` bounds every call.
+    pub(crate) fn start(
+        identity: &Identity,
+        peers: &BTreeMap<NodeId, String>,
+        timeout: Duration,
+        events: mpsc::Sender<Event>,
+        fatal: mpsc::Sender<Error>,
+    ) -> Arc<PeerClients> {
+        let mut clients = BTreeMap::new();
+        let mut raft_queues = BTreeMap::new();
+        for (&id, addr) in peers {
+            if id == identity.node_id {
+                continue;
+            }
+            let client = Arc::new(PeerClient {
+                id,
+                addr: addr.clone(),
+                identity: identity.clone(),
+                timeout,
+                channel: Mutex::new(None),
+                started: Instant::now(),
+                last_log_ms: AtomicU64::new(0),
+                fatal: fatal.clone(),
+            });
+            let (tx, rx) = mpsc::channel(RAFT_QUEUE);
+            tokio::spawn(raft_sender(client.clone(), rx, events.clone()));
+            clients.insert(id, client);
+            raft_queues.insert(id, tx);
+        }
+        Arc::new(PeerClients {
+            clients,
+            raft_queues,
+            events,
+        })
+    }
+
+    pub(crate) fn get(&self, id: NodeId) -> Option<&Arc<PeerClient>> {
+        self.clients.get(&id)
+    }
+
+    /// Queue a raft message for `to`; never blocks. A full queue means the peer is not
+    /// keeping up (or is down): raft is told it is unreachable and will resend.
+    pub(crate) fn send_raft(&self, to: NodeId, bytes: Vec<u8>) {
+        let ok = self
+            .raft_queues
+            .get(&to)
+            .is_some_and(|q| q.try_send(bytes).is_ok());
+        if !ok {
+            let _ = self.events.try_send(Event::Unreachable(to));
+        }
+    }
+}
+
+async fn raft_sender(
+    client: Arc<PeerClient>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut batch = Vec::with_capacity(RAFT_BATCH);
+    while rx.recv_many(&mut batch, RAFT_BATCH).await > 0 {
+        let msgs = std::mem::take(&mut batch);
+        if client.raft(msgs).await.is_err() {
+            let _ = events.try_send(Event::Unreachable(client.id));
+            // Messages queued meanwhile were for a peer we cannot reach; raft resends.
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Cluster mode with real processes: three `zeptod`s on 127.0.0.1 form one metadata raft
+//! group over the gRPC peer transport.
+//!
+//! Ports: `--peers` must name every node's gRPC address before any node starts, so the test
+//! picks free gRPC ports by binding port 0 and releasing it (a tiny window in which another
+//! process could take the port; a start that fails on it shows up as a clear bind error).
+//! HTTP uses port 0 and is read back from stdout, as in the single-node tests.
+//! Every wait polls with a deadline; the tests run one at a time (each runs 3-4 servers on a
+//! small machine, and the leader-failover test measures time).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use harness::{enc, wait_until, Server};
+
+const ADMIN_KEY: &str = "cluster-test-admin-key";
+const SECRET: &str = "cluster-test-secret-0123456789";
+const PARTITIONS: u32 = 8;
+/// `--heartbeat-interval` of the tests: raft tick 20 ms, election timeout 200..400 ms,
+/// suspect 600 ms, dead 2 s (zepto_cluster::timing).
+const HEARTBEAT: &str = "200ms";
+const MAX_ELECTION_TIMEOUT: Duration = Duration::from_millis(400);
+const STARTUP: Duration = Duration::from_secs(60);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    peers: String,
+    grpc: Vec<u16>,
+    nodes: Vec<Option<Server>>,
+}
+
+impl Cluster {
+    /// Start nodes 1..=n (secret file `secret` in the cluster dir) without waiting.
+    fn start(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers = grpc
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir,
+            peers,
+            grpc,
+            nodes: Vec::new(),
+        };
+        for id in 1..=n {
+            let s = c.spawn(id, &c.peers.clone(), "secret", &[]);
+            c.nodes.push(Some(s));
+        }
+        c
+    }
+
+    fn spawn(&self, id: u64, peers: &str, secret: &str, extra: &[&str]) -> Server {
+        let data = self.dir.path().join(format!("node{id}"));
+        let grpc = match extra.iter().position(|a| *a == "--grpc-addr") {
+            Some(_) => String::new(),
+            None => format!("127.0.0.1:{}", self.grpc[usize::try_from(id).unwrap() - 1]),
+        };
+        let secret = self.dir.path().join(secret);
+        let id_s = id.to_string();
+        let mut args: Vec<&str> = vec![
+            "--node-id",
+            &id_s,
+            "--peers",
+            peers,
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+            "--heartbeat-interval",
+            HEARTBEAT,
+            "--partitions",
+            "8",
+            "--admin-key",
+            ADMIN_KEY,
+        ];
+        if !grpc.is_empty() {
+            args.extend(["--grpc-addr", &grpc]);
+        }
+        args.extend(extra.iter().copied());
+        let mut s = Server::start(&data, &args);
+        s.auth = Some(ADMIN_KEY.to_string());
+        s
+    }
+
+    fn node(&self, id: u64) -> &Server {
+        self.nodes[usize::try_from(id).unwrap() - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    fn live(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|id| self.nodes[usize::try_from(*id).unwrap() - 1].is_some())
+            .collect()
+    }
+
+    fn wait_ready(&self) {
+        for id in self.live() {
+            self.node(id).wait_ready();
+        }
+    }
+
+    fn kill9(&mut self, id: u64) {
+        let mut s = self.nodes[usize::try_from(id).unwrap() - 1].take().unwrap();
+        s.kill9();
+    }
+
+    /// The leader every live node agrees on (same leader and term everywhere), or `None`.
+    fn agreed_leader(&self) -> Option<(u64, u64)> {
+        let mut seen = BTreeSet::new();
+        for id in self.live() {
+            let r = self.node(id).get("/admin/cluster");
+            if r.status != 200 {
+                return None;
+            }
+            let v = r.json();
+            let leader = v["raft_leader"].as_u64()?;
+            seen.insert((leader, v["raft_term"].as_u64()?));
+        }
+        (seen.len() == 1).then(|| seen.into_iter().next()).flatten()
+    }
+}
+
+fn admin(s: &Server) -> serde_json::Value {
+    let r = s.get("/admin/cluster");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn show_tables(s: &Server) -> Vec<String> {
+    let r = s.get(&format!("/?query={}", enc("SHOW TABLES FORMAT CSV")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .map(|l| l.trim_matches('"').to_string())
+        .collect()
+}
+
+/// `(metadata id, local id)` of a table as one node sees it.
+fn table_ids(s: &Server, table: &str) -> (Option<u64>, Option<u64>) {
+    let v = admin(s);
+    let find = |key: &str| {
+        v[key].as_array().and_then(|ts| {
+            ts.iter()
+                .find(|t| t["name"] == table)
+                .and_then(|t| t["id"].as_u64())
+        })
+    };
+    (find("tables"), find("local_tables"))
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_register() {
+    let _g = serial();
+    let c = Cluster::start(3);
+    c.wait_ready();
+    let (leader, term) = wait_until("every node to agree on a leader", STARTUP, || {
+        c.agreed_leader()
+    });
+    assert!((1..=3).contains(&leader) && term >= 1);
+    for id in 1..=3 {
+        let v = admin(c.node(id));
+        assert_eq!(v["mode"], "cluster");
+        assert_eq!(v["node_id"], id);
+        assert_eq!(v["is_leader"], id == leader);
+        let nodes = v["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{v}");
+        assert_eq!(
+            nodes[usize::try_from(id).unwrap() - 1]["grpc_addr"],
+            format!("127.0.0.1:{}", c.grpc[usize::try_from(id).unwrap() - 1])
+        );
+        let parts = v["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), PARTITIONS as usize);
+        for p in parts {
+            assert_ne!(p["primary"], p["replica"], "{p}");
+            assert_eq!(p["epoch"], 1);
+            assert_eq!(p["in_sync"].as_array().unwrap().len(), 2);
+        }
+    }
+    // Nodes turn ACTIVE once the leader hears their heartbeats; the leader knows the ages.
+    wait_until("all nodes ACTIVE", STARTUP, || {
+        let v = admin(c.node(leader));
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "ACTIVE" && n["last_heartbeat_age_ms"].as_u64().is_some())
+            .then_some(())
+    });
+    // The gRPC line is printed like the HTTP one.
+    assert!(
+        c.node(1).log().contains("cluster mode"),
+        "{}",
+        c.node(1).log()
+    );
+}
+
+#[test]
+fn ddl_through_one_node_reaches_every_node_with_the_same_table_id() {
+    let _g = serial();
+    let c = Cluster::start(3);
+    c.wait_ready();
+    let out = c
+        .node(1)
+        .sql_ok("CREATE TABLE trades (ts TIMESTAMP, symbol SYMBOL, price DOUBLE)");
+    assert!(out.contains("created table trades"), "{out}");
+    // Node 1 answered after its own catalog had the table.
+    assert_eq!(show_tables(c.node(1)), vec!["trades"]);
+    c.node(2)
+        .sql_ok("CREATE TABLE quotes (ts TIMESTAMP, symbol SYMBOL, bid DOUBLE)");
+    for id in 1..=3 {
+        wait_until("both tables on every node", Duration::from_secs(10), || {
+            (show_tables(c.node(id)) == vec!["quotes", "trades"]).then_some(())
+        });
+    }
+    let ids: Vec<(Option<u64>, Option<u64>)> =
+        (1..=3).map(|id| table_ids(c.node(id), "trades")).collect();
+    let first = ids[0].0.expect("trades has a metadata id");
+    for (meta, local) in &ids {
+        assert_eq!((*meta, *local), (Some(first), Some(first)), "{ids:?}");
+    }
+    let (q, _) = table_ids(c.node(3), "quotes");
+    assert_ne!(q, Some(first), "each table has its own id");
+
+    // Same rules as a single node: a second CREATE fails, IF NOT EXISTS does not.
+    c.node(3)
+        .sql("CREATE TABLE trades (ts TIMESTAMP, symbol SYMBOL, price DOUBLE)")
+        .expect_error(400, "BAD_REQUEST");
+    c.node(3)
+        .sql_ok("CREATE TABLE IF NOT EXISTS trades (ts TIMESTAMP, symbol SYMBOL, price DOUBLE)");
+    c.node(2)
+        .sql("CREATE TABLE bad (ts TIMESTAMP, symbol SYMBOL, x NOSUCHTYPE)")
+        .expect_error(400, "BAD_REQUEST");
+
+    // Writes and reads on a node's own catalog work with the replicated schema.
+    c.node(2)
+        .sql_ok("INSERT INTO trades VALUES ('2026-01-01T00:00:00Z', 'AAPL', 1.5)");
+    assert_eq!(c.node(2).count("trades"), 1);
+
+    // DROP through node 3 removes it everywhere.
+    c.node(3).sql_ok("DROP TABLE trades");
+    for id in 1..=3 {
+        wait_until("trades dropped everywhere", Duration::from_secs(10), || {
+            (show_tables(c.node(id)) == vec!["quotes"]).then_some(())
+        });
+    }
+    c.node(1)
+        .sql("DROP TABLE trades")
+        .expect_error(404, "NOT_FOUND");
+    c.node(1).sql_ok("DROP TABLE IF EXISTS trades");
+}
+
+#[test]
+fn sigkill_of_the_leader_elects_a_new_one_and_ddl_works_again() {
+    let _g = serial();
+    let mut c = Cluster::start(3);
+    c.wait_ready();
+    let (old, old_term) = wait_until("a leader", STARTUP, || c.agreed_leader());
+    // A table with a row on the node about to die: it must come back intact on restart.
+    c.node(old)
+        .sql_ok("CREATE TABLE kept (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)");
+    c.node(old)
+        .sql_ok("INSERT INTO kept VALUES ('2026-01-01T00:00:00Z', 'A', 1.0)");
+    let killed_at = Instant::now();
+    c.kill9(old);
+    let (new, term) = wait_until("a new leader", Duration::from_secs(30), || {
+        c.agreed_leader().filter(|(l, _)| *l != old)
+    });
+    let took = killed_at.elapsed();
+    println!("new leader {new} (term {term}) {took:?} after SIGKILL of leader {old}");
+    assert!(term > old_term);
+    // Followers notice within the max election timeout; a pre-vote and a vote round follow.
+    // Allow twice that plus a second of scheduling slack on a loaded test machine.
+    let bound = MAX_ELECTION_TIMEOUT * 2 + Duration::from_secs(1);
+    assert!(took < bound, "took {took:?}, bound {bound:?}");
+
+    let survivor = c.live()[0];
+    let out = c
+        .node(survivor)
+        .sql_ok("CREATE TABLE after_failover (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)");
+    assert!(out.contains("created"), "{out}");
+    for id in c.live() {
+        wait_until("table on survivors", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&"after_failover".to_string())
+                .then_some(())
+        });
+    }
+    // The new leader's detector declares the killed node DEAD (dead = 2 s at hb 200 ms).
+    wait_until("killed node DEAD", Duration::from_secs(20), || {
+        let v = admin(c.node(new));
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == old && n["state"] == "DEAD")
+            .then_some(())
+    });
+
+    // The killed node restarts from its data directory, catches up and is ready again.
+    let peers = c.peers.clone();
+    let s = c.spawn(old, &peers, "secret", &[]);
+    s.wait_ready();
+    wait_until(
+        "restarted node has the table",
+        Duration::from_secs(20),
+        || {
+            show_tables(&s)
+                .contains(&"after_failover".to_string())
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        table_ids(&s, "after_failover").0,
+        table_ids(c.node(new), "after_failover").0
+    );
+    assert_eq!(s.count("kept"), 1, "the restart kept the table and its row");
+}
+
+#[test]
+fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(0);
+    c.dir = dir;
+    std::fs::write(c.dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(c.dir.path().join("other"), "another-secret-0123456789").unwrap();
+    c.grpc = (0..3).map(|_| free_port()).collect();
+    c.peers = c
+        .grpc
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let peers = c.peers.clone();
+    c.nodes.push(Some(c.spawn(1, &peers, "secret", &[])));
+    c.nodes.push(Some(c.spawn(2, &peers, "secret", &[])));
+    c.nodes.push(Some(c.spawn(3, &peers, "other", &[])));
+    // Nodes 1 and 2 are a majority and elect a leader among themselves.
+    let leader = wait_until("a leader among 1 and 2", STARTUP, || {
+        let a = admin(c.node(1))["raft_leader"].as_u64();
+        let b = admin(c.node(2))["raft_leader"].as_u64();
+        (a == b).then_some(a).flatten()
+    });
+    assert!(leader == 1 || leader == 2);
+    // The server side logs the refusal with the reason (the client side logs its own).
+    wait_until(
+        "the refusal in the leader's log",
+        Duration::from_secs(30),
+        || {
+            c.node(leader)
+                .log()
+                .lines()
+                .any(|l| {
+                    l.contains("refused peer call") && l.contains("wrong or missing cluster secret")
+                })
+                .then_some(())
+        },
+    );
+    c.node(3).wait_log("peer refused our call");
+    // Node 3 never became a member.
+    let v = admin(c.node(leader));
+    assert!(
+        v["nodes"].as_array().unwrap().iter().all(|n| n["id"] != 3),
+        "{v}"
+    );
+    assert_eq!(c.node(3).get("/ready").status, 503);
+    assert_eq!(admin(c.node(3))["raft_leader"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_second_process_with_a_node_id_in_use_is_refused() {
+    let _g = serial();
+    let c = Cluster::start(3);
+    c.wait_ready();
+    let (leader, _) = wait_until("a leader", STARTUP, || c.agreed_leader());
+    // An imposter claims id 2 at another address (its own --peers entry for 2).
+    let imposter_port = free_port();
+    let peers = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{imposter_port},3=127.0.0.1:{}",
+        c.grpc[0], c.grpc[2]
+    );
+    let grpc = format!("127.0.0.1:{imposter_port}");
+    let data = c.dir.path().join("imposter");
+    let secret = c.dir.path().join("secret");
+    let mut imposter = Server::start(
+        &data,
+        &[
+            "--node-id",
+            "2",
+            "--peers",
+            &peers,
+            "--grpc-addr",
+            &grpc,
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+            "--heartbeat-interval",
+            HEARTBEAT,
+            "--partitions",
+            "8",
+        ],
+    );
+    let status = imposter.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "the imposter must fail: {status:?}");
+    let log = imposter.log();
+    assert!(log.contains("already"), "{log}");
+    // The members logged the refusal, and the cluster is unchanged.
+    let refused_by = (1..=3)
+        .filter(|id| c.node(*id).log().contains("node id 2 is in use"))
+        .count();
+    assert!(refused_by >= 1, "no member logged the refusal");
+    let v = admin(c.node(leader));
+    let n2 = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 2)
+        .cloned()
+        .unwrap();
+    assert_eq!(n2["grpc_addr"], format!("127.0.0.1:{}", c.grpc[1]));
+    assert_eq!(c.agreed_leader().map(|(l, _)| l), Some(leader));
+    for id in 1..=3 {
+        assert_eq!(c.node(id).get("/ready").status, 200);
+    }
+}
+
+#[test]
+fn without_a_majority_ddl_fails_with_unavailable_and_ready_turns_false() {
+    let _g = serial();
+    let mut c = Cluster::start(3);
+    c.wait_ready();
+    wait_until("a leader", STARTUP, || c.agreed_leader());
+    c.kill9(1);
+    c.kill9(2);
+    let s = c.node(3);
+    // Whatever it was, the survivor loses (or never regains) its leader: not ready.
+    wait_until(
+        "/ready 503 without a majority",
+        Duration::from_secs(20),
+        || {
+            let r = s.get("/ready");
+            (r.status == 503).then_some(r)
+        },
+    )
+    .expect_error(503, "UNAVAILABLE");
+    // A metadata change cannot commit: UNAVAILABLE with a retry hint after
+    // `Timings::metadata_change_timeout` (5 s at hb 200 ms), never a hang or a false success.
+    let started = Instant::now();
+    let r = s.sql("CREATE TABLE lonely (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)");
+    let took = started.elapsed();
+    let msg = r.expect_error(503, "UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert!(msg.contains("not confirmed"), "{msg}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(!show_tables(s).contains(&"lonely".to_string()));
+}

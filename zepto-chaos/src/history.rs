@@ -102,16 +102,14 @@ impl Workload {
             threads.push(std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let list = urls.lock().map(|u| u.clone()).unwrap_or_default();
-                    if list.is_empty() {
+                    let Some((node, url)) = pick(&urls, w + n) else {
                         break;
-                    }
-                    let node = (w + n) % list.len();
+                    };
                     n += 1;
                     let first = next_id.fetch_add(batch, Ordering::Relaxed);
                     let body = rows_csv(first, batch, w, symbols);
                     let invoked_ms = ms();
-                    let http = Http::new(&list[node], Duration::from_secs(10));
+                    let http = Http::new(&url, Duration::from_secs(10));
                     let answer = http.post(
                         "/?query=INSERT%20INTO%20chaos%20FORMAT%20CSV",
                         body.as_bytes(),
@@ -136,14 +134,12 @@ impl Workload {
             threads.push(std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let list = urls.lock().map(|u| u.clone()).unwrap_or_default();
-                    if list.is_empty() {
+                    let Some((node, url)) = pick(&urls, r + n) else {
                         break;
-                    }
-                    let node = (r + n) % list.len();
+                    };
                     n += 1;
                     let invoked_ms = ms();
-                    let http = Http::new(&list[node], Duration::from_secs(10));
+                    let http = Http::new(&url, Duration::from_secs(10));
                     let answer =
                         http.post("/", b"SELECT symbol, count(*) FROM chaos GROUP BY symbol");
                     let outcome = match &answer {
@@ -219,6 +215,14 @@ impl Workload {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// The `i`-th node of the current list (round robin), re-read every operation so a scenario
+/// can redirect clients; `None` once the list is empty.
+fn pick(urls: &Mutex<Vec<String>>, i: usize) -> Option<(usize, String)> {
+    let list = urls.lock().ok()?;
+    let node = i % list.len().max(1);
+    list.get(node).map(|u| (node, u.clone()))
 }
 
 /// `count` rows with ids from `first`, as CSV.

@@ -108,6 +108,16 @@ fn create_table(node: &Node) -> Result<(), Error> {
     Ok(())
 }
 
+/// Start a single node, wait until it is ready, create the workload's table and start the
+/// workload against it.
+fn boot(cfg: &RunConfig, node: &mut Node) -> Result<Workload, Error> {
+    node.start()?;
+    ready(node, Duration::from_secs(60))?;
+    create_table(node)?;
+    let urls = Arc::new(Mutex::new(vec![node.url()?]));
+    Ok(Workload::start(urls, cfg.writers, cfg.readers, 50, 20))
+}
+
 /// Wait until the workload has `n` more acknowledged writes than now (the load is really
 /// running), up to `timeout`.
 fn wait_for_acks(w: &Workload, n: usize, timeout: Duration) -> Result<(), Error> {
@@ -216,11 +226,7 @@ fn finish(
 /// Scenario 1 on one node: SIGKILL in the middle of ingest, restart, check.
 fn node_crash(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
     let mut node = single_node(cfg, Vec::new());
-    node.start()?;
-    ready(&node, Duration::from_secs(60))?;
-    create_table(&node)?;
-    let urls = Arc::new(Mutex::new(vec![node.url()?]));
-    let w = Workload::start(urls, cfg.writers, cfg.readers, 50, 20);
+    let w = boot(cfg, &mut node)?;
     wait_for_acks(&w, rng.random_range(20..200), cfg.phase * 4)?;
     let fault = w.now_ms();
     node.kill()?;
@@ -241,11 +247,7 @@ fn storage_failure(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
         format!("wal::fsync=eio@{after_fsyncs}"),
     )];
     let mut node = single_node(cfg, env);
-    node.start()?;
-    ready(&node, Duration::from_secs(60))?;
-    create_table(&node)?;
-    let urls = Arc::new(Mutex::new(vec![node.url()?]));
-    let w = Workload::start(urls, cfg.writers, cfg.readers, 50, 20);
+    let w = boot(cfg, &mut node)?;
     // The fault fires by itself after `after_fsyncs` group commits; detection = /health bad.
     let http = Http::new(&node.url()?, Duration::from_secs(5));
     http.wait_until_failing("/health", Duration::from_secs(60))
@@ -287,11 +289,7 @@ fn storage_failure(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
 /// acknowledged row durable.
 fn spot_reclaim(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
     let mut node = single_node(cfg, Vec::new());
-    node.start()?;
-    ready(&node, Duration::from_secs(60))?;
-    create_table(&node)?;
-    let urls = Arc::new(Mutex::new(vec![node.url()?]));
-    let w = Workload::start(urls, cfg.writers, cfg.readers, 50, 20);
+    let w = boot(cfg, &mut node)?;
     wait_for_acks(&w, rng.random_range(20..200), cfg.phase * 4)?;
     let fault = w.now_ms();
     node.terminate()?;

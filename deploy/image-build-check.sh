@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Image build check (called by deploy/check-chart.sh): build the Dockerfile's runtime stage
+# (`runtime-prebuilt`) offline with buildah over a locally built zeptod, run it as the image's
+# user, and run the image's own HEALTHCHECK command against it.
+# Exit 0 = built and healthy, 3 = SKIPPED (the reason is printed), anything else = failure.
+#
+# No container registry is reachable here, so the base image `debian:bookworm-slim` comes from
+# local container storage; when it is missing and debootstrap is installed, it is made from
+# Debian's packages (`debootstrap --variant=minbase bookworm`, the same release as the real
+# base) and stored under that name. On CI (CI=true, root) buildah and debootstrap are
+# installed from Debian's packages when missing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+skip() { echo "image build check SKIPPED: $*"; exit 3; }
+export STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}" BUILDAH_ISOLATION="${BUILDAH_ISOLATION:-chroot}"
+BASE_IMAGE="docker.io/library/debian:bookworm-slim"
+
+if { ! command -v buildah || ! command -v debootstrap; } >/dev/null 2>&1 \
+  && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing buildah and debootstrap (Debian packages)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null) \
+    || echo "could not install buildah/debootstrap"
+fi
+command -v buildah >/dev/null 2>&1 || skip "buildah is not installed (Debian package 'buildah')"
+
+BIN=""
+for b in "$ROOT/target/release/zeptod" "$ROOT/target/debug/zeptod"; do   # the newest build
+  if [ -x "$b" ] && { [ -z "$BIN" ] || [ "$b" -nt "$BIN" ]; }; then BIN="$b"; fi
+done
+[ -n "$BIN" ] || skip "no locally built zeptod in target/release or target/debug"
+
+if ! buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null 2>&1 \
+    || skip "base image $BASE_IMAGE is not in local container storage, no container registry is reachable to pull it, and debootstrap is not installed to make it"
+  rootfs="$(mktemp -d)"
+  echo "making $BASE_IMAGE locally: debootstrap --variant=minbase bookworm (Debian packages)"
+  if ! debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$rootfs.log" 2>&1; then
+    tail -5 "$rootfs.log"; rm -rf "$rootfs"
+    skip "debootstrap could not make a bookworm base image (see above)"
+  fi
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
+  c=$(buildah from scratch)
+  buildah copy "$c" "$rootfs" / >/dev/null
+  buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd bash "$c"
+  buildah commit --rm "$c" "$BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs" "$rootfs.log"
+fi
+echo "base image: $BASE_IMAGE from local storage (not the registry's image: made with debootstrap from Debian packages or loaded by hand)"
+
+# A small build context: the Dockerfile and the binary at the path the stage copies from.
+ctx="$(mktemp -d)"
+work="$(mktemp -d)"
+ctr=""
+pid=""
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
+  if [ -n "$ctr" ]; then buildah rm "$ctr" >/dev/null 2>&1; fi
+  # Keep the base image (no registry to pull it again); drop what this run built.
+  buildah rmi -f "$TAG" >/dev/null 2>&1
+  buildah rmi --prune >/dev/null 2>&1
+  rm -rf "$ctx" "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+mkdir -p "$ctx/target/release"
+cp "$ROOT/Dockerfile" "$ctx/Dockerfile"
+ln "$BIN" "$ctx/target/release/zeptod" 2>/dev/null || cp "$BIN" "$ctx/target/release/zeptod"
+TAG="localhost/zeptod:check"
+buildah rmi --prune >/dev/null 2>&1 || true
+echo "building --target runtime-prebuilt over $BIN"
+buildah bud --pull=never --format docker --layers=false --target runtime-prebuilt -t "$TAG" "$ctx"
+
+buildah inspect --type image "$TAG" >"$work/inspect.json"
+user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Docker"]["config"]["User"])' "$work/inspect.json")
+[ "$user" = "10001:10001" ] || { echo "image user is '$user', want 10001:10001"; exit 1; }
+mapfile -t hc_cmd < <(python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["Docker"]["config"]["Healthcheck"]["Test"]
+assert t[0] == "CMD", t
+print("\n".join(t[1:]))' "$work/inspect.json")
+echo "image user $user; HEALTHCHECK CMD ${hc_cmd[*]}"
+
+# The HEALTHCHECK probes 127.0.0.1:8123; buildah's chroot isolation shares the host network.
+if (exec 3<>/dev/tcp/127.0.0.1/8123) 2>/dev/null; then
+  skip "port 8123 on this machine is taken by another process; the image's HEALTHCHECK needs it"
+fi
+ctr=$(buildah from --pull=never "$TAG")
+# The image's own ENTRYPOINT/CMD/USER: zeptod --data-dir /data as 10001.
+buildah run "$ctr" -- /usr/local/bin/zeptod --data-dir /data >"$work/zeptod.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 150); do
+  if buildah run "$ctr" -- "${hc_cmd[@]}" 2>/dev/null; then
+    echo "image build check: the image's HEALTHCHECK passed (GET /health 200) on $TAG"
+    owner=$(buildah run "$ctr" -- stat -c %u:%g /data/wal 2>/dev/null || echo none)
+    echo "zeptod's WAL directory /data/wal is owned by uid:gid $owner"
+    [ "$owner" = "10001:10001" ] || { echo "zeptod did not write /data as 10001:10001"; exit 1; }
+    exit 0
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then break; fi
+  sleep 0.2
+done
+cat "$work/zeptod.log"
+echo "image build check: the image's HEALTHCHECK did not pass"
+exit 1

@@ -34,7 +34,11 @@ if ! buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
     || skip "base image $BASE_IMAGE is not in local container storage, no container registry is reachable to pull it, and debootstrap is not installed to make it"
   rootfs="$(mktemp -d)"
   echo "making $BASE_IMAGE locally: debootstrap --variant=minbase bookworm (Debian packages)"
-  if ! debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$rootfs.log" 2>&1; then
+  # The Debian mirror apt on this machine is configured with (no host is named here).
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || skip "no Debian mirror configured for apt, so debootstrap has nowhere to fetch from"
+  if ! debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
     tail -5 "$rootfs.log"; rm -rf "$rootfs"
     skip "debootstrap could not make a bookworm base image (see above)"
   fi

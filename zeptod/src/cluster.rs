@@ -7,11 +7,21 @@
 //! - here: startup (gRPC listener, peer clients, driver), forwarding proposals to the leader,
 //!   registering this node (`AddNode`), heartbeating the leader, and readiness.
 //!
-//! Not yet here (next steps on this transport): WAL replication, write forwarding and
-//! distributed queries; INSERTs in cluster mode are written to the receiving node only.
+//! - [`route`]: bulk writes are split by partition and written on each partition's primary
+//!   (forwarded with `Forward`).
+//! - [`replicate`]: primaries ship their WAL records to the partitions' replicas; replicated
+//!   acks wait for them.
+//! - [`dataplane`]: what those two share.
+//!
+//! Not yet here: distributed queries, failover of writes (promotion is committed, but the
+//! write lease and the in-sync shrink are not enforced), full partition copies; SQL
+//! `INSERT ... VALUES` is refused in cluster mode (ADR 0006).
 
+pub(crate) mod dataplane;
 pub(crate) mod ddl;
 pub(crate) mod driver;
+pub(crate) mod replicate;
+pub(crate) mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +52,8 @@ pub(crate) struct Cluster {
     /// The bound gRPC address.
     pub(crate) grpc_addr: SocketAddr,
     partitions: u32,
+    data: Arc<dataplane::DataPlane>,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Bind the gRPC listener (printing `zeptod listening on grpc=ADDR`), start the peer clients,
@@ -87,13 +99,22 @@ pub(crate) async fn start(
         fatal.clone(),
     )?;
 
+    let data = dataplane::DataPlane::new(
+        cluster.node_id,
+        cfg.partitions,
+        view_rx.clone(),
+        peers.clone(),
+        cluster.timings,
+        cfg.ack,
+    );
     let svc = PeerService::new(
         cluster.node_id,
         cluster.peers.clone(),
         cluster.token.clone(),
         events_tx.clone(),
         cluster.timings.metadata_change_timeout(),
-    );
+    )
+    .with_data(data.clone());
     {
         let mut shutdown = shutdown.clone();
         let fatal = fatal.clone();
@@ -121,6 +142,8 @@ pub(crate) async fn start(
         peers,
         grpc_addr,
         partitions: cfg.partitions,
+        data,
+        shutdown: shutdown.clone(),
     });
     // The HTTP address peers and /admin/cluster show: the advertised host, the bound port.
     let host = cluster
@@ -140,7 +163,64 @@ impl Cluster {
 
     /// The database finished opening: the driver may now apply tables to it.
     pub(crate) async fn set_db(&self, node: Arc<Node>) {
+        self.data.set_node(node.clone(), self.shutdown.clone());
         let _ = self.events.send(Event::DbOpen(node)).await;
+    }
+
+    /// Write rows through the cluster: each partition's rows on its primary, acknowledged
+    /// per the ack policy (see [`route`]).
+    pub(crate) async fn write(
+        &self,
+        node: &Arc<Node>,
+        table: &str,
+        batch: arrow::record_batch::RecordBatch,
+    ) -> Result<u64> {
+        route::write(&self.data, node, table, batch).await
+    }
+
+    /// This node's own data per partition: role, local epoch and next sequence number,
+    /// local rows, and (as primary) the replica's confirmed position and notes.
+    pub(crate) fn local_partitions(&self) -> serde_json::Value {
+        let Ok(node) = self.data.node() else {
+            return serde_json::Value::Null;
+        };
+        let state = self.view.borrow().state.clone();
+        let me = self.cfg.node_id;
+        let rows: Vec<serde_json::Value> = state
+            .partitions
+            .iter()
+            .map(|p| {
+                let (epoch, next_seq) = node.storage().partition_position(p.id).unwrap_or((0, 0));
+                let role = if p.primary == me {
+                    "primary"
+                } else if p.replica == Some(me) {
+                    "replica"
+                } else {
+                    "none"
+                };
+                let mut v = serde_json::json!({
+                    "partition": p.id,
+                    "role": role,
+                    "epoch": epoch,
+                    "next_seq": next_seq,
+                    "rows": node.local_rows(p.id),
+                });
+                if p.primary == me {
+                    let note = self.data.repl.note(p.id);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("replica".into(), p.replica.into());
+                        obj.insert("replica_next_seq".into(), self.data.repl.acked(p.id).into());
+                        obj.insert(
+                            "replica_needs_full_copy".into(),
+                            note.needs_full_copy.into(),
+                        );
+                        obj.insert("replication_error".into(), note.last_error.into());
+                    }
+                }
+                v
+            })
+            .collect();
+        rows.into()
     }
 
     /// `Ok` when this node is a member, knows a leader, has applied the committed log it

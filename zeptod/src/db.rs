@@ -245,6 +245,44 @@ impl Node {
         Ok(receipt.rows)
     }
 
+    /// Write one batch and wait until it is durable; returns the rows and the
+    /// `(partition, seq)` of every WAL record it became (what replication waits for).
+    pub(crate) async fn write_with_records(
+        &self,
+        table: &str,
+        batch: RecordBatch,
+    ) -> Result<(u64, Vec<(u32, u64)>)> {
+        let ticket = self.db.write(table, batch).map_err(storage_error)?;
+        let receipt = ticket.await.map_err(storage_error)?;
+        Ok((receipt.rows, receipt.records))
+    }
+
+    /// The storage engine itself, for the cluster layer's replication (commit listener,
+    /// replicated records, partition epochs and positions).
+    pub(crate) fn storage(&self) -> &Db {
+        &self.db
+    }
+
+    /// The index of a table's partition-key column and its Arrow schema (404 when the
+    /// table does not exist).
+    pub(crate) fn partition_key_of(&self, table: &str) -> Result<(usize, SchemaRef)> {
+        let t = self.db.table(table).map_err(storage_error)?;
+        Ok((t.partition_key, t.arrow_schema()))
+    }
+
+    /// Rows this node holds for one partition, over every table (memory and disk).
+    pub(crate) fn local_rows(&self, partition: u32) -> u64 {
+        self.db
+            .tables()
+            .iter()
+            .filter_map(|t| {
+                let mut req = zepto_storage::ScanRequest::all(t.name.clone());
+                req.partitions = Some(vec![partition]);
+                self.db.count_rows(&req).ok().map(|(n, _)| n)
+            })
+            .sum()
+    }
+
     /// Write one batch per table as one atomic write: after a crash either every table
     /// has its rows or none has.
     pub(crate) async fn write_all(&self, batches: Vec<(String, RecordBatch)>) -> Result<u64> {

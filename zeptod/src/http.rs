@@ -337,6 +337,14 @@ async fn run_sql_inner(
             ));
         }
     }
+    if state.cluster.get().is_some() && !read_only {
+        return Err(Error::BadRequest(
+            "in cluster mode SQL INSERT ... VALUES/SELECT is not routed to the partitions' \
+             primaries yet; send rows with INSERT INTO t FORMAT CSV|JSONEachRow|Arrow or \
+             line protocol (POST /write)"
+                .into(),
+        ));
+    }
     let timeout = state.cfg.query_timeout;
     let task = tokio::task::spawn_blocking(move || node.execute(&sql));
     // The engine enforces the timeout itself; this bound covers an engine that does not.
@@ -464,6 +472,8 @@ async fn bulk_insert_inner(
     let start = Instant::now();
     let rows = if batch.num_rows() == 0 {
         0
+    } else if let Some(c) = state.cluster.get() {
+        c.write(&node, &table, batch).await?
     } else {
         node.write(&table, batch).await?
     };
@@ -504,7 +514,18 @@ async fn ilp_write(State(state): State<Arc<AppState>>, req: Request) -> Result<R
         .await
         .map_err(|e| Error::Internal(format!("line protocol task failed: {e}")))??;
         let start = Instant::now();
-        let rows = node.write_all(batches).await?;
+        let rows = match state.cluster.get() {
+            // Each table through the router: in cluster mode a line-protocol body spanning
+            // tables is not one atomic write.
+            Some(c) => {
+                let mut rows = 0;
+                for (table, batch) in batches.into_iter().filter(|(_, b)| b.num_rows() > 0) {
+                    rows += c.write(&node, &table, batch).await?;
+                }
+                rows
+            }
+            None => node.write_all(batches).await?,
+        };
         state.metrics.ingested("ilp", rows, bytes, start.elapsed());
         Ok(json_response(
             StatusCode::OK,
@@ -537,6 +558,14 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<Response> {
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Response> {
     match state.phase.load(Ordering::SeqCst) {
         READY => {
+            // A node that cannot make writes durable (fsync failed) must leave the Service
+            // at once, not only when liveness restarts it.
+            if let Some(node) = state.node.get() {
+                node.health().map_err(|e| Error::Unavailable {
+                    message: format!("not ready: {e}"),
+                    retry_after: None,
+                })?;
+            }
             if let Some(c) = state.cluster.get() {
                 c.readiness().map_err(|why| Error::Unavailable {
                     message: format!("not ready: {why}"),
@@ -594,6 +623,7 @@ async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -
         if let Some(obj) = view.as_object_mut() {
             obj.insert("grpc_addr".into(), c.grpc_addr.to_string().into());
             obj.insert("ready".into(), c.readiness().is_ok().into());
+            obj.insert("local_partitions".into(), c.local_partitions());
             obj.insert(
                 "ready_reason".into(),
                 c.readiness()

@@ -74,6 +74,24 @@ impl Cluster {
         c
     }
 
+    /// Start nodes 1..=n with extra flags.
+    fn start_with(n: u64, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::start(0);
+        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        c.peers = grpc
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        c.grpc = grpc;
+        for id in 1..=n {
+            let s = c.spawn(id, &c.peers.clone(), "secret", extra);
+            c.nodes.push(Some(s));
+        }
+        c
+    }
+
     fn spawn(&self, id: u64, peers: &str, secret: &str, extra: &[&str]) -> Server {
         let data = self.dir.path().join(format!("node{id}"));
         let grpc = match extra.iter().position(|a| *a == "--grpc-addr") {
@@ -172,6 +190,34 @@ fn table_ids(s: &Server, table: &str) -> (Option<u64>, Option<u64>) {
     (find("tables"), find("local_tables"))
 }
 
+/// `INSERT INTO table FORMAT CSV` with `body`.
+fn csv_insert(s: &Server, table: &str, body: &str) -> harness::Resp {
+    s.req(
+        "POST",
+        &format!(
+            "/?query={}",
+            enc(&format!("INSERT INTO {table} FORMAT CSV"))
+        ),
+        body.as_bytes(),
+    )
+}
+
+/// The node's own data per partition (`/admin/cluster` `local_partitions`).
+fn local_partitions(s: &Server) -> Vec<serde_json::Value> {
+    admin(s)["local_partitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A partition key value of `table` that hashes to `partition`.
+fn key_for(table: &str, partition: u32) -> String {
+    (0..)
+        .map(|i| format!("K{i}"))
+        .find(|k| zepto_storage::partition_for(table, k, PARTITIONS) == partition)
+        .unwrap()
+}
+
 #[test]
 fn three_nodes_elect_one_leader_and_register() {
     let _g = serial();
@@ -255,10 +301,17 @@ fn ddl_through_one_node_reaches_every_node_with_the_same_table_id() {
         .sql("CREATE TABLE bad (ts TIMESTAMP, symbol SYMBOL, x NOSUCHTYPE)")
         .expect_error(400, "BAD_REQUEST");
 
-    // Writes and reads on a node's own catalog work with the replicated schema.
+    // Writes work with the replicated schema: the row lands on its partition's primary and
+    // replica (RF 2, replicated ack), whichever node received it. SQL INSERT VALUES is not
+    // routed yet and is refused in cluster mode.
+    assert_eq!(
+        csv_insert(c.node(2), "trades", "1,AAPL,1.5\n").json()["inserted"],
+        1
+    );
+    assert_eq!((1..=3).map(|id| c.node(id).count("trades")).sum::<u64>(), 2);
     c.node(2)
-        .sql_ok("INSERT INTO trades VALUES ('2026-01-01T00:00:00Z', 'AAPL', 1.5)");
-    assert_eq!(c.node(2).count("trades"), 1);
+        .sql("INSERT INTO trades VALUES ('2026-01-01T00:00:00Z', 'AAPL', 1.5)")
+        .expect_error(400, "BAD_REQUEST");
 
     // DROP through node 3 removes it everywhere.
     c.node(3).sql_ok("DROP TABLE trades");
@@ -282,8 +335,15 @@ fn sigkill_of_the_leader_elects_a_new_one_and_ddl_works_again() {
     // A table with a row on the node about to die: it must come back intact on restart.
     c.node(old)
         .sql_ok("CREATE TABLE kept (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)");
-    c.node(old)
-        .sql_ok("INSERT INTO kept VALUES ('2026-01-01T00:00:00Z', 'A', 1.0)");
+    // A key of a partition the old leader holds (as primary or replica).
+    let held = local_partitions(c.node(old))
+        .into_iter()
+        .find(|p| p["role"] != "none")
+        .and_then(|p| p["partition"].as_u64())
+        .unwrap();
+    let key = key_for("kept", u32::try_from(held).unwrap());
+    let r = csv_insert(c.node(old), "kept", &format!("1,{key},1.0\n"));
+    assert_eq!(r.json()["inserted"], 1, "{}", r.text());
     let killed_at = Instant::now();
     c.kill9(old);
     let (new, term) = wait_until("a new leader", Duration::from_secs(30), || {
@@ -477,4 +537,180 @@ fn without_a_majority_ddl_fails_with_unavailable_and_ready_turns_false() {
     assert!(msg.contains("not confirmed"), "{msg}");
     assert!(took < Duration::from_secs(20), "took {took:?}");
     assert!(!show_tables(s).contains(&"lonely".to_string()));
+}
+
+/// Per partition: (primary, replica) as the nodes' own `local_partitions` say.
+fn placement(c: &Cluster) -> Vec<(u64, u64)> {
+    let mut out = vec![(0, 0); PARTITIONS as usize];
+    for id in c.live() {
+        for p in local_partitions(c.node(id)) {
+            let i = usize::try_from(p["partition"].as_u64().unwrap()).unwrap();
+            match p["role"].as_str().unwrap() {
+                "primary" => out[i].0 = id,
+                "replica" => out[i].1 = id,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// `(next_seq, rows)` of a partition on a node.
+fn position(s: &Server, partition: usize) -> (u64, u64) {
+    let p = &local_partitions(s)[partition];
+    (p["next_seq"].as_u64().unwrap(), p["rows"].as_u64().unwrap())
+}
+
+#[test]
+fn writes_are_routed_to_primaries_replicated_and_caught_up() {
+    let _g = serial();
+    // A long dead time: the replica this test stops and restarts must not be failed over.
+    let extra = ["--dead-after", "60s"];
+    let mut c = Cluster::start_with(3, &extra);
+    c.wait_ready();
+    c.node(1)
+        .sql_ok("CREATE TABLE w (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)");
+    for id in 1..=3 {
+        wait_until("table everywhere", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&"w".to_string())
+                .then_some(())
+        });
+    }
+    let map = placement(&c);
+    assert!(
+        map.iter().all(|(p, r)| *p != 0 && *r != 0 && p != r),
+        "{map:?}"
+    );
+
+    // 10k rows over 200 keys (every partition), all through node 1.
+    let mut expected = vec![0u64; PARTITIONS as usize];
+    let mut body = String::new();
+    for i in 0..10_000u64 {
+        let key = format!("S{}", i % 200);
+        expected[zepto_storage::partition_for("w", &key, PARTITIONS) as usize] += 1;
+        body.push_str(&format!("{},{key},{i}.5\n", i + 1));
+    }
+    assert!(expected.iter().all(|&n| n > 0), "{expected:?}");
+    let t = Instant::now();
+    let r = csv_insert(c.node(1), "w", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["inserted"], 10_000);
+    println!(
+        "10k rows over {PARTITIONS} partitions through node 1, replicated ack: {:?}",
+        t.elapsed()
+    );
+    // Line protocol is routed the same way (through node 2 this time).
+    let ilp: String = (0..50)
+        .map(|i| {
+            let key = format!("S{}", i % 7);
+            expected[zepto_storage::partition_for("w", &key, PARTITIONS) as usize] += 1;
+            format!("w,symbol={key} v={i}.25 {}\n", 50_000 + i)
+        })
+        .collect();
+    assert_eq!(c.node(2).ilp_ok(&ilp), 50);
+    // Acknowledged as replicated: every row is on its primary and its replica already.
+    for id in 1..=3 {
+        for p in local_partitions(c.node(id)) {
+            let i = usize::try_from(p["partition"].as_u64().unwrap()).unwrap();
+            let want = if p["role"] == "none" { 0 } else { expected[i] };
+            assert_eq!(p["rows"], want, "node {id} partition {i}: {p}");
+        }
+    }
+    for (i, (primary, replica)) in map.iter().enumerate() {
+        assert_eq!(
+            position(c.node(*primary), i),
+            position(c.node(*replica), i),
+            "partition {i}"
+        );
+    }
+
+    // Single-row replicated-ack latency, local primary and forwarded.
+    for (label, via_primary) in [("primary is the receiver", true), ("forwarded", false)] {
+        let (i, _) = map
+            .iter()
+            .enumerate()
+            .find(|(_, (p, _))| (*p == 1) == via_primary)
+            .unwrap();
+        let key = key_for("w", u32::try_from(i).unwrap());
+        let mut took: Vec<Duration> = (0..20)
+            .map(|n| {
+                let t = Instant::now();
+                let r = csv_insert(c.node(1), "w", &format!("{},{key},1.0\n", 100_000 + n));
+                assert_eq!(r.status, 200, "{}", r.text());
+                t.elapsed()
+            })
+            .collect();
+        took.sort();
+        println!(
+            "1-row write, replicated ack, {label}: median {:?}, max {:?}",
+            took[10], took[19]
+        );
+        expected[i] += 20;
+    }
+
+    // A replica that is stopped: a replicated-ack write answers 503 after the lag bound
+    // (600 ms at a 200 ms heartbeat), durable on the primary; the replica catches up after
+    // SIGCONT.
+    let (i, (primary, _)) = map
+        .iter()
+        .enumerate()
+        .find(|(_, (_, r))| *r == 3)
+        .map(|(i, pr)| (i, *pr))
+        .unwrap();
+    let key = key_for("w", u32::try_from(i).unwrap());
+    let rows = |from: u64| {
+        (from..from + 100)
+            .map(|n| format!("{n},{key},2.0\n"))
+            .collect::<String>()
+    };
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    c.node(3).signal(SIGSTOP);
+    let t = Instant::now();
+    let r = csv_insert(c.node(1), "w", &rows(200_000));
+    let took = t.elapsed();
+    let msg = r.expect_error(503, "UNAVAILABLE");
+    assert!(msg.contains("durable on the primary"), "{msg}");
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    println!("replicated-ack write with a stopped replica: 503 after {took:?}");
+    expected[i] += 100;
+    assert_eq!(position(c.node(primary), i).1, expected[i]);
+    c.node(3).signal(SIGCONT);
+    wait_until("stopped replica caught up", Duration::from_secs(20), || {
+        let (seq, n) = position(c.node(3), i);
+        (n == expected[i] && seq == position(c.node(primary), i).0).then_some(())
+    });
+
+    // A replica that restarts catches up from the primary's WAL.
+    c.kill9(3);
+    let r = csv_insert(c.node(1), "w", &rows(300_000));
+    r.expect_error(503, "UNAVAILABLE");
+    expected[i] += 100;
+    let peers = c.peers.clone();
+    let s = c.spawn(3, &peers, "secret", &extra);
+    c.nodes[2] = Some(s);
+    c.node(3).wait_ready();
+    let t = Instant::now();
+    wait_until(
+        "restarted replica caught up",
+        Duration::from_secs(20),
+        || {
+            let (seq, n) = position(c.node(3), i);
+            (n == expected[i] && seq == position(c.node(primary), i).0).then_some(())
+        },
+    );
+    println!(
+        "restarted replica caught up {:?} after it was ready",
+        t.elapsed()
+    );
+    // Every partition agrees between primary and replica at the end.
+    for (i, (p, r)) in placement(&c).iter().enumerate() {
+        assert_eq!(
+            position(c.node(*p), i),
+            position(c.node(*r), i),
+            "partition {i}"
+        );
+        assert_eq!(position(c.node(*p), i).1, expected[i], "partition {i}");
+    }
 }

@@ -796,6 +796,9 @@ fn fsync_failure_makes_writes_and_health_fail() {
     println!("{acked} writes acknowledged before the fsync failure: {m}");
     let m = s.get("/health").expect_error(503, "UNAVAILABLE");
     assert!(m.contains("unhealthy"), "{m}");
+    // Readiness follows at once, so a load balancer stops sending traffic here.
+    let m = s.get("/ready").expect_error(503, "UNAVAILABLE");
+    assert!(m.contains("not ready"), "{m}");
     s.req("POST", "/write", b"f,k=a v=1 1\n")
         .expect_error(503, "UNAVAILABLE");
     // What was acknowledged is still there to read.

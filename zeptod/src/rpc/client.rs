@@ -21,7 +21,8 @@ use zepto_cluster::NodeId;
 
 use super::pb::peer_client::PeerClient as GrpcClient;
 use super::pb::{
-    HeartbeatRequest, HeartbeatResponse, ProposeRequest, ProposeResponse, RaftMessages,
+    ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
+    ProposeResponse, RaftMessages, ReplicateRequest, ReplicateResponse,
 };
 use super::{Identity, NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
 use crate::cluster::driver::Event;
@@ -155,6 +156,32 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Send rows to the primary of their partitions (see `cluster::route`).
+    pub(crate) async fn forward(
+        &self,
+        req: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardResponse, Status> {
+        let mut c = self.client()?;
+        let r = c.forward(self.request(req, timeout)).await;
+        r.map(|r| r.into_inner())
+            .inspect_err(|s| self.failed("Forward", s))
+    }
+
+    /// Ship WAL records to a replica (see `cluster::replicate`). Bounded by a few call
+    /// timeouts: the replica fsyncs before it answers.
+    pub(crate) async fn replicate(
+        &self,
+        req: ReplicateRequest,
+    ) -> Result<ReplicateResponse, Status> {
+        let mut c = self.client()?;
+        let r = c.replicate(self.request(req, self.timeout * 4)).await;
+        r.map(|r| r.into_inner())
+            .inspect_err(|s| self.failed("Replicate", s))
+    }
+}
+
 /// Clients and raft queues for every peer.
 #[derive(Debug)]
 pub(crate) struct PeerClients {
@@ -199,6 +226,11 @@ impl PeerClients {
             raft_queues,
             events,
         })
+    }
+
+    /// Every peer's id (not ours).
+    pub(crate) fn ids(&self) -> Vec<NodeId> {
+        self.clients.keys().copied().collect()
     }
 
     pub(crate) fn get(&self, id: NodeId) -> Option<&Arc<PeerClient>> {

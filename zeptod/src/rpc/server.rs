@@ -26,9 +26,11 @@ use zepto_cluster::{Command, NodeId};
 
 use super::pb::peer_server::{Peer, PeerServer};
 use super::pb::{
-    HeartbeatRequest, HeartbeatResponse, ProposeRequest, ProposeResponse, RaftAck, RaftMessages,
+    ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
+    ProposeResponse, RaftAck, RaftMessages, ReplicateRequest, ReplicateResponse,
 };
 use super::{NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
+use crate::cluster::dataplane::DataPlane;
 use crate::cluster::driver::{Event, ProposeError};
 use crate::rpc::client::MAX_MESSAGE_BYTES;
 
@@ -49,6 +51,8 @@ pub(crate) struct PeerService {
     /// When each (remote ip, claimed node, reason) refusal was last logged, and how many
     /// were not logged since.
     refusals: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+    /// Writes and replication (absent in unit tests of the metadata calls).
+    data: Option<Arc<DataPlane>>,
 }
 
 impl PeerService {
@@ -66,7 +70,20 @@ impl PeerService {
             events,
             timeout,
             refusals: Arc::new(Mutex::new(HashMap::new())),
+            data: None,
         }
+    }
+
+    /// Serve `Forward` and `Replicate` with this data plane.
+    pub(crate) fn with_data(mut self, data: Arc<DataPlane>) -> PeerService {
+        self.data = Some(data);
+        self
+    }
+
+    fn data(&self) -> Result<&Arc<DataPlane>, Status> {
+        self.data
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this node serves no data"))
     }
 
     pub(crate) fn into_server(self) -> PeerServer<PeerService> {
@@ -239,6 +256,28 @@ impl Peer for PeerService {
             ))),
             Err(ProposeError::Unknown(m)) => Err(Status::aborted(m)),
         }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let from = self.authenticate(&req, "Forward")?;
+        let data = self.data()?;
+        crate::cluster::route::serve(data, from, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn replicate(
+        &self,
+        req: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        let from = self.authenticate(&req, "Replicate")?;
+        let data = self.data()?;
+        crate::cluster::replicate::serve(data, from, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -1,0 +1,95 @@
+//! The data plane of cluster mode: what the write router ([`super::route`]) and WAL
+//! replication ([`super::replicate`]) share — this node's id, the committed partition map
+//! (through the driver's [`View`]), the peer clients, the timings, the ack policy and the
+//! open database.
+//!
+//! Once the database is open ([`DataPlane::set_node`]) it installs the commit listener, starts
+//! one replication sender per peer, and keeps the storage engine's partition epochs (and the
+//! listener's "where does partition p replicate to" table) in line with the committed map.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::watch;
+use zepto_cluster::{NodeId, Timings};
+
+use super::driver::View;
+use super::replicate::Replication;
+use crate::config::AckPolicy;
+use crate::db::Node;
+use crate::error::{Error, Result};
+use crate::rpc::client::PeerClients;
+
+/// See the module doc.
+#[derive(Debug)]
+pub(crate) struct DataPlane {
+    pub(crate) me: NodeId,
+    pub(crate) view: watch::Receiver<View>,
+    pub(crate) peers: Arc<PeerClients>,
+    pub(crate) timings: Timings,
+    pub(crate) ack: AckPolicy,
+    pub(crate) repl: Arc<Replication>,
+    node: OnceLock<Arc<Node>>,
+}
+
+impl DataPlane {
+    pub(crate) fn new(
+        me: NodeId,
+        partitions: u32,
+        view: watch::Receiver<View>,
+        peers: Arc<PeerClients>,
+        timings: Timings,
+        ack: AckPolicy,
+    ) -> Arc<DataPlane> {
+        let repl = Arc::new(Replication::new(me, partitions, peers.ids()));
+        Arc::new(DataPlane {
+            me,
+            view,
+            peers,
+            timings,
+            ack,
+            repl,
+            node: OnceLock::new(),
+        })
+    }
+
+    /// The open database, or 503 while it is still opening.
+    pub(crate) fn node(&self) -> Result<Arc<Node>> {
+        self.node.get().cloned().ok_or_else(|| Error::Unavailable {
+            message: "the database is still opening".into(),
+            retry_after: Some(1),
+        })
+    }
+
+    /// The database is open: install the commit listener, start the replication senders
+    /// and the epoch follower. Only the first call does anything.
+    pub(crate) fn set_node(self: &Arc<Self>, node: Arc<Node>, shutdown: watch::Receiver<bool>) {
+        if self.node.set(node.clone()).is_err() {
+            return;
+        }
+        self.repl.install_listener(&node);
+        tokio::spawn(follow_map(self.clone(), node, shutdown.clone()));
+        super::replicate::start_senders(self, shutdown);
+    }
+}
+
+/// Apply every committed partition map to the storage engine's epochs and to the
+/// replication targets, until shutdown.
+async fn follow_map(dp: Arc<DataPlane>, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut view = dp.view.clone();
+    let mut warned = std::collections::BTreeSet::new();
+    loop {
+        let state = view.borrow_and_update().state.clone();
+        for p in &state.partitions {
+            if let Err(e) = node.storage().set_partition_epoch(p.id, p.epoch) {
+                if warned.insert((p.id, p.epoch)) {
+                    tracing::warn!(partition = p.id, epoch = p.epoch, error = %e, "cannot set the partition epoch from the committed map");
+                }
+            }
+        }
+        dp.repl.set_targets(&state);
+        tokio::select! {
+            r = view.changed() => if r.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

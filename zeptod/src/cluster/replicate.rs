@@ -1,0 +1,528 @@
+//! WAL replication (RF = 2): a partition's primary ships its WAL records to the partition's
+//! replica, which applies them with the primary's epochs and sequence numbers.
+//!
+//! - **Primary side.** The storage engine's commit listener runs on the WAL writer thread; it
+//!   only hands each locally written record to the bounded queue of the partition's replica
+//!   node (a full queue sets an overflow flag: nothing blocks, nothing is lost — the sender
+//!   finds the gap and reads the records back from the WAL). One sender task per peer drains
+//!   its queue in batches and calls `Replicate`. It tracks, per partition, the replica's
+//!   durable position (`next_seq`); records below it are skipped, and a replica that is
+//!   behind (restart, lost batch, overflow) is caught up from `Db::wal_records_since`. Every
+//!   heartbeat interval the sender also probes the partitions it serves whose replica
+//!   position is unknown or behind, so a replica that returns after writes stopped still
+//!   catches up. A WAL that no longer reaches back far enough (`WalTruncated`) is logged and
+//!   shown in `/admin/cluster` as "needs a full copy" (the copy itself is not built yet).
+//! - **Replica side.** [`serve`] checks that the sender is the partition's primary and this
+//!   node its replica in the committed map, applies the records with `Db::write_replicated`
+//!   (epochs checked, duplicates skipped, gaps refused: all or nothing) and answers its
+//!   durable positions.
+//! - **Replicated acks.** Each confirmed position is published per partition; a write in
+//!   `--ack replicated` mode waits ([`Replication::wait_replicated`]) until the replica's
+//!   position passes every record it became, at most the replica lag bound.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+use zepto_cluster::{ClusterState, NodeId};
+use zepto_storage::{CommittedRecord, ReplicatedRecord};
+
+use super::dataplane::DataPlane;
+use crate::db::Node;
+use crate::error::{Error, Result};
+use crate::rpc::pb::{ReplicaPosition, ReplicateRequest, ReplicateResponse, WalRecord};
+
+/// Records queued per peer before the overflow flag is set.
+const QUEUE: usize = 65_536;
+/// Most records in one `Replicate` call from the queue.
+const BATCH: usize = 4096;
+/// Payload bytes read from the WAL per catch-up call.
+const CATCH_UP_BYTES: usize = 4 << 20;
+
+/// What a partition's replication looks like from its primary (for `/admin/cluster`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Note {
+    /// The replica needs a full copy of the partition (the WAL no longer reaches back).
+    pub(crate) needs_full_copy: Option<String>,
+    /// The last failure shipping to the replica, if the last attempt failed.
+    pub(crate) last_error: Option<String>,
+}
+
+/// Per-node replication state shared by the listener, the senders, the `Replicate` service
+/// and the write path. See the module doc.
+#[derive(Debug)]
+pub(crate) struct Replication {
+    me: NodeId,
+    /// Per partition: the replica's confirmed next sequence number (primary side).
+    acked: Vec<AtomicU64>,
+    /// Bumped after every change of `acked`.
+    acked_changed: watch::Sender<u64>,
+    /// Per partition: where its records go while this node is its primary.
+    targets: RwLock<Vec<Option<NodeId>>>,
+    queues: BTreeMap<NodeId, mpsc::Sender<CommittedRecord>>,
+    receivers: Mutex<BTreeMap<NodeId, mpsc::Receiver<CommittedRecord>>>,
+    overflow: BTreeMap<NodeId, AtomicBool>,
+    notes: Mutex<BTreeMap<u32, Note>>,
+}
+
+impl Replication {
+    pub(crate) fn new(me: NodeId, partitions: u32, peers: Vec<NodeId>) -> Replication {
+        let mut queues = BTreeMap::new();
+        let mut receivers = BTreeMap::new();
+        let mut overflow = BTreeMap::new();
+        for id in peers {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            queues.insert(id, tx);
+            receivers.insert(id, rx);
+            overflow.insert(id, AtomicBool::new(false));
+        }
+        Replication {
+            me,
+            acked: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            acked_changed: watch::channel(0).0,
+            targets: RwLock::new(vec![None; partitions as usize]),
+            queues,
+            receivers: Mutex::new(receivers),
+            overflow,
+            notes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Route every locally written record to its partition's replica queue (WAL writer
+    /// thread: never blocks).
+    pub(crate) fn install_listener(self: &Arc<Self>, node: &Node) {
+        let r = self.clone();
+        node.storage()
+            .set_commit_listener(Arc::new(move |records: &[CommittedRecord]| {
+                let targets = r.targets.read();
+                for rec in records.iter().filter(|rec| !rec.replicated) {
+                    let Some(Some(to)) = targets.get(rec.partition as usize) else {
+                        continue;
+                    };
+                    let sent = r
+                        .queues
+                        .get(to)
+                        .is_some_and(|q| q.try_send(rec.clone()).is_ok());
+                    if !sent {
+                        if let Some(f) = r.overflow.get(to) {
+                            f.store(true, Ordering::Release);
+                        }
+                    }
+                }
+            }));
+    }
+
+    /// Learn, from the committed map, which partitions this node replicates and to whom.
+    pub(crate) fn set_targets(&self, state: &ClusterState) {
+        let mut t = self.targets.write();
+        for p in &state.partitions {
+            if let Some(slot) = t.get_mut(p.id as usize) {
+                let target = if p.primary == self.me {
+                    p.replica
+                } else {
+                    None
+                };
+                if *slot != target {
+                    // A new replica (or none): its position is unknown until it answers.
+                    if let Some(a) = self.acked.get(p.id as usize) {
+                        a.store(0, Ordering::Release);
+                    }
+                    *slot = target;
+                }
+            }
+        }
+    }
+
+    /// The replica's confirmed next sequence number of a partition (0 = unknown).
+    pub(crate) fn acked(&self, partition: u32) -> u64 {
+        self.acked
+            .get(partition as usize)
+            .map_or(0, |a| a.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn note(&self, partition: u32) -> Note {
+        self.notes
+            .lock()
+            .get(&partition)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set_acked(&self, partition: u32, next: u64) {
+        if let Some(a) = self.acked.get(partition as usize) {
+            a.store(next, Ordering::Release);
+            self.acked_changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    fn set_note(&self, partition: u32, f: impl FnOnce(&mut Note)) {
+        f(self.notes.lock().entry(partition).or_default());
+    }
+
+    /// Wait until the replica of every partition in `records` (those that have one) has
+    /// confirmed the record, at most `bound`. On timeout: 503, saying the write is durable
+    /// here but not confirmed by the replica.
+    pub(crate) async fn wait_replicated(
+        &self,
+        state: &ClusterState,
+        records: &[(u32, u64)],
+        bound: Duration,
+    ) -> Result<()> {
+        let need: Vec<(u32, u64)> = records
+            .iter()
+            .copied()
+            .filter(|(p, _)| state.partition(*p).is_some_and(|i| i.replica.is_some()))
+            .collect();
+        if need.is_empty() {
+            return Ok(());
+        }
+        let mut changed = self.acked_changed.subscribe();
+        let done = |me: &Replication| need.iter().all(|&(p, seq)| me.acked(p) > seq);
+        let waited = tokio::time::timeout(bound, async {
+            loop {
+                changed.borrow_and_update();
+                if done(self) {
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if waited.is_ok() && done(self) {
+            return Ok(());
+        }
+        let missing: BTreeSet<u32> = need
+            .iter()
+            .filter(|&&(p, seq)| self.acked(p) <= seq)
+            .map(|&(p, _)| p)
+            .collect();
+        let message = format!(
+            "the write is durable on the primary (node {}) but its replica did not confirm \
+             partitions {missing:?} within the replica lag bound ({bound:?}); it is not \
+             acknowledged as replicated",
+            self.me
+        );
+        tracing::warn!(partitions = ?missing, ?bound, "replicated ack timed out");
+        Err(Error::Unavailable {
+            message,
+            retry_after: Some(1),
+        })
+    }
+}
+
+/// Start one replication sender per peer.
+pub(crate) fn start_senders(dp: &Arc<DataPlane>, shutdown: watch::Receiver<bool>) {
+    let receivers = std::mem::take(&mut *dp.repl.receivers.lock());
+    for (peer, rx) in receivers {
+        tokio::spawn(sender(dp.clone(), peer, rx, shutdown.clone()));
+    }
+}
+
+/// Ships records to one peer; see the module doc.
+async fn sender(
+    dp: Arc<DataPlane>,
+    peer: NodeId,
+    mut rx: mpsc::Receiver<CommittedRecord>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut s = Sender {
+        dp,
+        peer,
+        known: HashMap::new(),
+        failing: false,
+    };
+    let mut tick = tokio::time::interval(s.dp.timings.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        let probe = tokio::select! {
+            n = rx.recv_many(&mut buf, BATCH) => {
+                if n == 0 { return; }
+                false
+            }
+            _ = tick.tick() => true,
+            _ = shutdown.wait_for(|v| *v) => return,
+        };
+        let records = std::mem::take(&mut buf);
+        let overflow =
+            s.dp.repl
+                .overflow
+                .get(&peer)
+                .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+        let result = async {
+            if !records.is_empty() {
+                s.ship(records).await?;
+            }
+            if probe || overflow {
+                s.probe_and_catch_up().await?;
+            }
+            Ok::<(), Status>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if s.failing {
+                    tracing::info!(peer, "replication to the peer works again");
+                    s.failing = false;
+                }
+            }
+            Err(e) => {
+                if !s.failing {
+                    tracing::warn!(peer, error = %e.message(), "replication to the peer failed; retrying and catching up from the WAL");
+                }
+                s.failing = true;
+                // Positions are unknown until the next probe answers.
+                s.known.clear();
+            }
+        }
+    }
+}
+
+struct Sender {
+    dp: Arc<DataPlane>,
+    peer: NodeId,
+    /// Per partition: the replica's next expected sequence number, as last answered.
+    known: HashMap<u32, u64>,
+    failing: bool,
+}
+
+impl Sender {
+    /// Partitions this node is primary of whose replica is the peer.
+    fn served(&self) -> BTreeSet<u32> {
+        let state = self.dp.view.borrow().state.clone();
+        state
+            .partitions
+            .iter()
+            .filter(|p| p.primary == self.dp.me && p.replica == Some(self.peer))
+            .map(|p| p.id)
+            .collect()
+    }
+
+    async fn call(
+        &mut self,
+        records: Vec<ReplicatedRecord>,
+        probe: Vec<u32>,
+    ) -> Result<bool, Status> {
+        let client = self
+            .dp
+            .peers
+            .get(self.peer)
+            .ok_or_else(|| Status::internal("no client for the peer"))?
+            .clone();
+        let req = ReplicateRequest {
+            records: records
+                .into_iter()
+                .map(|r| WalRecord {
+                    partition: r.partition,
+                    epoch: r.epoch,
+                    seq: r.seq,
+                    payload: r.payload.to_vec(),
+                })
+                .collect(),
+            probe,
+        };
+        let resp = client.replicate(req).await?;
+        let served = self.served();
+        for pos in resp
+            .positions
+            .iter()
+            .filter(|p| served.contains(&p.partition))
+        {
+            self.known.insert(pos.partition, pos.next_seq);
+            self.dp.repl.set_acked(pos.partition, pos.next_seq);
+            self.dp
+                .repl
+                .set_note(pos.partition, |n| n.last_error = None);
+        }
+        Ok(resp.gap)
+    }
+
+    /// Send queued records (those the replica does not have yet); a gap makes the partition
+    /// catch up from the WAL first.
+    async fn ship(&mut self, records: Vec<CommittedRecord>) -> Result<(), Status> {
+        let served = self.served();
+        let mut pending: Vec<ReplicatedRecord> = records
+            .into_iter()
+            .filter(|r| served.contains(&r.partition))
+            .map(|r| ReplicatedRecord {
+                partition: r.partition,
+                epoch: r.epoch,
+                seq: r.seq,
+                payload: r.payload,
+            })
+            .collect();
+        for _ in 0..3 {
+            pending.retain(|r| self.known.get(&r.partition).is_none_or(|&k| r.seq >= k));
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if !self.call(pending.clone(), Vec::new()).await? {
+                return Ok(());
+            }
+            // Gap: catch up every partition whose first queued record is past the replica.
+            let mut firsts: BTreeMap<u32, u64> = BTreeMap::new();
+            for r in &pending {
+                firsts.entry(r.partition).or_insert(r.seq);
+            }
+            for (p, first) in firsts {
+                if self.known.get(&p).is_some_and(|&k| k < first) {
+                    self.catch_up(p).await?;
+                }
+            }
+        }
+        Err(Status::aborted(
+            "the replica kept refusing the records as a gap",
+        ))
+    }
+
+    /// Ask the replica where it is for every served partition that is unknown or behind,
+    /// then catch up those behind.
+    async fn probe_and_catch_up(&mut self) -> Result<(), Status> {
+        let node = self
+            .dp
+            .node()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut behind = Vec::new();
+        for p in self.served() {
+            let (_, next) = node
+                .storage()
+                .partition_position(p)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if self.known.get(&p) != Some(&next) {
+                behind.push((p, next));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        self.call(Vec::new(), behind.iter().map(|(p, _)| *p).collect())
+            .await?;
+        for (p, next) in behind {
+            if self.known.get(&p).is_some_and(|&k| k < next) {
+                self.catch_up(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a partition's WAL records from the replica's position until it has everything
+    /// this node has.
+    async fn catch_up(&mut self, p: u32) -> Result<(), Status> {
+        let node = self
+            .dp
+            .node()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        loop {
+            let Some(&from) = self.known.get(&p) else {
+                return Ok(());
+            };
+            let n = node.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                n.storage().wal_records_since(p, from, CATCH_UP_BYTES)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("WAL read task failed: {e}")))?;
+            let records = match read {
+                Ok(r) => r,
+                Err(e @ zepto_storage::Error::WalTruncated { .. }) => {
+                    let msg = format!("replica node {} needs a full copy: {e}", self.peer);
+                    tracing::error!(partition = p, peer = self.peer, error = %e, "replica needs a full copy of the partition (not implemented yet)");
+                    self.dp
+                        .repl
+                        .set_note(p, |n| n.needs_full_copy = Some(msg.clone()));
+                    return Err(Status::failed_precondition(msg));
+                }
+                Err(e) => return Err(Status::internal(e.to_string())),
+            };
+            if records.is_empty() {
+                return Ok(());
+            }
+            tracing::info!(
+                partition = p,
+                peer = self.peer,
+                from,
+                records = records.len(),
+                "catching the replica up from the WAL"
+            );
+            if self.call(records, vec![p]).await? {
+                return Err(Status::aborted(format!(
+                    "partition {p}: the replica refused WAL records from {from} as a gap"
+                )));
+            }
+            if self.known.get(&p).is_none_or(|&k| k <= from) {
+                return Err(Status::aborted(format!(
+                    "partition {p}: the replica did not advance past {from}"
+                )));
+            }
+            self.dp.repl.set_note(p, |n| n.needs_full_copy = None);
+        }
+    }
+}
+
+/// The `Replicate` call on the replica. See the module doc.
+pub(crate) async fn serve(
+    dp: &DataPlane,
+    from: NodeId,
+    req: ReplicateRequest,
+) -> Result<ReplicateResponse, Status> {
+    let node = dp.node().map_err(|e| Status::unavailable(e.to_string()))?;
+    let state = dp.view.borrow().state.clone();
+    let mut named: BTreeSet<u32> = req.probe.iter().copied().collect();
+    named.extend(req.records.iter().map(|r| r.partition));
+    for &p in &named {
+        let info = state
+            .partition(p)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown partition {p}")))?;
+        if info.primary != from || info.replica != Some(dp.me) {
+            return Err(Status::failed_precondition(format!(
+                "NOT_PRIMARY partition {p}: at epoch {} the primary is {} and the replica {:?}; \
+                 node {from} may not replicate it to node {}",
+                info.epoch, info.primary, info.replica, dp.me
+            )));
+        }
+    }
+    let mut gap = false;
+    if !req.records.is_empty() {
+        let records: Vec<ReplicatedRecord> = req
+            .records
+            .into_iter()
+            .map(|r| ReplicatedRecord {
+                partition: r.partition,
+                epoch: r.epoch,
+                seq: r.seq,
+                payload: r.payload.into(),
+            })
+            .collect();
+        let applied = match node.storage().write_replicated(records) {
+            Ok(ticket) => ticket.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => {}
+            Err(zepto_storage::Error::SeqGap { .. }) => gap = true,
+            Err(e @ zepto_storage::Error::Fenced { .. }) => {
+                return Err(Status::aborted(format!("FENCED {e}")))
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        }
+    }
+    let mut positions = Vec::with_capacity(named.len());
+    for p in named {
+        let (epoch, next_seq) = node
+            .storage()
+            .partition_position(p)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        positions.push(ReplicaPosition {
+            partition: p,
+            epoch,
+            next_seq,
+        });
+    }
+    Ok(ReplicateResponse { positions, gap })
+}

@@ -1,0 +1,530 @@
+//! Write routing: a batch of rows reaching any node is split by partition (the storage
+//! engine's hash of table and partition key), the parts this node is primary for are written
+//! here, the rest are sent to their primaries with `Forward` (Arrow IPC, one call per node,
+//! each part with the epoch the sender believes).
+//!
+//! The receiver of a `Forward` checks, per part, that it is the primary at that epoch
+//! (`FENCED` when the sender's epoch is older, `NOT_PRIMARY` otherwise) and that every row
+//! of the part belongs to its partition, writes all parts as one local write, and — when the
+//! sender asks for replicated acks — waits for its replica like a local write does. A
+//! `NOT_PRIMARY`/`FENCED` refusal makes the sender wait for a newer map and retry that node's
+//! parts once.
+//!
+//! The client is answered `{"inserted":N}` only when every part is durable (and confirmed
+//! by the replica with `--ack replicated`). A failed part fails the request, naming its
+//! partitions; parts already written elsewhere stay written: a write spanning nodes is not
+//! atomic (ADR 0002, ADR 0006).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, UInt32Array};
+use arrow::compute::{cast, concat_batches, take_record_batch};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use tonic::{Code, Status};
+use zepto_cluster::NodeId;
+
+use super::dataplane::DataPlane;
+use crate::config::AckPolicy;
+use crate::db::Node;
+use crate::error::{Error, Result};
+use crate::rpc::pb::{ForwardPart, ForwardRequest, ForwardResponse, Position};
+
+/// Split a batch by partition: `partition -> rows`, in row order within each part.
+pub(crate) fn split(
+    table: &str,
+    key: usize,
+    batch: &RecordBatch,
+    partitions: u32,
+) -> Result<BTreeMap<u32, RecordBatch>> {
+    let mut out = BTreeMap::new();
+    if batch.num_rows() == 0 {
+        return Ok(out);
+    }
+    let col = batch.columns().get(key).ok_or_else(|| {
+        Error::Internal(format!("table '{table}': no partition-key column {key}"))
+    })?;
+    let keys = cast(col, &DataType::Utf8)
+        .map_err(|e| Error::BadRequest(format!("partition key of '{table}': {e}")))?;
+    let keys = keys.as_string::<i32>();
+    if keys.null_count() > 0 {
+        return Err(Error::BadRequest(format!(
+            "table '{table}': the partition key may not be null"
+        )));
+    }
+    let mut rows: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for r in 0..keys.len() {
+        let p = zepto_storage::partition_for(table, keys.value(r), partitions);
+        rows.entry(p).or_default().push(r as u32);
+    }
+    if rows.len() == 1 {
+        if let Some((p, _)) = rows.pop_first() {
+            out.insert(p, batch.clone());
+        }
+        return Ok(out);
+    }
+    for (p, idx) in rows {
+        let piece = take_record_batch(batch, &UInt32Array::from(idx))
+            .map_err(|e| Error::Internal(format!("split rows by partition: {e}")))?;
+        out.insert(p, piece);
+    }
+    Ok(out)
+}
+
+fn to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
+        .map_err(|e| Error::Internal(format!("encode Arrow IPC: {e}")))?;
+    w.write(batch)
+        .and_then(|()| w.finish())
+        .map_err(|e| Error::Internal(format!("encode Arrow IPC: {e}")))?;
+    drop(w);
+    Ok(buf)
+}
+
+fn from_ipc(bytes: &[u8]) -> std::result::Result<Vec<RecordBatch>, String> {
+    let r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| format!("bad Arrow IPC: {e}"))?;
+    r.collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad Arrow IPC: {e}"))
+}
+
+/// How one node's share of a write ended.
+enum PartResult {
+    Written(u64),
+    /// The map was stale: retry after a refresh.
+    Stale(Error),
+    Failed(Error),
+}
+
+/// Write `batch` into `table` through the cluster. See the module doc.
+pub(crate) async fn write(
+    dp: &Arc<DataPlane>,
+    node: &Arc<Node>,
+    table: &str,
+    batch: RecordBatch,
+) -> Result<u64> {
+    let (key, _) = node.partition_key_of(table)?;
+    let partitions = node.storage().partitions();
+    let t = table.to_string();
+    let mut pending = tokio::task::spawn_blocking(move || split(&t, key, &batch, partitions))
+        .await
+        .map_err(|e| Error::Internal(format!("split task failed: {e}")))??;
+    let mut rows = 0u64;
+    let mut written: BTreeSet<u32> = BTreeSet::new();
+    let mut failed: Vec<(Vec<u32>, Error)> = Vec::new();
+    for attempt in 0..2 {
+        let state = dp.view.borrow().state.clone();
+        let mut by_node: BTreeMap<NodeId, Vec<(u32, u64, RecordBatch)>> = BTreeMap::new();
+        for (p, b) in std::mem::take(&mut pending) {
+            match state.partition(p) {
+                Some(info) => by_node
+                    .entry(info.primary)
+                    .or_default()
+                    .push((p, info.epoch, b)),
+                None => failed.push((
+                    vec![p],
+                    Error::Unavailable {
+                        message: format!("partition {p} is not in the partition map yet"),
+                        retry_after: Some(1),
+                    },
+                )),
+            }
+        }
+        let calls = by_node.into_iter().map(|(to, parts)| {
+            let dp = dp.clone();
+            let node = node.clone();
+            let table = table.to_string();
+            async move {
+                let ids: Vec<u32> = parts.iter().map(|(p, _, _)| *p).collect();
+                let kept: Vec<(u32, RecordBatch)> =
+                    parts.iter().map(|(p, _, b)| (*p, b.clone())).collect();
+                let r = if to == dp.me {
+                    write_local(&dp, &node, &table, parts).await
+                } else {
+                    forward(&dp, to, &table, parts).await
+                };
+                (ids, kept, r)
+            }
+        });
+        for (ids, kept, r) in futures_util::future::join_all(calls).await {
+            match r {
+                PartResult::Written(n) => {
+                    rows += n;
+                    written.extend(ids);
+                }
+                PartResult::Stale(e) if attempt == 0 => {
+                    tracing::debug!(partitions = ?ids, error = %e, "stale partition map; refreshing and retrying");
+                    pending.extend(kept);
+                }
+                PartResult::Stale(e) | PartResult::Failed(e) => failed.push((ids, e)),
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        // Wait (bounded) for a newer committed map before the one retry.
+        let mut view = dp.view.clone();
+        let version = state.version;
+        let _ = tokio::time::timeout(
+            dp.timings.election_timeout() * 2,
+            view.wait_for(|v| v.state.version > version),
+        )
+        .await;
+    }
+    if failed.is_empty() {
+        return Ok(rows);
+    }
+    let failed_ids: BTreeSet<u32> = failed.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+    let mut failures = failed.into_iter();
+    let Some((_, first)) = failures.next() else {
+        return Ok(rows);
+    };
+    let message = format!(
+        "the write failed for partitions {failed_ids:?}: {first}{}; {}",
+        failures
+            .map(|(p, e)| format!("; partitions {p:?}: {e}"))
+            .collect::<String>(),
+        if written.is_empty() {
+            "no part of it was acknowledged".to_string()
+        } else {
+            format!(
+                "the rows of partitions {written:?} ({rows} rows) were written and stay written \
+                 (a write spanning nodes is not atomic)"
+            )
+        }
+    );
+    Err(with_message(first, message))
+}
+
+/// The same error kind with another message.
+fn with_message(e: Error, message: String) -> Error {
+    match e {
+        Error::BadRequest(_) => Error::BadRequest(message),
+        Error::NotFound(_) => Error::NotFound(message),
+        Error::Fenced(_) => Error::Fenced(message),
+        Error::Unavailable { retry_after, .. } => Error::Unavailable {
+            message,
+            retry_after,
+        },
+        Error::TooLarge(_) => Error::TooLarge(message),
+        Error::Timeout(_) => Error::Timeout(message),
+        _ => Error::Internal(message),
+    }
+}
+
+async fn write_local(
+    dp: &DataPlane,
+    node: &Node,
+    table: &str,
+    parts: Vec<(u32, u64, RecordBatch)>,
+) -> PartResult {
+    let result = async {
+        let batches: Vec<RecordBatch> = parts.into_iter().map(|(_, _, b)| b).collect();
+        let batch = match batches.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                let schema = batches
+                    .first()
+                    .map(RecordBatch::schema)
+                    .ok_or_else(|| Error::Internal("no parts".into()))?;
+                concat_batches(&schema, &batches)
+                    .map_err(|e| Error::Internal(format!("join parts: {e}")))?
+            }
+        };
+        let (rows, records) = node.write_with_records(table, batch).await?;
+        if dp.ack == AckPolicy::Replicated {
+            let state = dp.view.borrow().state.clone();
+            dp.repl
+                .wait_replicated(&state, &records, dp.timings.replica_lag_bound)
+                .await?;
+        }
+        Ok((rows, records))
+    }
+    .await;
+    match result {
+        Ok((rows, _)) => PartResult::Written(rows),
+        Err(e) => PartResult::Failed(e),
+    }
+}
+
+async fn forward(
+    dp: &DataPlane,
+    to: NodeId,
+    table: &str,
+    parts: Vec<(u32, u64, RecordBatch)>,
+) -> PartResult {
+    let Some(client) = dp.peers.get(to).cloned() else {
+        return PartResult::Failed(Error::Unavailable {
+            message: format!("node {to} is not a known peer"),
+            retry_after: Some(1),
+        });
+    };
+    let mut req = ForwardRequest {
+        table: table.to_string(),
+        parts: Vec::with_capacity(parts.len()),
+        ack_replicated: dp.ack == AckPolicy::Replicated,
+    };
+    for (partition, epoch, b) in parts {
+        match to_ipc(&b) {
+            Ok(arrow_ipc) => req.parts.push(ForwardPart {
+                partition,
+                epoch,
+                arrow_ipc,
+            }),
+            Err(e) => return PartResult::Failed(e),
+        }
+    }
+    match client.forward(req, forward_timeout(dp)).await {
+        Ok(r) => PartResult::Written(r.rows),
+        Err(s) => {
+            let m = format!("node {to}: {}", s.message());
+            match s.code() {
+                Code::FailedPrecondition => PartResult::Stale(Error::Unavailable {
+                    message: m,
+                    retry_after: Some(1),
+                }),
+                Code::Aborted => PartResult::Stale(Error::Fenced(m)),
+                Code::InvalidArgument => PartResult::Failed(Error::BadRequest(m)),
+                Code::NotFound => PartResult::Failed(Error::NotFound(m)),
+                Code::ResourceExhausted => PartResult::Failed(Error::TooLarge(m)),
+                _ => PartResult::Failed(Error::Unavailable {
+                    message: format!(
+                        "{m} (the outcome on node {to} is unknown if the call was cut off)"
+                    ),
+                    retry_after: Some(1),
+                }),
+            }
+        }
+    }
+}
+
+fn status_of(e: &Error) -> Status {
+    let m = e.to_string();
+    match e {
+        Error::BadRequest(_) => Status::invalid_argument(m),
+        Error::NotFound(_) => Status::not_found(m),
+        Error::Fenced(_) => Status::aborted(format!("FENCED {m}")),
+        Error::TooLarge(_) => Status::resource_exhausted(m),
+        Error::Unavailable { .. } | Error::Timeout(_) => Status::unavailable(m),
+        _ => Status::internal(m),
+    }
+}
+
+/// Is this node the primary of `p` at `epoch` (committed map)? `FENCED` (ABORTED) when the
+/// sender's epoch is older, `NOT_PRIMARY` (FAILED_PRECONDITION) otherwise.
+fn check_part(
+    dp: &DataPlane,
+    state: &zepto_cluster::ClusterState,
+    from: NodeId,
+    p: u32,
+    epoch: u64,
+) -> std::result::Result<(), Status> {
+    let info = state
+        .partition(p)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown partition {p}")))?;
+    if epoch < info.epoch {
+        return Err(Status::aborted(format!(
+            "FENCED partition {p}: epoch {epoch} is older than the current epoch {}",
+            info.epoch
+        )));
+    }
+    if epoch > info.epoch || info.primary != dp.me {
+        return Err(Status::failed_precondition(format!(
+            "NOT_PRIMARY partition {p}: node {} knows primary {} at epoch {} (sender {from} \
+             believed epoch {epoch})",
+            dp.me, info.primary, info.epoch
+        )));
+    }
+    Ok(())
+}
+
+/// The `Forward` call on the partitions' primary. See the module doc.
+pub(crate) async fn serve(
+    dp: &DataPlane,
+    from: NodeId,
+    req: ForwardRequest,
+) -> std::result::Result<ForwardResponse, Status> {
+    let state = dp.view.borrow().state.clone();
+    // Fencing first: a stale sender learns it before anything else is looked at.
+    for part in &req.parts {
+        check_part(dp, &state, from, part.partition, part.epoch)?;
+    }
+    let node = dp.node().map_err(|e| status_of(&e))?;
+    let (key, _) = node
+        .partition_key_of(&req.table)
+        .map_err(|e| status_of(&e))?;
+    let partitions = node.storage().partitions();
+    let mut batches = Vec::new();
+    for part in &req.parts {
+        let p = part.partition;
+        for b in from_ipc(&part.arrow_ipc).map_err(Status::invalid_argument)? {
+            let split = split(&req.table, key, &b, partitions).map_err(|e| status_of(&e))?;
+            if split.keys().any(|&q| q != p) {
+                return Err(Status::invalid_argument(format!(
+                    "forwarded rows for partition {p} include rows of other partitions"
+                )));
+            }
+            batches.push(b);
+        }
+    }
+    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+        return Ok(ForwardResponse::default());
+    };
+    let batch = concat_batches(&schema, &batches)
+        .map_err(|e| Status::invalid_argument(format!("forwarded parts do not match: {e}")))?;
+    let (rows, records) = node
+        .write_with_records(&req.table, batch)
+        .await
+        .map_err(|e| status_of(&e))?;
+    if req.ack_replicated {
+        dp.repl
+            .wait_replicated(&state, &records, dp.timings.replica_lag_bound)
+            .await
+            .map_err(|e| status_of(&e))?;
+    }
+    Ok(ForwardResponse {
+        rows,
+        records: records
+            .into_iter()
+            .map(|(partition, seq)| Position { partition, seq })
+            .collect(),
+    })
+}
+
+/// How long a forwarded write may take before its sender gives up: room for the remote
+/// write, its replica's ack and the transport.
+fn forward_timeout(dp: &DataPlane) -> Duration {
+    dp.timings.replica_lag_bound + dp.timings.peer_call_timeout() * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{DictionaryArray, Float64Array, StringArray};
+    use arrow::datatypes::{Field, Int32Type, Schema};
+
+    use super::*;
+
+    fn batch(dict: bool) -> RecordBatch {
+        let keys: Vec<String> = (0..500).map(|i| format!("S{}", i % 37)).collect();
+        let key: arrow::array::ArrayRef = if dict {
+            Arc::new(
+                keys.iter()
+                    .map(String::as_str)
+                    .collect::<DictionaryArray<Int32Type>>(),
+            )
+        } else {
+            Arc::new(StringArray::from_iter_values(&keys))
+        };
+        let v = Arc::new(Float64Array::from_iter_values((0..500).map(f64::from)));
+        let schema = Schema::new(vec![
+            Field::new("v", DataType::Float64, false),
+            Field::new("symbol", key.data_type().clone(), false),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), vec![v, key]).unwrap()
+    }
+
+    #[test]
+    fn split_follows_the_storage_hash_and_keeps_every_row() {
+        for dict in [true, false] {
+            let b = batch(dict);
+            let parts = split("Trades", 1, &b, 8).unwrap();
+            assert!(parts.len() > 1);
+            assert_eq!(
+                parts.values().map(RecordBatch::num_rows).sum::<usize>(),
+                500
+            );
+            for (p, piece) in &parts {
+                let keys = cast(piece.column(1), &DataType::Utf8).unwrap();
+                for k in keys.as_string::<i32>().iter() {
+                    assert_eq!(zepto_storage::partition_for("trades", k.unwrap(), 8), *p);
+                }
+                // A part survives the wire.
+                let back = from_ipc(&to_ipc(piece).unwrap()).unwrap();
+                assert_eq!(
+                    back.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                    piece.num_rows()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn forward_is_fenced_per_part_before_anything_else() {
+        use zepto_cluster::state::PartitionInfo;
+        let state = zepto_cluster::ClusterState {
+            partitions: (0..2)
+                .map(|id| PartitionInfo {
+                    id,
+                    primary: if id == 0 { 1 } else { 2 },
+                    replica: Some(if id == 0 { 2 } else { 1 }),
+                    epoch: 3,
+                    in_sync: [1, 2].into_iter().collect(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let view = super::super::driver::View {
+            state: Arc::new(state),
+            ..Default::default()
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(view);
+        let (events, _erx) = tokio::sync::mpsc::channel(1);
+        let (fatal, _frx) = tokio::sync::mpsc::channel(1);
+        let identity = crate::rpc::Identity {
+            node_id: 1,
+            advertise_addr: "a:1".into(),
+            token: None,
+        };
+        let peers = crate::rpc::client::PeerClients::start(
+            &identity,
+            &std::collections::BTreeMap::new(),
+            Duration::from_secs(1),
+            events,
+            fatal,
+        );
+        let dp = DataPlane::new(
+            1,
+            2,
+            rx,
+            peers,
+            zepto_cluster::Timings::defaults(),
+            AckPolicy::Replicated,
+        );
+        let req = |partition, epoch| ForwardRequest {
+            table: "t".into(),
+            parts: vec![ForwardPart {
+                partition,
+                epoch,
+                arrow_ipc: Vec::new(),
+            }],
+            ack_replicated: true,
+        };
+        let code = |r: std::result::Result<ForwardResponse, Status>| r.unwrap_err();
+        let older = code(serve(&dp, 2, req(0, 2)).await);
+        assert_eq!(older.code(), Code::Aborted);
+        assert!(older.message().starts_with("FENCED"), "{}", older.message());
+        for (p, e) in [(1, 3), (0, 4)] {
+            let s = code(serve(&dp, 2, req(p, e)).await);
+            assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
+            assert!(s.message().starts_with("NOT_PRIMARY"), "{}", s.message());
+        }
+        // The right primary at the right epoch gets past fencing (the database is not open).
+        assert_eq!(
+            code(serve(&dp, 2, req(0, 3)).await).code(),
+            Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn null_partition_keys_are_refused() {
+        let key = Arc::new(StringArray::from(vec![Some("a"), None]));
+        let schema = Schema::new(vec![Field::new("symbol", DataType::Utf8, true)]);
+        let b = RecordBatch::try_new(Arc::new(schema), vec![key]).unwrap();
+        assert!(matches!(split("t", 0, &b, 4), Err(Error::BadRequest(_))));
+    }
+}

@@ -40,6 +40,7 @@ pub(crate) const KEEP_CHECKPOINTS: usize = 2;
 pub(crate) struct Capture {
     pub(crate) position: WalPosition,
     pub(crate) next_seq: Vec<u64>,
+    pub(crate) last_record_epochs: Vec<u64>,
     pub(crate) epochs: Vec<u64>,
     pub(crate) tables: Vec<CapturedTable>,
 }
@@ -113,6 +114,9 @@ pub(crate) struct Manifest {
     /// Per partition: the fencing epoch known at the checkpoint.
     #[serde(default)]
     pub(crate) epochs: Vec<u64>,
+    /// Per partition: the epoch of the newest record (absent in older manifests).
+    #[serde(default)]
+    pub(crate) last_record_epochs: Vec<u64>,
     pub(crate) tables: Vec<ManifestTable>,
 }
 
@@ -231,6 +235,7 @@ pub(crate) fn write_checkpoint(
         wal_position: capture.position,
         next_seq: capture.next_seq.clone(),
         epochs: capture.epochs.clone(),
+        last_record_epochs: capture.last_record_epochs.clone(),
         tables,
     };
     let bytes = serde_json::to_vec(&manifest)

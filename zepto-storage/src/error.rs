@@ -89,6 +89,18 @@ pub enum Error {
         got: u64,
     },
 
+    /// A primary sent a record at a sequence number this node already used, under a newer
+    /// epoch than this node's own record there: this node's tail of the partition was never
+    /// replicated (it was a deposed primary) and differs from the new primary's. It must be
+    /// replaced by a copy of the partition, never merged.
+    #[error("partition {partition}: this node's records from sequence {seq} (epoch {local_epoch}) diverge from the primary's (epoch {epoch}); the partition needs a full copy")]
+    Diverged {
+        partition: u32,
+        seq: u64,
+        epoch: u64,
+        local_epoch: u64,
+    },
+
     /// The WAL no longer holds the records asked for (a checkpoint covered and recycled
     /// them): the reader needs a copy of the partition instead.
     #[error("partition {partition}: WAL records from sequence {from_seq} are gone (oldest kept: {oldest})")]

@@ -26,7 +26,7 @@ use crate::wal::{repair, replay, segment_path, WalPosition, WalStats, WalWriter}
 pub(super) struct Recovered {
     pub(super) shared: Arc<Shared>,
     pub(super) wal: WalWriter,
-    pub(super) next_seq: Vec<u64>,
+    pub(super) next_seq: super::writer::Sequences,
 }
 
 pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered> {
@@ -68,6 +68,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     }
     let mut next_seq = vec![0u64; partitions as usize];
     let mut epochs = vec![0u64; partitions as usize];
+    let mut last_epoch = vec![0u64; partitions as usize];
     let mut from = WalPosition::default();
     let mut referenced: HashSet<PathBuf> = HashSet::new();
     if let Some((m, cdir)) = &chosen {
@@ -75,6 +76,12 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         from = m.wal_position;
         if m.epochs.len() == partitions as usize {
             epochs.clone_from(&m.epochs);
+        }
+        // Older manifests lack record epochs: the fencing epoch is the closest known bound.
+        if m.last_record_epochs.len() == partitions as usize {
+            last_epoch.clone_from(&m.last_record_epochs);
+        } else if m.epochs.len() == partitions as usize {
+            last_epoch.clone_from(&m.epochs);
         }
         if m.next_seq.len() == partitions as usize {
             next_seq.clone_from(&m.next_seq);
@@ -166,6 +173,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         }
         next_seq[p] = next_seq[p].max(meta.seq + 1);
         epochs[p] = epochs[p].max(meta.epoch);
+        last_epoch[p] = meta.epoch;
         let Some(t) = payload_table_id(payload).and_then(|id| by_id.get(&id)) else {
             return Ok(()); // a table dropped since
         };
@@ -236,7 +244,10 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     Ok(Recovered {
         shared,
         wal,
-        next_seq,
+        next_seq: super::writer::Sequences {
+            next: next_seq,
+            last_epoch,
+        },
     })
 }
 

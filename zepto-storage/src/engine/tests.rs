@@ -658,6 +658,88 @@ mod replication {
     }
 
     #[test]
+    fn a_deposed_primarys_unreplicated_tail_is_refused_not_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        // `old` was primary at epoch 1; `new` was its replica and is promoted to epoch 2.
+        let (old, new, rx) = pair(dir.path());
+        let p = old.partition_of("trades", "S1");
+        old.set_partition_epoch(p, 1).unwrap();
+        new.set_partition_epoch(p, 1).unwrap();
+        let one = |ids: std::ops::Range<i64>| {
+            // Rows of symbol S1 only, so every write is one record of partition `p`.
+            let b = rows(ids);
+            let keep: Vec<u32> = (0..b.num_rows() as u32)
+                .filter(|&i| {
+                    let d = b.column(1).as_dictionary::<Int32Type>();
+                    d.values()
+                        .as_string::<i32>()
+                        .value(d.keys().value(i as usize) as usize)
+                        == "S1"
+                })
+                .collect();
+            arrow::compute::take_record_batch(&b, &arrow::array::UInt32Array::from(keep)).unwrap()
+        };
+        old.insert("trades", one(0..50)).unwrap();
+        let replicated = rx.recv().unwrap();
+        new.write_replicated(ship(&replicated))
+            .unwrap()
+            .wait()
+            .unwrap();
+        // The old primary writes more that never reaches the replica, then is deposed.
+        old.insert("trades", one(50..100)).unwrap();
+        let lost_tail = rx.recv().unwrap();
+        assert!(lost_tail.iter().all(|r| r.epoch == 1));
+        new.set_partition_epoch(p, 2).unwrap();
+        old.set_partition_epoch(p, 2).unwrap();
+        // The new primary writes at epoch 2, reusing the sequence numbers of the lost tail.
+        let (tx2, rx2) = crossbeam_channel::unbounded();
+        new.set_commit_listener(Arc::new(move |recs: &[CommittedRecord]| {
+            let _ = tx2.send(recs.to_vec());
+        }));
+        new.insert("trades", one(100..150)).unwrap();
+        let from_new = rx2.recv().unwrap();
+        assert_eq!(
+            from_new[0].seq, lost_tail[0].seq,
+            "the same sequence number, another epoch"
+        );
+        let e = old
+            .write_replicated(ship(&from_new))
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Diverged { partition, epoch: 2, local_epoch: 1, .. } if partition == p),
+            "{e}"
+        );
+        // And records of the deposed epoch are fenced everywhere now.
+        let e = new
+            .write_replicated(ship(&replicated))
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Fenced {
+                    epoch: 1,
+                    current: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The refusal survives a restart (the record epochs are recovered from the WAL).
+        drop(old);
+        let old = Db::open(config(&dir.path().join("p"))).unwrap();
+        let e = old
+            .write_replicated(ship(&from_new))
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(matches!(e, Error::Diverged { .. }), "{e}");
+    }
+
+    #[test]
     fn wal_records_since_serves_catch_up_until_recycled() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());

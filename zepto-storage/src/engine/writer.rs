@@ -19,11 +19,18 @@ use crate::error::{Error, Result};
 use crate::ingest::{CommittedRecord, Request, WriteReceipt, WriteRequest};
 use crate::wal::{RecordMeta, WalWriter};
 
+/// Per partition: the next sequence number, and the epoch of the newest record.
+#[derive(Debug, Clone)]
+pub(super) struct Sequences {
+    pub(super) next: Vec<u64>,
+    pub(super) last_epoch: Vec<u64>,
+}
+
 pub(super) fn run(
     shared: Arc<Shared>,
     rx: Receiver<Request>,
     mut wal: WalWriter,
-    mut next_seq: Vec<u64>,
+    mut next_seq: Sequences,
 ) {
     let mut writes: Vec<WriteRequest> = Vec::new();
     let mut captures = Vec::new();
@@ -69,8 +76,9 @@ pub(super) fn run(
 type Placement = Vec<Option<RecordMeta>>;
 
 /// Give each piece its epoch and sequence number, or refuse the request (stale epoch,
-/// sequence gap). Advances `next_seq` only on success.
-fn place(shared: &Shared, w: &WriteRequest, next_seq: &mut [u64]) -> Result<Placement> {
+/// sequence gap, divergent tail). Advances `seqs` only on success.
+fn place(shared: &Shared, w: &WriteRequest, state: &mut Sequences) -> Result<Placement> {
+    let next_seq: &[u64] = &state.next;
     let mut out = Vec::with_capacity(w.pieces.len());
     let mut seqs: Vec<(u32, u64)> = Vec::new(); // (partition, next) as this request sees them
     let next_of = |seqs: &[(u32, u64)], p: u32, next_seq: &[u64]| {
@@ -102,6 +110,17 @@ fn place(shared: &Shared, w: &WriteRequest, next_seq: &mut [u64]) -> Result<Plac
                         current,
                     });
                 }
+                let local_epoch = state.last_epoch[p as usize];
+                if seq < expected && epoch > local_epoch {
+                    // We hold records at this seq written under an older epoch: a tail
+                    // that never reached the replica that has since become primary.
+                    return Err(Error::Diverged {
+                        partition: p,
+                        seq,
+                        epoch,
+                        local_epoch,
+                    });
+                }
                 if seq < expected {
                     out.push(None); // already durable here
                 } else if seq > expected {
@@ -130,7 +149,10 @@ fn place(shared: &Shared, w: &WriteRequest, next_seq: &mut [u64]) -> Result<Plac
         }
     }
     for (p, s) in seqs {
-        next_seq[p as usize] = s;
+        state.next[p as usize] = s;
+    }
+    for m in out.iter().flatten() {
+        state.last_epoch[m.partition as usize] = m.epoch;
     }
     Ok(out)
 }
@@ -138,7 +160,7 @@ fn place(shared: &Shared, w: &WriteRequest, next_seq: &mut [u64]) -> Result<Plac
 fn commit_group(
     shared: &Shared,
     wal: &mut WalWriter,
-    next_seq: &mut [u64],
+    next_seq: &mut Sequences,
     writes: &mut Vec<WriteRequest>,
 ) {
     if writes.is_empty() {
@@ -150,7 +172,7 @@ fn commit_group(
         fail_all(shared, writes, || Error::WalPoisoned(p.clone()));
         return;
     }
-    let seq_before = next_seq.to_vec();
+    let seq_before = next_seq.clone();
     // Place every request; refuse the ones that cannot go in.
     let mut placed: Vec<(WriteRequest, Placement)> = Vec::with_capacity(writes.len());
     for w in writes.drain(..) {
@@ -184,7 +206,7 @@ fn commit_group(
     };
     drop(records);
     if let Err(e) = result {
-        next_seq.copy_from_slice(&seq_before);
+        *next_seq = seq_before;
         tracing::warn!(error = %e, requests = placed.len(), "WAL write failed; the group is not acknowledged");
         let mut reqs: Vec<WriteRequest> = placed.into_iter().map(|(w, _)| w).collect();
         match e {
@@ -201,7 +223,7 @@ fn commit_group(
         return;
     }
     *shared.wal_position.lock() = wal.position();
-    for (p, s) in next_seq.iter().enumerate() {
+    for (p, s) in next_seq.next.iter().enumerate() {
         shared.next_seq[p].store(*s, Ordering::Release);
     }
     let now = shared.now_ms();
@@ -283,7 +305,7 @@ fn fail_all(shared: &Shared, writes: &mut Vec<WriteRequest>, err: impl Fn() -> E
 }
 
 /// The consistent cut: every write acknowledged so far is in the chunks, nothing after.
-fn capture(shared: &Shared, wal: &WalWriter, next_seq: &[u64]) -> Capture {
+fn capture(shared: &Shared, wal: &WalWriter, seqs: &Sequences) -> Capture {
     let tables = shared
         .tables
         .read()
@@ -307,7 +329,8 @@ fn capture(shared: &Shared, wal: &WalWriter, next_seq: &[u64]) -> Capture {
         .collect();
     Capture {
         position: wal.position(),
-        next_seq: next_seq.to_vec(),
+        next_seq: seqs.next.clone(),
+        last_record_epochs: seqs.last_epoch.clone(),
         epochs: shared
             .epochs
             .iter()

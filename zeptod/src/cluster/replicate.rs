@@ -509,6 +509,13 @@ pub(crate) async fn serve(
             Err(e @ zepto_storage::Error::Fenced { .. }) => {
                 return Err(Status::aborted(format!("FENCED {e}")))
             }
+            Err(e @ zepto_storage::Error::Diverged { .. }) => {
+                // This node was a primary whose last writes never reached its replica: its
+                // tail differs from the new primary's and must be replaced by a full copy
+                // (partition migration), never merged.
+                tracing::error!(error = %e, "replica holds a divergent tail; it needs a full copy of the partition");
+                return Err(Status::failed_precondition(format!("DIVERGED {e}")));
+            }
             Err(e) => return Err(Status::unavailable(e.to_string())),
         }
     }

@@ -61,7 +61,7 @@ pub(crate) fn run(
                             let _ = h.record(took.as_micros().max(1) as u64);
                         }
                         let total = done_rows.fetch_add(*rows, Ordering::Relaxed) + rows;
-                        if progress && bodies.len() > 20 && i % (bodies.len() / 10) == 0 {
+                        if progress && bodies.len() > 20 && i.is_multiple_of(bodies.len() / 10) {
                             eprintln!(
                                 "  ingest {format:?}: {total} rows, {:.1} s",
                                 start.elapsed().as_secs_f64()

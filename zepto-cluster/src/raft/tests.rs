@@ -685,7 +685,7 @@ fn failover_run(loss: Loss, seed: u64) -> FailoverTimes {
         let now = MonoTime::from_millis(tick_no * tick_ms);
         // Heartbeats: every live node to the leader it knows (itself included); the answer
         // renews the sender's lease if the receiver leads and both directions are up.
-        if tick_no % hb_every == 0 {
+        if tick_no.is_multiple_of(hb_every) {
             let beats: Vec<(NodeId, NodeId)> = c
                 .nodes
                 .values()

@@ -209,7 +209,8 @@ fi
 # ---------------------------------------------------------------- the chart's command line, run
 echo "== cluster smoke: the rendered zeptod args as a 3-node cluster on this machine"
 ZEPTOD=""
-for b in target/debug/zeptod target/release/zeptod; do   # the newest build
+TGT="${CARGO_TARGET_DIR:-target}"
+for b in "$TGT/debug/zeptod" "$TGT/release/zeptod"; do   # the newest build
   if [ -x "$b" ] && { [ -z "$ZEPTOD" ] || [ "$b" -nt "$ZEPTOD" ]; }; then ZEPTOD="$b"; fi
 done
 if [ -z "$ZEPTOD" ]; then

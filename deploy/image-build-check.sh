@@ -24,7 +24,8 @@ fi
 command -v buildah >/dev/null 2>&1 || skip "buildah is not installed (Debian package 'buildah')"
 
 BIN=""
-for b in "$ROOT/target/release/zeptod" "$ROOT/target/debug/zeptod"; do   # the newest build
+TGT="${CARGO_TARGET_DIR:-$ROOT/target}"
+for b in "$TGT/release/zeptod" "$TGT/debug/zeptod"; do   # the newest build
   if [ -x "$b" ] && { [ -z "$BIN" ] || [ "$b" -nt "$BIN" ]; }; then BIN="$b"; fi
 done
 [ -n "$BIN" ] || skip "no locally built zeptod in target/release or target/debug"

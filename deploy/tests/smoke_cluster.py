@@ -140,7 +140,9 @@ def main():
             t1 = time.monotonic()
             first = None
             while True:
-                st, body = get(http[1], "/", body=b"INSERT INTO smoke VALUES ('2024-01-02T09:30:00Z', 'A', 1)")
+                # Bulk form: routed to the partition's primary and replicated in cluster mode.
+                st, body = get(http[1], "/?query=INSERT%20INTO%20smoke%20FORMAT%20CSV",
+                               body=b"2024-01-02T09:30:00Z,A,1\n", timeout=5.0)
                 first = first or (st, body[:160])
                 if st == 200 or time.monotonic() - t1 > 10:
                     break

@@ -276,22 +276,11 @@ pub(crate) fn list_checkpoints(data_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Read and check a checkpoint's manifest.
+/// Read and check a checkpoint's manifest: it parses, its version is known, and every file
+/// it names exists (what recovery needs before trusting it).
 pub(crate) fn load_manifest(dir: &Path) -> Result<Manifest> {
+    let m = read_manifest(dir)?;
     let path = dir.join("MANIFEST.json");
-    let bytes = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-        path: path.clone(),
-        offset: e.column() as u64,
-        reason: format!("invalid manifest: {e}"),
-    })?;
-    if m.format_version > FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion {
-            path,
-            found: m.format_version,
-            supported: FORMAT_VERSION,
-        });
-    }
     for t in &m.tables {
         for c in &t.chunks {
             let file = match c.kind {
@@ -310,6 +299,25 @@ pub(crate) fn load_manifest(dir: &Path) -> Result<Manifest> {
                 });
             }
         }
+    }
+    Ok(m)
+}
+
+/// Parse a checkpoint's manifest and check its version (no file checks).
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("MANIFEST.json");
+    let bytes = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path: path.clone(),
+        offset: e.column() as u64,
+        reason: format!("invalid manifest: {e}"),
+    })?;
+    if m.format_version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path,
+            found: m.format_version,
+            supported: FORMAT_VERSION,
+        });
     }
     Ok(m)
 }
@@ -342,8 +350,9 @@ pub(crate) fn prune_checkpoints(data_dir: &Path) -> Result<Option<WalPosition>> 
         fs::remove_dir_all(dir).ctx(|| format!("remove old checkpoint {}", dir.display()))?;
     }
     let mut oldest = None;
+    // Only the WAL positions are needed here: parse, do not stat every chunk file again.
     for (_, dir) in list.iter().take(KEEP_CHECKPOINTS) {
-        if let Ok(m) = load_manifest(dir) {
+        if let Ok(m) = read_manifest(dir) {
             oldest = Some(match oldest {
                 None => m.wal_position,
                 Some(p) => std::cmp::min(p, m.wal_position),

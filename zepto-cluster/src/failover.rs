@@ -154,9 +154,22 @@ impl ReplicaLag {
         }
     }
 
-    /// A record with sequence number `seq` was sent to the replica at `now`.
+    /// A record with sequence number `seq` was sent to the replica at `now`. At most
+    /// [`ReplicaLag::MAX_TRACKED`] records are tracked: past that (a replica down for long
+    /// under heavy ingest) newer records are not recorded, which keeps the oldest — the
+    /// one the lag is measured from — and bounds memory.
     pub fn on_sent(&mut self, seq: u64, now: MonoTime) {
-        self.unacked.push_back((seq, now));
+        if self.unacked.len() < Self::MAX_TRACKED {
+            self.unacked.push_back((seq, now));
+        }
+    }
+
+    /// Most unacknowledged records tracked.
+    pub const MAX_TRACKED: usize = 1 << 20;
+
+    /// Whether no sent record is waiting for the replica.
+    pub fn is_empty(&self) -> bool {
+        self.unacked.is_empty()
     }
 
     /// The replica acknowledged (fsynced) everything up to and including `seq`.

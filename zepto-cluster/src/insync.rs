@@ -1,17 +1,24 @@
 //! The partition primary's in-sync state machine (`replicated` ack mode).
 //!
-//! [`InSyncTracker`] decides, per partition on its primary, up to which sequence number writes
-//! may be acknowledged to clients, and which metadata commands the primary must commit first.
-//! The invariant it keeps: **every acknowledged write is on every copy in the committed in-sync
-//! set**, so any copy failover may promote holds it.
+//! [`InSyncTracker`] decides, per partition on its primary, which writes may be acknowledged
+//! to clients, and which metadata commands the primary must commit first. The invariant it
+//! keeps: **every acknowledged write is on every copy in the committed in-sync set**, so any
+//! copy failover may promote holds it.
+//!
+//! Positions are exclusive, like the storage engine's `next_seq`: a replica at position `n`
+//! holds every record with a sequence number below `n`.
 //!
 //! - `Replicated` (the replica is in the committed in-sync set): acknowledge what the replica
 //!   has acknowledged. If it lags past the bound, propose `ShrinkInSync` and keep waiting.
 //! - `ShrinkPending`: still wait for the replica; once the shrink commits, go `Alone`.
-//! - `Alone` (in-sync set = {primary}): acknowledge after the local fsync. When the replica has
-//!   caught up with everything written, propose `ExpandInSync` and go `ExpandPending`.
-//! - `ExpandPending`: acknowledge only what the replica has acknowledged *from the moment of the
-//!   proposal*, because the command may commit at any time; once it commits, `Replicated`.
+//! - `Alone` (in-sync set = {primary}): acknowledge after the local fsync, remembering the
+//!   highest position so acknowledged. When the replica makes progress and is no longer
+//!   lagging (or holds everything written), go `ExpandPending`.
+//! - `ExpandPending`: acknowledge only what the replica has acknowledged, so the set of writes
+//!   acknowledged alone stops growing; once the replica holds all of them, propose
+//!   `ExpandInSync` (it may commit at any time from then on). Until it is proposed, a replica
+//!   that lags again sends the tracker back to `Alone`; once proposed, only its commit (then
+//!   `Replicated`, and a shrink if the replica is lagging) moves on.
 //! - `Fenced`: the committed metadata moved the partition to another epoch or primary;
 //!   acknowledge nothing more.
 
@@ -32,15 +39,6 @@ pub enum Mode {
     Fenced { current: u64 },
 }
 
-/// What the primary may do now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Poll {
-    /// Writes with a sequence number up to here may be acknowledged to clients.
-    pub ackable_up_to: u64,
-    /// Propose this command through the metadata group.
-    pub propose: Option<Command>,
-}
-
 /// Per-partition in-sync bookkeeping on the primary. See the module doc.
 #[derive(Debug, Clone)]
 pub struct InSyncTracker {
@@ -50,20 +48,29 @@ pub struct InSyncTracker {
     replica: Option<NodeId>,
     mode: Mode,
     lag: ReplicaLag,
-    last_written: u64,
-    replica_acked: u64,
+    bound: Duration,
+    /// Local durable position.
+    written: u64,
+    /// The replica's confirmed position.
+    replica_pos: u64,
+    /// When the replica's position last moved forward.
+    replica_progress: Option<MonoTime>,
+    /// Highest position acknowledged to a client while alone.
+    alone_acked: u64,
+    /// `ExpandPending` only: the expand has been proposed.
+    expand_proposed: bool,
     /// When the pending shrink/expand was last proposed (to re-propose a lost one).
     proposed_at: Option<MonoTime>,
     retry_after: Duration,
 }
 
 impl InSyncTracker {
-    /// Start tracking `p` on its primary `me`, with `last_written` the highest sequence number
-    /// already durable locally (and, at a new epoch, the point replication starts from).
+    /// Start tracking `p` on its primary `me`, with `written` the local durable position
+    /// (at a new epoch, the point replication starts from).
     pub fn new(
         p: &PartitionInfo,
         me: NodeId,
-        last_written: u64,
+        written: u64,
         timings: &Timings,
     ) -> Result<InSyncTracker> {
         if p.primary != me {
@@ -80,8 +87,13 @@ impl InSyncTracker {
             replica: p.replica,
             mode: Mode::Alone,
             lag: ReplicaLag::new(timings.replica_lag_bound),
-            last_written,
-            replica_acked: 0,
+            bound: timings.replica_lag_bound,
+            written,
+            replica_pos: 0,
+            replica_progress: None,
+            // Whatever is durable at the start may have been acknowledged alone.
+            alone_acked: written,
+            expand_proposed: false,
             proposed_at: None,
             retry_after: timings.max_election_timeout(),
         };
@@ -91,6 +103,15 @@ impl InSyncTracker {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The replica's confirmed position as last reported.
+    pub fn replica_position(&self) -> u64 {
+        self.replica_pos
     }
 
     fn replica_in_sync(&self, p: &PartitionInfo) -> bool {
@@ -105,18 +126,44 @@ impl InSyncTracker {
         }
     }
 
-    /// Write `seq` is durable locally and was sent to the replica at `now`.
+    /// Record `seq` is durable locally and was handed to replication at `now`.
     pub fn on_local_write(&mut self, seq: u64, now: MonoTime) {
-        self.last_written = self.last_written.max(seq);
+        self.written = self.written.max(seq.saturating_add(1));
         if self.replica.is_some() {
             self.lag.on_sent(seq, now);
         }
     }
 
-    /// The replica acknowledged (fsynced) everything up to `seq`.
-    pub fn on_replica_ack(&mut self, seq: u64) {
-        self.replica_acked = self.replica_acked.max(seq);
-        self.lag.on_acked(seq);
+    /// The replica confirmed position `pos` (everything below it is durable there) at `now`.
+    pub fn on_replica_ack(&mut self, pos: u64, now: MonoTime) {
+        if pos > self.replica_pos {
+            self.replica_pos = pos;
+            self.replica_progress = Some(now);
+        }
+        if let Some(last) = pos.checked_sub(1) {
+            self.lag.on_acked(last);
+        }
+    }
+
+    /// Whether the write that became record `seq` (durable locally, passed to
+    /// [`InSyncTracker::on_local_write`]) may be acknowledged now. `Err(Fenced)` when the
+    /// partition moved on: it never will be.
+    pub fn may_ack(&mut self, seq: u64) -> Result<bool> {
+        match self.mode {
+            Mode::Fenced { current } => Err(Error::Fenced {
+                partition: self.partition,
+                epoch: self.epoch,
+                current,
+            }),
+            Mode::Alone if seq < self.written => {
+                self.alone_acked = self.alone_acked.max(seq + 1);
+                Ok(true)
+            }
+            Mode::Alone => Ok(false),
+            Mode::Replicated | Mode::ShrinkPending | Mode::ExpandPending => {
+                Ok(seq < self.replica_pos.min(self.written))
+            }
+        }
     }
 
     /// The committed metadata changed: follow it.
@@ -125,63 +172,89 @@ impl InSyncTracker {
             self.mode = Mode::Fenced { current: p.epoch };
             return;
         }
-        if p.replica != self.replica {
-            // A different replica starts from nothing.
-            self.replica = p.replica;
-            self.replica_acked = 0;
-            self.lag.reset();
+        if matches!(self.mode, Mode::Fenced { .. }) {
+            return;
         }
         let committed = self.committed_mode(p);
-        self.mode = match (self.mode, committed) {
-            (Mode::Fenced { current }, _) => Mode::Fenced { current },
-            // Still waiting for our expand to commit.
-            (Mode::ExpandPending, Mode::Alone) => Mode::ExpandPending,
-            // Still waiting for our shrink to commit.
-            (Mode::ShrinkPending, Mode::Replicated) => Mode::ShrinkPending,
-            (_, m) => m,
-        };
+        if p.replica != self.replica {
+            // A different replica starts from nothing; what was pending concerned the old one.
+            self.replica = p.replica;
+            self.replica_pos = 0;
+            self.replica_progress = None;
+            self.lag.reset();
+            self.mode = committed;
+        } else {
+            self.mode = match (self.mode, committed) {
+                // Still waiting for our expand to commit (or to be proposed).
+                (Mode::ExpandPending, Mode::Alone) => Mode::ExpandPending,
+                // Still waiting for our shrink to commit.
+                (Mode::ShrinkPending, Mode::Replicated) => Mode::ShrinkPending,
+                (_, m) => m,
+            };
+        }
         if matches!(self.mode, Mode::Replicated | Mode::Alone) {
             self.proposed_at = None;
+            self.expand_proposed = false;
         }
     }
 
-    /// What may be acknowledged at `now`, and what to propose.
-    pub fn poll(&mut self, now: MonoTime) -> Result<Poll> {
-        let waiting_ack = self.replica_acked.min(self.last_written);
-        let (ackable_up_to, propose) = match self.mode {
-            Mode::Fenced { current } => {
-                return Err(Error::Fenced {
-                    partition: self.partition,
-                    epoch: self.epoch,
-                    current,
-                })
-            }
+    /// Advance the state machine at `now`; returns the command to propose, if any.
+    pub fn poll(&mut self, now: MonoTime) -> Result<Option<Command>> {
+        match self.mode {
+            Mode::Fenced { current } => Err(Error::Fenced {
+                partition: self.partition,
+                epoch: self.epoch,
+                current,
+            }),
             Mode::Replicated => {
                 if self.lag.is_lagging(now) {
                     self.mode = Mode::ShrinkPending;
-                    (waiting_ack, self.propose_now(now, self.shrink()))
+                    Ok(self.propose_now(now, self.shrink()))
                 } else {
-                    (waiting_ack, None)
+                    Ok(None)
                 }
             }
-            Mode::ShrinkPending => (waiting_ack, self.repropose(now, self.shrink())),
-            Mode::Alone => match self.replica {
-                Some(r) if self.replica_acked >= self.last_written => {
-                    // Caught up: from now on wait for the replica, then ask to expand.
+            Mode::ShrinkPending => Ok(self.repropose(now, self.shrink())),
+            Mode::Alone => {
+                if self.replica.is_some() && self.replica_close(now) {
                     self.mode = Mode::ExpandPending;
-                    (self.last_written, self.propose_now(now, self.expand(r)))
+                    self.expand_proposed = false;
+                    self.expand_step(now)
+                } else {
+                    Ok(None)
                 }
-                _ => (self.last_written, None),
-            },
-            Mode::ExpandPending => {
-                let cmd = self.replica.map(|r| self.expand(r));
-                (waiting_ack, cmd.and_then(|c| self.repropose(now, c)))
             }
+            Mode::ExpandPending => self.expand_step(now),
+        }
+    }
+
+    /// The replica holds everything written, or is making progress and is not lagging.
+    fn replica_close(&self, now: MonoTime) -> bool {
+        let recent = self
+            .replica_progress
+            .is_some_and(|t| now.saturating_since(t) <= self.bound);
+        self.replica_pos >= self.written
+            || (recent && !self.lag.is_empty() && !self.lag.is_lagging(now))
+    }
+
+    fn expand_step(&mut self, now: MonoTime) -> Result<Option<Command>> {
+        let Some(r) = self.replica else {
+            self.mode = Mode::Alone;
+            return Ok(None);
         };
-        Ok(Poll {
-            ackable_up_to,
-            propose,
-        })
+        if self.expand_proposed {
+            return Ok(self.repropose(now, self.expand(r)));
+        }
+        if self.lag.is_lagging(now) {
+            // Not proposed yet: going back is safe.
+            self.mode = Mode::Alone;
+            return Ok(None);
+        }
+        if self.replica_pos >= self.alone_acked {
+            self.expand_proposed = true;
+            return Ok(self.propose_now(now, self.expand(r)));
+        }
+        Ok(None)
     }
 
     fn shrink(&self) -> Command {
@@ -256,35 +329,35 @@ mod tests {
         let mut s = state();
         let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
         assert_eq!(t.mode(), Mode::Replicated);
-        t.on_local_write(1, at(0));
-        t.on_local_write(2, at(10));
-        t.on_replica_ack(1);
-        let p = t.poll(at(100)).unwrap();
-        assert_eq!(p.ackable_up_to, 1, "write 2 waits for the replica");
-        assert_eq!(p.propose, None);
+        t.on_local_write(0, at(0));
+        t.on_local_write(1, at(10));
+        t.on_replica_ack(1, at(20));
+        assert!(t.may_ack(0).unwrap());
+        assert!(!t.may_ack(1).unwrap(), "record 1 waits for the replica");
+        assert_eq!(t.poll(at(100)).unwrap(), None);
         // The replica stops answering: past the bound the primary asks to shrink...
-        let p = t.poll(at(3_011)).unwrap();
-        let shrink = p.propose.clone().unwrap();
+        let shrink = t.poll(at(3_011)).unwrap().unwrap();
         assert_eq!(shrink, crate::failover::shrink_in_sync(0, 1, 1));
-        assert_eq!(p.ackable_up_to, 1, "...but still does not ack alone");
-        assert_eq!(t.poll(at(3_100)).unwrap().propose, None, "proposed once");
+        assert!(!t.may_ack(1).unwrap(), "...but still does not ack alone");
+        assert_eq!(t.poll(at(3_100)).unwrap(), None, "proposed once");
         assert!(
-            t.poll(at(5_100)).unwrap().propose.is_some(),
+            t.poll(at(5_100)).unwrap().is_some(),
             "re-proposed after the retry interval"
         );
         commit(&mut s, &mut t, &shrink);
         assert_eq!(t.mode(), Mode::Alone);
-        t.on_local_write(3, at(5_200));
-        assert_eq!(
-            t.poll(at(5_200)).unwrap().ackable_up_to,
-            3,
+        t.on_local_write(2, at(5_200));
+        assert!(
+            t.may_ack(1).unwrap() && t.may_ack(2).unwrap(),
             "alone: ack after local fsync"
         );
+        // A dead replica makes no progress: the primary stays alone.
+        assert_eq!(t.poll(at(9_000)).unwrap(), None);
+        assert_eq!(t.mode(), Mode::Alone);
 
         // The replica catches up with everything written: expand, and wait for it from now on.
-        t.on_replica_ack(3);
-        let p = t.poll(at(6_000)).unwrap();
-        let expand = p.propose.clone().unwrap();
+        t.on_replica_ack(3, at(9_100));
+        let expand = t.poll(at(9_100)).unwrap().unwrap();
         assert_eq!(
             expand,
             Command::ExpandInSync {
@@ -294,16 +367,83 @@ mod tests {
             }
         );
         assert_eq!(t.mode(), Mode::ExpandPending);
-        t.on_local_write(4, at(6_010));
-        assert_eq!(
-            t.poll(at(6_020)).unwrap().ackable_up_to,
-            3,
-            "write 4 waits: the expand may commit any moment"
+        t.on_local_write(3, at(9_110));
+        assert!(
+            !t.may_ack(3).unwrap(),
+            "record 3 waits: the expand may commit any moment"
         );
         commit(&mut s, &mut t, &expand);
         assert_eq!(t.mode(), Mode::Replicated);
-        t.on_replica_ack(4);
-        assert_eq!(t.poll(at(6_030)).unwrap().ackable_up_to, 4);
+        t.on_replica_ack(4, at(9_130));
+        assert!(t.may_ack(3).unwrap());
+    }
+
+    #[test]
+    fn under_continuous_load_a_close_replica_is_expanded_after_the_alone_acks_reach_it() {
+        let timings = Timings::defaults(); // lag bound 3 s
+        let mut s = state();
+        let shrink = crate::failover::shrink_in_sync(0, 1, 1);
+        let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
+        commit(&mut s, &mut t, &shrink);
+        assert_eq!(t.mode(), Mode::Alone);
+        // Writes 0..100 acknowledged alone while the replica was away.
+        for seq in 0..100 {
+            t.on_local_write(seq, at(seq));
+            assert!(t.may_ack(seq).unwrap());
+        }
+        // It comes back and catches up, but writes keep coming: it is never fully caught up.
+        let mut now = 10_000;
+        t.on_replica_ack(50, at(now));
+        assert_eq!(
+            t.poll(at(now)).unwrap(),
+            None,
+            "records 50.. are old: lagging"
+        );
+        for seq in 100..110 {
+            t.on_local_write(seq, at(now));
+            assert!(t.may_ack(seq).unwrap(), "still alone");
+        }
+        now += 10;
+        t.on_replica_ack(100, at(now));
+        // Close (only recent records unacked): stop acking alone, wait for the replica.
+        assert_eq!(t.poll(at(now)).unwrap(), None, "0..110 were acked alone");
+        assert_eq!(t.mode(), Mode::ExpandPending);
+        t.on_local_write(110, at(now));
+        assert!(!t.may_ack(110).unwrap(), "no more acks alone");
+        // Once it holds every write acknowledged alone, the expand is proposed.
+        now += 10;
+        t.on_replica_ack(110, at(now));
+        let expand = t.poll(at(now)).unwrap().unwrap();
+        assert!(matches!(expand, Command::ExpandInSync { node: 2, .. }));
+        commit(&mut s, &mut t, &expand);
+        assert_eq!(t.mode(), Mode::Replicated);
+        assert!(t.may_ack(109).unwrap() && !t.may_ack(110).unwrap());
+    }
+
+    #[test]
+    fn an_expand_not_yet_proposed_is_abandoned_when_the_replica_lags_again() {
+        let timings = Timings::defaults();
+        let mut s = state();
+        let shrink = crate::failover::shrink_in_sync(0, 1, 1);
+        let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
+        commit(&mut s, &mut t, &shrink);
+        for seq in 0..10 {
+            t.on_local_write(seq, at(0));
+            assert!(t.may_ack(seq).unwrap());
+        }
+        for seq in 10..20 {
+            t.on_local_write(seq, at(4_000));
+            assert!(t.may_ack(seq).unwrap());
+        }
+        t.on_replica_ack(10, at(4_000)); // only 0..10 of the 0..20 acked alone
+        assert_eq!(t.poll(at(4_000)).unwrap(), None);
+        assert_eq!(t.mode(), Mode::ExpandPending);
+        t.on_local_write(20, at(4_000));
+        assert!(!t.may_ack(20).unwrap(), "waits for the replica now");
+        // It stalls: past the bound the tracker goes back to acking alone (nothing proposed).
+        assert_eq!(t.poll(at(7_100)).unwrap(), None);
+        assert_eq!(t.mode(), Mode::Alone);
+        assert!(t.may_ack(20).unwrap());
     }
 
     #[test]
@@ -334,6 +474,7 @@ mod tests {
                 current: 2
             })
         ));
+        assert!(matches!(t.may_ack(3), Err(Error::Fenced { .. })));
         // And a node that is not the primary cannot start a tracker.
         assert!(matches!(
             InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings),
@@ -349,7 +490,7 @@ mod tests {
         let timings = Timings::defaults();
         let mut s = state();
         let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
-        t.on_replica_ack(5);
+        t.on_replica_ack(5, at(0));
         commit(
             &mut s,
             &mut t,
@@ -361,8 +502,8 @@ mod tests {
         );
         assert_eq!(t.mode(), Mode::Alone);
         t.on_local_write(9, at(0));
-        let p = t.poll(at(0)).unwrap();
-        assert_eq!((p.ackable_up_to, p.propose), (9, None));
+        assert!(t.may_ack(9).unwrap());
+        assert_eq!(t.poll(at(0)).unwrap(), None);
         // A fresh replica has acknowledged nothing: no expand until it has caught up.
         let mut s2 = s.clone();
         s2.apply(&Command::AddNode {
@@ -380,10 +521,10 @@ mod tests {
                 replica: Some(3),
             },
         );
-        assert_eq!(t.poll(at(1)).unwrap().propose, None);
-        t.on_replica_ack(9);
+        assert_eq!(t.poll(at(1)).unwrap(), None);
+        t.on_replica_ack(10, at(2));
         assert!(matches!(
-            t.poll(at(2)).unwrap().propose,
+            t.poll(at(2)).unwrap(),
             Some(Command::ExpandInSync { node: 3, .. })
         ));
     }

@@ -46,5 +46,7 @@ pub mod state;
 pub mod timing;
 
 pub use error::{Error, ErrorKind, Result};
+pub use fencing::WriteLease;
+pub use insync::{InSyncTracker, Mode as InSyncMode};
 pub use state::{ClusterState, Command, NodeId, NodeState, PartitionId};
 pub use timing::{MonoTime, TimingOverrides, Timings};

@@ -41,6 +41,7 @@ pub(crate) struct Capture {
     pub(crate) position: WalPosition,
     pub(crate) next_seq: Vec<u64>,
     pub(crate) last_record_epochs: Vec<u64>,
+    pub(crate) last_epoch_starts: Vec<u64>,
     pub(crate) epochs: Vec<u64>,
     pub(crate) tables: Vec<CapturedTable>,
 }
@@ -117,6 +118,10 @@ pub(crate) struct Manifest {
     /// Per partition: the epoch of the newest record (absent in older manifests).
     #[serde(default)]
     pub(crate) last_record_epochs: Vec<u64>,
+    /// Per partition: the sequence number where the newest record epoch's run starts
+    /// (absent in older manifests).
+    #[serde(default)]
+    pub(crate) last_epoch_starts: Vec<u64>,
     pub(crate) tables: Vec<ManifestTable>,
 }
 
@@ -236,6 +241,7 @@ pub(crate) fn write_checkpoint(
         next_seq: capture.next_seq.clone(),
         epochs: capture.epochs.clone(),
         last_record_epochs: capture.last_record_epochs.clone(),
+        last_epoch_starts: capture.last_epoch_starts.clone(),
         tables,
     };
     let bytes = serde_json::to_vec(&manifest)

@@ -208,6 +208,10 @@ pub(crate) struct Shared {
     pub(crate) epochs: Vec<AtomicU64>,
     /// Per partition: the next WAL sequence number, as of the last group commit.
     pub(crate) next_seq: Vec<AtomicU64>,
+    /// Per partition: the epoch of the newest record, as of the last group commit.
+    pub(crate) last_epochs: Vec<AtomicU64>,
+    /// Per partition: where the newest record epoch's run of records starts.
+    pub(crate) epoch_starts: Vec<AtomicU64>,
     pub(crate) commit_listener: RwLock<Option<CommitListener>>,
 }
 
@@ -288,6 +292,36 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// The end of one partition's log (see [`Db::partition_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionLog {
+    /// Every record below this sequence number is durable.
+    pub next_seq: u64,
+    /// The epoch of the newest record (0 = no record).
+    pub last_epoch: u64,
+    /// The sequence number of the first record of `last_epoch`'s run (0 when unknown).
+    pub last_epoch_start: u64,
+}
+
+impl PartitionLog {
+    /// Whether this (a replica's) log holds records the `primary`'s log does not: a tail a
+    /// deposed primary wrote and never replicated. Records are identified by
+    /// `(epoch, seq)`, and one epoch has one writer, so a log whose newest epoch the primary
+    /// also wrote, ending no later than the primary's, is a prefix of it. A log whose newest
+    /// epoch is older than the primary's is a prefix only if it ends where the primary's
+    /// newest epoch begins or earlier. (With two or more epochs between them that check is
+    /// necessary, not sufficient: the primary's older epoch boundaries are not kept.)
+    pub fn diverges_from(&self, primary: &PartitionLog) -> bool {
+        if self.next_seq == 0 {
+            return false;
+        }
+        if self.next_seq > primary.next_seq || self.last_epoch > primary.last_epoch {
+            return true;
+        }
+        self.last_epoch < primary.last_epoch && self.next_seq > primary.last_epoch_start
     }
 }
 
@@ -518,6 +552,28 @@ impl Db {
             });
         }
         Ok(())
+    }
+
+    /// Where a partition's log ends: its next sequence number, the epoch of its newest
+    /// record and where that epoch's run of records starts. A primary compares a replica's
+    /// with its own ([`PartitionLog::diverges_from`]).
+    pub fn partition_log(&self, partition: u32) -> Result<PartitionLog> {
+        let s = self.shared();
+        let p = partition as usize;
+        match (
+            s.next_seq.get(p),
+            s.last_epochs.get(p),
+            s.epoch_starts.get(p),
+        ) {
+            (Some(n), Some(e), Some(st)) => Ok(PartitionLog {
+                next_seq: n.load(Ordering::Acquire),
+                last_epoch: e.load(Ordering::Acquire),
+                last_epoch_start: st.load(Ordering::Acquire),
+            }),
+            _ => Err(Error::InvalidInput(format!(
+                "partition {partition} out of range"
+            ))),
+        }
     }
 
     /// A partition's fencing epoch and next WAL sequence number.

@@ -13,9 +13,8 @@
 //!   acks wait for them.
 //! - [`dataplane`]: what those two share.
 //!
-//! Not yet here: distributed queries, failover of writes (promotion is committed, but the
-//! write lease and the in-sync shrink are not enforced), full partition copies; SQL
-//! `INSERT ... VALUES` is refused in cluster mode (ADR 0006).
+//! Not yet here: distributed queries, full partition copies; SQL `INSERT ... VALUES` is
+//! refused in cluster mode (ADR 0006).
 
 pub(crate) mod dataplane;
 pub(crate) mod ddl;
@@ -162,9 +161,10 @@ impl Cluster {
     }
 
     /// The database finished opening: the driver may now apply tables to it.
-    pub(crate) async fn set_db(&self, node: Arc<Node>) {
+    pub(crate) async fn set_db(self: &Arc<Self>, node: Arc<Node>) {
         self.data.set_node(node.clone(), self.shutdown.clone());
         let _ = self.events.send(Event::DbOpen(node)).await;
+        tokio::spawn(insync_loop(self.clone(), self.shutdown.clone()));
     }
 
     /// Write rows through the cluster: each partition's rows on its primary, acknowledged
@@ -215,6 +215,10 @@ impl Cluster {
                             note.needs_full_copy.into(),
                         );
                         obj.insert("replication_error".into(), note.last_error.into());
+                        obj.insert(
+                            "insync_mode".into(),
+                            self.data.repl.insync_mode(p.id).into(),
+                        );
                     }
                 }
                 v
@@ -244,6 +248,13 @@ impl Cluster {
         }
         if v.catalog_applied < v.applied {
             return Err("applying committed tables to the local catalog".into());
+        }
+        if !self.data.lease_valid() {
+            return Err(format!(
+                "no write lease: the metadata leader has not acknowledged a heartbeat of this \
+                 node within {:?}",
+                self.cfg.timings.write_lease
+            ));
         }
         match v.state.partitions.len() {
             0 => Err("the partition map is not created yet (every voter must register)".into()),
@@ -441,7 +452,9 @@ async fn register(
 }
 
 /// Heartbeat the metadata leader every `--heartbeat-interval` (ourselves included, through
-/// the driver, when we lead).
+/// the driver, when we lead). An acknowledged heartbeat renews this node's write lease from
+/// its send time, once this node's metadata has caught up with the version the leader had
+/// (see [`dataplane::DataPlane::renew_lease`]).
 async fn heartbeats(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
     let hb = cluster.cfg.timings.heartbeat_interval;
     let mut tick = tokio::time::interval(hb);
@@ -453,25 +466,86 @@ async fn heartbeats(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let leader = cluster.view.borrow().leader;
+        let sent_at = cluster.data.now();
         match leader {
             Some(l) if l == me => {
-                let (reply, _rx) = oneshot::channel();
-                let _ = cluster
+                let (reply, rx) = oneshot::channel();
+                if cluster
                     .events
-                    .try_send(Event::Heartbeat { from: me, reply });
+                    .try_send(Event::Heartbeat { from: me, reply })
+                    .is_ok()
+                {
+                    let c = cluster.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(ack)) = tokio::time::timeout(hb, rx).await {
+                            if ack.acknowledged {
+                                c.lease_contact(sent_at, ack.version).await;
+                            }
+                        }
+                    });
+                }
             }
             Some(l) => {
-                if let Some(c) = cluster.peers.get(l) {
-                    let c = c.clone();
+                if let Some(client) = cluster.peers.get(l) {
+                    let client = client.clone();
+                    let c = cluster.clone();
                     // Never let a slow leader delay the next heartbeat.
                     tokio::spawn(async move {
-                        if let Err(e) = c.heartbeat().await {
-                            tracing::debug!(leader = l, error = %e.message(), "heartbeat failed");
+                        match client.heartbeat().await {
+                            Ok(r) if r.acknowledged => c.lease_contact(sent_at, r.version).await,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::debug!(leader = l, error = %e.message(), "heartbeat failed");
+                            }
                         }
                     });
                 }
             }
             None => {}
+        }
+    }
+}
+
+/// Every raft tick: advance the in-sync trackers of this node's primaries and propose the
+/// shrinks and expands they ask for (each in its own task; a lost one is re-proposed by the
+/// tracker).
+async fn insync_loop(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(cluster.cfg.timings.raft_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for cmd in cluster.data.repl.poll_trackers(cluster.data.now()) {
+            tracing::info!(?cmd, "in-sync change proposed");
+            let c = cluster.clone();
+            tokio::spawn(async move {
+                match c.propose(&cmd).await {
+                    Ok(o) => {
+                        if let Some((_, reason)) = o.rejected {
+                            tracing::info!(?cmd, %reason, "in-sync change refused");
+                        }
+                    }
+                    Err(e) => tracing::warn!(?cmd, error = %e, "in-sync change not committed"),
+                }
+            });
+        }
+    }
+}
+
+impl Cluster {
+    /// The leader acknowledged a heartbeat sent at `sent_at` while at metadata `version`:
+    /// renew the write lease once this node has applied that version (bounded wait).
+    async fn lease_contact(&self, sent_at: zepto_cluster::MonoTime, version: u64) {
+        let mut view = self.view.clone();
+        let caught_up = tokio::time::timeout(
+            self.cfg.timings.peer_call_timeout(),
+            view.wait_for(|v| v.state.version >= version),
+        )
+        .await;
+        if matches!(caught_up, Ok(Ok(_))) {
+            self.data.renew_lease(sent_at);
         }
     }
 }

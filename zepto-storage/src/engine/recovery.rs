@@ -69,6 +69,9 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     let mut next_seq = vec![0u64; partitions as usize];
     let mut epochs = vec![0u64; partitions as usize];
     let mut last_epoch = vec![0u64; partitions as usize];
+    // 0 where unknown (older manifests): a replica comparing against it is conservatively
+    // treated as divergent by the cluster, never as a prefix it is not.
+    let mut epoch_start = vec![0u64; partitions as usize];
     let mut from = WalPosition::default();
     let mut referenced: HashSet<PathBuf> = HashSet::new();
     if let Some((m, cdir)) = &chosen {
@@ -82,6 +85,9 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             last_epoch.clone_from(&m.last_record_epochs);
         } else if m.epochs.len() == partitions as usize {
             last_epoch.clone_from(&m.epochs);
+        }
+        if m.last_epoch_starts.len() == partitions as usize {
+            epoch_start.clone_from(&m.last_epoch_starts);
         }
         if m.next_seq.len() == partitions as usize {
             next_seq.clone_from(&m.next_seq);
@@ -173,6 +179,9 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         }
         next_seq[p] = next_seq[p].max(meta.seq + 1);
         epochs[p] = epochs[p].max(meta.epoch);
+        if last_epoch[p] != meta.epoch {
+            epoch_start[p] = meta.seq;
+        }
         last_epoch[p] = meta.epoch;
         let Some(t) = payload_table_id(payload).and_then(|id| by_id.get(&id)) else {
             return Ok(()); // a table dropped since
@@ -239,6 +248,8 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         recovery: Mutex::new(info),
         epochs: epochs.into_iter().map(AtomicU64::new).collect(),
         next_seq: next_seq.iter().map(|&s| AtomicU64::new(s)).collect(),
+        last_epochs: last_epoch.iter().map(|&s| AtomicU64::new(s)).collect(),
+        epoch_starts: epoch_start.iter().map(|&s| AtomicU64::new(s)).collect(),
         commit_listener: RwLock::new(None),
     });
     Ok(Recovered {
@@ -247,6 +258,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         next_seq: super::writer::Sequences {
             next: next_seq,
             last_epoch,
+            epoch_start,
         },
     })
 }

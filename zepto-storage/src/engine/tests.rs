@@ -711,6 +711,36 @@ mod replication {
             matches!(e, Error::Diverged { partition, epoch: 2, local_epoch: 1, .. } if partition == p),
             "{e}"
         );
+        // The ends of the logs tell the same without shipping a record.
+        let new_log = new.partition_log(p).unwrap();
+        let old_log = old.partition_log(p).unwrap();
+        assert_eq!(
+            (new_log.last_epoch, new_log.last_epoch_start),
+            (2, lost_tail[0].seq)
+        );
+        assert_eq!(old_log.last_epoch, 1);
+        assert!(
+            old_log.diverges_from(&new_log),
+            "{old_log:?} vs {new_log:?}"
+        );
+        let prefix = PartitionLog {
+            next_seq: lost_tail[0].seq,
+            last_epoch: 1,
+            last_epoch_start: 0,
+        };
+        assert!(
+            !prefix.diverges_from(&new_log),
+            "what was replicated is a prefix"
+        );
+        assert!(!new_log.diverges_from(&new_log));
+        assert!(
+            PartitionLog {
+                next_seq: new_log.next_seq + 1,
+                ..new_log
+            }
+            .diverges_from(&new_log),
+            "a replica ahead of its primary diverges"
+        );
         // And records of the deposed epoch are fenced everywhere now.
         let e = new
             .write_replicated(ship(&replicated))
@@ -737,6 +767,16 @@ mod replication {
             .wait()
             .unwrap_err();
         assert!(matches!(e, Error::Diverged { .. }), "{e}");
+        assert_eq!(
+            old.partition_log(p).unwrap(),
+            old_log,
+            "recovered from the WAL"
+        );
+        // ...and from a checkpoint.
+        new.checkpoint().unwrap();
+        drop(new);
+        let new = Db::open(config(&dir.path().join("r"))).unwrap();
+        assert_eq!(new.partition_log(p).unwrap(), new_log);
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::wal::{RecordMeta, WalWriter};
 pub(super) struct Sequences {
     pub(super) next: Vec<u64>,
     pub(super) last_epoch: Vec<u64>,
+    /// Per partition: the sequence number of the first record of `last_epoch`'s run (where
+    /// the newest epoch's records start).
+    pub(super) epoch_start: Vec<u64>,
 }
 
 pub(super) fn run(
@@ -152,7 +155,11 @@ fn place(shared: &Shared, w: &WriteRequest, state: &mut Sequences) -> Result<Pla
         state.next[p as usize] = s;
     }
     for m in out.iter().flatten() {
-        state.last_epoch[m.partition as usize] = m.epoch;
+        let p = m.partition as usize;
+        if state.last_epoch[p] != m.epoch {
+            state.epoch_start[p] = m.seq;
+        }
+        state.last_epoch[p] = m.epoch;
     }
     Ok(out)
 }
@@ -225,6 +232,8 @@ fn commit_group(
     *shared.wal_position.lock() = wal.position();
     for (p, s) in next_seq.next.iter().enumerate() {
         shared.next_seq[p].store(*s, Ordering::Release);
+        shared.last_epochs[p].store(next_seq.last_epoch[p], Ordering::Release);
+        shared.epoch_starts[p].store(next_seq.epoch_start[p], Ordering::Release);
     }
     let now = shared.now_ms();
     let mut wants_compaction = false;
@@ -331,6 +340,7 @@ fn capture(shared: &Shared, wal: &WalWriter, seqs: &Sequences) -> Capture {
         position: wal.position(),
         next_seq: seqs.next.clone(),
         last_record_epochs: seqs.last_epoch.clone(),
+        last_epoch_starts: seqs.epoch_start.clone(),
         epochs: shared
             .epochs
             .iter()

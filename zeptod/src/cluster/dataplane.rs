@@ -5,12 +5,21 @@
 //!
 //! Once the database is open ([`DataPlane::set_node`]) it installs the commit listener, starts
 //! one replication sender per peer, and keeps the storage engine's partition epochs (and the
-//! listener's "where does partition p replicate to" table) in line with the committed map.
+//! listener's "where does partition p replicate to" table and the in-sync trackers) in line
+//! with the committed map.
+//!
+//! It also holds this node's **write lease**: a primary accepts a write only while the
+//! metadata leader acknowledged one of its heartbeats within `Timings::write_lease` (counted
+//! from the heartbeat's send time, and only once this node applied the metadata version the
+//! leader had). The lease is shorter than the dead time, so a primary cut off from the
+//! majority stops writing before the leader can declare it dead and promote its replicas.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
-use zepto_cluster::{NodeId, Timings};
+use zepto_cluster::{MonoTime, NodeId, Timings, WriteLease};
 
 use super::driver::View;
 use super::replicate::Replication;
@@ -29,6 +38,8 @@ pub(crate) struct DataPlane {
     pub(crate) ack: AckPolicy,
     pub(crate) repl: Arc<Replication>,
     node: OnceLock<Arc<Node>>,
+    clock: Instant,
+    lease: Mutex<WriteLease>,
 }
 
 impl DataPlane {
@@ -40,7 +51,14 @@ impl DataPlane {
         timings: Timings,
         ack: AckPolicy,
     ) -> Arc<DataPlane> {
-        let repl = Arc::new(Replication::new(me, partitions, peers.ids()));
+        let clock = Instant::now();
+        let repl = Arc::new(Replication::new(
+            me,
+            partitions,
+            peers.ids(),
+            timings,
+            clock,
+        ));
         Arc::new(DataPlane {
             me,
             view,
@@ -49,7 +67,37 @@ impl DataPlane {
             ack,
             repl,
             node: OnceLock::new(),
+            clock,
+            lease: Mutex::new(WriteLease::new(&timings)),
         })
+    }
+
+    /// Monotonic time of this process (the clock of the lease and the in-sync trackers).
+    pub(crate) fn now(&self) -> MonoTime {
+        mono(self.clock)
+    }
+
+    /// The leader acknowledged a heartbeat sent at `sent_at`.
+    pub(crate) fn renew_lease(&self, sent_at: MonoTime) {
+        self.lease.lock().on_majority_contact(sent_at);
+    }
+
+    /// Whether this node may accept writes as a primary now.
+    pub(crate) fn lease_valid(&self) -> bool {
+        self.lease.lock().may_accept_writes(self.now())
+    }
+
+    /// `FENCED` unless the write lease is valid: the write is not applied.
+    pub(crate) fn check_lease(&self, partitions: &[u32]) -> Result<()> {
+        if self.lease_valid() {
+            return Ok(());
+        }
+        Err(Error::Fenced(format!(
+            "LEASE_EXPIRED node {} has not heard from the metadata majority within its write \
+             lease ({:?}) and may have been replaced as primary of partitions {partitions:?}; \
+             the write was not applied",
+            self.me, self.timings.write_lease
+        )))
     }
 
     /// The open database, or 503 while it is still opening.
@@ -72,6 +120,11 @@ impl DataPlane {
     }
 }
 
+/// Milliseconds since `clock` as a [`MonoTime`].
+pub(crate) fn mono(clock: Instant) -> MonoTime {
+    MonoTime::from_millis(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Apply every committed partition map to the storage engine's epochs and to the
 /// replication targets, until shutdown.
 async fn follow_map(dp: Arc<DataPlane>, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
@@ -87,6 +140,7 @@ async fn follow_map(dp: Arc<DataPlane>, node: Arc<Node>, mut shutdown: watch::Re
             }
         }
         dp.repl.set_targets(&state);
+        dp.repl.follow_trackers(&state, &node, dp.now());
         tokio::select! {
             r = view.changed() => if r.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,

@@ -94,6 +94,8 @@ pub(crate) struct HeartbeatAck {
     pub(crate) acknowledged: bool,
     pub(crate) leader: Option<NodeId>,
     pub(crate) term: u64,
+    /// The metadata version applied when the heartbeat was counted.
+    pub(crate) version: u64,
 }
 
 /// Everything the driver reacts to.
@@ -279,6 +281,7 @@ impl Driver {
                     acknowledged,
                     leader: self.node.leader(),
                     term: self.node.term(),
+                    version: self.node.state().version,
                 });
             }
             Event::DbOpen(db) => self.db = Some(db),

@@ -16,9 +16,15 @@
 //!   node its replica in the committed map, applies the records with `Db::write_replicated`
 //!   (epochs checked, duplicates skipped, gaps refused: all or nothing) and answers its
 //!   durable positions.
-//! - **Replicated acks.** Each confirmed position is published per partition; a write in
-//!   `--ack replicated` mode waits ([`Replication::wait_replicated`]) until the replica's
-//!   position passes every record it became, at most the replica lag bound.
+//! - **Replicated acks and the in-sync set.** On its primary every partition has an
+//!   [`InSyncTracker`] (zepto-cluster) fed with every local record and every confirmed replica
+//!   position. A write in `--ack replicated` mode waits ([`Replication::wait_replicated`])
+//!   until the tracker lets each record it became be acknowledged: while the replica is in
+//!   the committed in-sync set, once the replica holds it; after a replica lagging past the
+//!   bound was shrunk out of the set through raft (`ShrinkInSync`, proposed by
+//!   [`Replication::poll_trackers`]'s caller), after the local fsync alone. A replica that has
+//!   caught up is expanded back (`ExpandInSync`). A partition that moved to another primary
+//!   answers `FENCED`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +34,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
-use zepto_cluster::{ClusterState, NodeId};
+use zepto_cluster::{ClusterState, Command, InSyncTracker, MonoTime, NodeId, Timings};
 use zepto_storage::{CommittedRecord, ReplicatedRecord};
 
 use super::dataplane::DataPlane;
@@ -67,10 +73,20 @@ pub(crate) struct Replication {
     receivers: Mutex<BTreeMap<NodeId, mpsc::Receiver<CommittedRecord>>>,
     overflow: BTreeMap<NodeId, AtomicBool>,
     notes: Mutex<BTreeMap<u32, Note>>,
+    /// Per partition this node is (or was) primary of: the in-sync state machine.
+    trackers: Mutex<BTreeMap<u32, InSyncTracker>>,
+    timings: Timings,
+    clock: std::time::Instant,
 }
 
 impl Replication {
-    pub(crate) fn new(me: NodeId, partitions: u32, peers: Vec<NodeId>) -> Replication {
+    pub(crate) fn new(
+        me: NodeId,
+        partitions: u32,
+        peers: Vec<NodeId>,
+        timings: Timings,
+        clock: std::time::Instant,
+    ) -> Replication {
         let mut queues = BTreeMap::new();
         let mut receivers = BTreeMap::new();
         let mut overflow = BTreeMap::new();
@@ -89,7 +105,14 @@ impl Replication {
             receivers: Mutex::new(receivers),
             overflow,
             notes: Mutex::new(BTreeMap::new()),
+            trackers: Mutex::new(BTreeMap::new()),
+            timings,
+            clock,
         }
+    }
+
+    fn now(&self) -> MonoTime {
+        super::dataplane::mono(self.clock)
     }
 
     /// Route every locally written record to its partition's replica queue (WAL writer
@@ -98,6 +121,15 @@ impl Replication {
         let r = self.clone();
         node.storage()
             .set_commit_listener(Arc::new(move |records: &[CommittedRecord]| {
+                let now = r.now();
+                {
+                    let mut trackers = r.trackers.lock();
+                    for rec in records.iter().filter(|rec| !rec.replicated) {
+                        if let Some(t) = trackers.get_mut(&rec.partition) {
+                            t.on_local_write(rec.seq, now);
+                        }
+                    }
+                }
                 let targets = r.targets.read();
                 for rec in records.iter().filter(|rec| !rec.replicated) {
                     let Some(Some(to)) = targets.get(rec.partition as usize) else {
@@ -155,65 +187,179 @@ impl Replication {
     fn set_acked(&self, partition: u32, next: u64) {
         if let Some(a) = self.acked.get(partition as usize) {
             a.store(next, Ordering::Release);
-            self.acked_changed.send_modify(|v| *v = v.wrapping_add(1));
+            if let Some(t) = self.trackers.lock().get_mut(&partition) {
+                t.on_replica_ack(next, self.now());
+            }
+            self.bump();
         }
+    }
+
+    /// Wake every write waiting for an acknowledgement decision.
+    fn bump(&self) {
+        self.acked_changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Follow a committed map: a tracker for every partition this node is primary of (a new
+    /// one at a new epoch, starting from the local position), and every other tracker told
+    /// (a partition that moved elsewhere fences its waiting writes).
+    pub(crate) fn follow_trackers(&self, state: &ClusterState, node: &Node, now: MonoTime) {
+        let mut trackers = self.trackers.lock();
+        for p in &state.partitions {
+            let current = trackers.get(&p.id).map(InSyncTracker::epoch);
+            if p.primary == self.me && current != Some(p.epoch) {
+                let written = node
+                    .storage()
+                    .partition_position(p.id)
+                    .map_or(0, |(_, next)| next);
+                match InSyncTracker::new(p, self.me, written, &self.timings) {
+                    Ok(mut t) => {
+                        let acked = self.acked(p.id);
+                        if acked > 0 {
+                            t.on_replica_ack(acked, now);
+                        }
+                        trackers.insert(p.id, t);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = p.id, error = %e, "cannot track the in-sync set")
+                    }
+                }
+            } else if let Some(t) = trackers.get_mut(&p.id) {
+                t.on_committed(p);
+            }
+        }
+        drop(trackers);
+        self.bump();
+    }
+
+    /// Advance every tracker; the in-sync commands to propose through the metadata group.
+    pub(crate) fn poll_trackers(&self, now: MonoTime) -> Vec<Command> {
+        let mut out = Vec::new();
+        let mut changed = false;
+        for t in self.trackers.lock().values_mut() {
+            let before = t.mode();
+            if let Ok(Some(cmd)) = t.poll(now) {
+                out.push(cmd);
+            }
+            changed |= t.mode() != before;
+        }
+        if changed {
+            self.bump();
+        }
+        out
+    }
+
+    /// The in-sync mode of a partition this node tracks (for `/admin/cluster`).
+    pub(crate) fn insync_mode(&self, partition: u32) -> Option<String> {
+        self.trackers
+            .lock()
+            .get(&partition)
+            .map(|t| format!("{:?}", t.mode()))
     }
 
     fn set_note(&self, partition: u32, f: impl FnOnce(&mut Note)) {
         f(self.notes.lock().entry(partition).or_default());
     }
 
-    /// Wait until the replica of every partition in `records` (those that have one) has
-    /// confirmed the record, at most `bound`. On timeout: 503, saying the write is durable
-    /// here but not confirmed by the replica.
+    /// Wait until every record in `records` (durable here) may be acknowledged under the
+    /// in-sync rule (see the module doc), at most `bound`. `FENCED` when a partition moved to
+    /// another primary (never acknowledged); on timeout 503, saying the write is durable here
+    /// but not confirmed by the replica.
     pub(crate) async fn wait_replicated(
         &self,
-        state: &ClusterState,
+        view: &watch::Receiver<super::driver::View>,
         records: &[(u32, u64)],
         bound: Duration,
     ) -> Result<()> {
-        let need: Vec<(u32, u64)> = records
-            .iter()
-            .copied()
-            .filter(|(p, _)| state.partition(*p).is_some_and(|i| i.replica.is_some()))
-            .collect();
-        if need.is_empty() {
+        if records.is_empty() {
             return Ok(());
         }
         let mut changed = self.acked_changed.subscribe();
-        let done = |me: &Replication| need.iter().all(|&(p, seq)| me.acked(p) > seq);
+        let check = |me: &Replication| -> Result<bool> {
+            let now = me.now();
+            let mut trackers = me.trackers.lock();
+            let mut all = true;
+            for &(p, seq) in records {
+                let Some(t) = trackers.get_mut(&p) else {
+                    let state = view.borrow().state.clone();
+                    if state.partition(p).is_some_and(|i| i.primary != me.me) {
+                        return Err(unknown_outcome(
+                            me.me,
+                            &format!(
+                            "partition {p} moved to another primary before the write was confirmed"
+                        ),
+                        ));
+                    }
+                    all = false;
+                    continue;
+                };
+                // The record is durable here: make sure the tracker knows (a write racing
+                // the tracker's creation).
+                t.on_local_write(seq, now);
+                match t.may_ack(seq) {
+                    Ok(true) => {}
+                    Ok(false) => all = false,
+                    Err(e) => return Err(unknown_outcome(me.me, &e.to_string())),
+                }
+            }
+            Ok(all)
+        };
         let waited = tokio::time::timeout(bound, async {
             loop {
                 changed.borrow_and_update();
-                if done(self) {
-                    return;
+                if check(self)? {
+                    return Ok(());
                 }
                 if changed.changed().await.is_err() {
-                    return;
+                    return Err(Error::Unavailable {
+                        message: "replication stopped".into(),
+                        retry_after: Some(1),
+                    });
                 }
             }
         })
         .await;
-        if waited.is_ok() && done(self) {
-            return Ok(());
+        match waited {
+            Ok(r) => r,
+            Err(_) => {
+                if check(self)? {
+                    return Ok(());
+                }
+                let missing: BTreeSet<u32> = records.iter().map(|&(p, _)| p).collect();
+                tracing::warn!(partitions = ?missing, ?bound, "replicated ack timed out");
+                Err(Error::Unavailable {
+                    message: format!(
+                        "the write is durable on the primary (node {}) but was neither \
+                         confirmed by the replica nor allowed alone (in-sync shrink not \
+                         committed) within {bound:?} for partitions {missing:?}; it is not \
+                         acknowledged as replicated",
+                        self.me
+                    ),
+                    retry_after: Some(1),
+                })
+            }
         }
-        let missing: BTreeSet<u32> = need
-            .iter()
-            .filter(|&&(p, seq)| self.acked(p) <= seq)
-            .map(|&(p, _)| p)
-            .collect();
-        let message = format!(
-            "the write is durable on the primary (node {}) but its replica did not confirm \
-             partitions {missing:?} within the replica lag bound ({bound:?}); it is not \
-             acknowledged as replicated",
-            self.me
-        );
-        tracing::warn!(partitions = ?missing, ?bound, "replicated ack timed out");
-        Err(Error::Unavailable {
-            message,
-            retry_after: Some(1),
-        })
     }
+}
+
+/// A write durable on this node whose partition moved to another primary before it could be
+/// acknowledged: the new primary may or may not hold it (it may have been replicated before
+/// the promotion), so the outcome is unknown — never `FENCED`, which promises "not applied".
+fn unknown_outcome(me: NodeId, why: &str) -> Error {
+    Error::Unavailable {
+        message: format!(
+            "{why}: the write is durable on node {me}, which is no longer the primary; it is \
+             not acknowledged and may or may not survive (retry it; reads show whether it \
+             landed)"
+        ),
+        retry_after: Some(1),
+    }
+}
+
+/// How long a replicated-ack write may wait for its acknowledgement decision: the replica lag
+/// bound (until a silent replica counts as lagging), then room for the shrink to commit
+/// through a leader election.
+pub(crate) fn ack_wait_bound(t: &Timings) -> Duration {
+    t.replica_lag_bound + t.max_election_timeout() * 2 + t.peer_call_timeout()
 }
 
 /// Start one replication sender per peer.
@@ -235,6 +381,7 @@ async fn sender(
         dp,
         peer,
         known: HashMap::new(),
+        diverged: BTreeSet::new(),
         failing: false,
     };
     let mut tick = tokio::time::interval(s.dp.timings.heartbeat_interval);
@@ -289,6 +436,9 @@ struct Sender {
     peer: NodeId,
     /// Per partition: the replica's next expected sequence number, as last answered.
     known: HashMap<u32, u64>,
+    /// Partitions whose replica holds records this node's log does not (a deposed
+    /// primary's tail): nothing is shipped to them; they need a full copy.
+    diverged: BTreeSet<u32>,
     failing: bool,
 }
 
@@ -329,11 +479,50 @@ impl Sender {
         };
         let resp = client.replicate(req).await?;
         let served = self.served();
+        let node = self
+            .dp
+            .node()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         for pos in resp
             .positions
             .iter()
             .filter(|p| served.contains(&p.partition))
         {
+            let replica_log = zepto_storage::PartitionLog {
+                next_seq: pos.next_seq,
+                last_epoch: pos.last_record_epoch,
+                last_epoch_start: 0,
+            };
+            let own = node
+                .storage()
+                .partition_log(pos.partition)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if replica_log.diverges_from(&own) {
+                if self.diverged.insert(pos.partition) {
+                    let msg = format!(
+                        "replica node {} holds records this primary does not (its log ends at \
+                         seq {} of epoch {}; here: seq {} of epoch {} starting at {}): a \
+                         deposed primary's unreplicated tail; it needs a full copy",
+                        self.peer,
+                        pos.next_seq,
+                        pos.last_record_epoch,
+                        own.next_seq,
+                        own.last_epoch,
+                        own.last_epoch_start
+                    );
+                    tracing::error!(partition = pos.partition, peer = self.peer, "{msg}");
+                    self.dp
+                        .repl
+                        .set_note(pos.partition, |n| n.needs_full_copy = Some(msg.clone()));
+                }
+                self.known.remove(&pos.partition);
+                continue;
+            }
+            if self.diverged.remove(&pos.partition) {
+                self.dp
+                    .repl
+                    .set_note(pos.partition, |n| n.needs_full_copy = None);
+            }
             self.known.insert(pos.partition, pos.next_seq);
             self.dp.repl.set_acked(pos.partition, pos.next_seq);
             self.dp
@@ -349,7 +538,7 @@ impl Sender {
         let served = self.served();
         let mut pending: Vec<ReplicatedRecord> = records
             .into_iter()
-            .filter(|r| served.contains(&r.partition))
+            .filter(|r| served.contains(&r.partition) && !self.diverged.contains(&r.partition))
             .map(|r| ReplicatedRecord {
                 partition: r.partition,
                 epoch: r.epoch,
@@ -358,7 +547,10 @@ impl Sender {
             })
             .collect();
         for _ in 0..3 {
-            pending.retain(|r| self.known.get(&r.partition).is_none_or(|&k| r.seq >= k));
+            pending.retain(|r| {
+                !self.diverged.contains(&r.partition)
+                    && self.known.get(&r.partition).is_none_or(|&k| r.seq >= k)
+            });
             if pending.is_empty() {
                 return Ok(());
             }
@@ -404,7 +596,7 @@ impl Sender {
         self.call(Vec::new(), behind.iter().map(|(p, _)| *p).collect())
             .await?;
         for (p, next) in behind {
-            if self.known.get(&p).is_some_and(|&k| k < next) {
+            if !self.diverged.contains(&p) && self.known.get(&p).is_some_and(|&k| k < next) {
                 self.catch_up(p).await?;
             }
         }
@@ -521,14 +713,19 @@ pub(crate) async fn serve(
     }
     let mut positions = Vec::with_capacity(named.len());
     for p in named {
-        let (epoch, next_seq) = node
+        let (epoch, _) = node
             .storage()
             .partition_position(p)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let log = node
+            .storage()
+            .partition_log(p)
             .map_err(|e| Status::internal(e.to_string()))?;
         positions.push(ReplicaPosition {
             partition: p,
             epoch,
-            next_seq,
+            next_seq: log.next_seq,
+            last_record_epoch: log.last_epoch,
         });
     }
     Ok(ReplicateResponse { positions, gap })

@@ -27,6 +27,7 @@ use tonic::{Code, Status};
 use zepto_cluster::NodeId;
 
 use super::dataplane::DataPlane;
+use super::replicate::ack_wait_bound;
 use crate::config::AckPolicy;
 use crate::db::Node;
 use crate::error::{Error, Result};
@@ -221,6 +222,7 @@ async fn write_local(
     table: &str,
     parts: Vec<(u32, u64, RecordBatch)>,
 ) -> PartResult {
+    let ids: Vec<u32> = parts.iter().map(|(p, _, _)| *p).collect();
     let result = async {
         let batches: Vec<RecordBatch> = parts.into_iter().map(|(_, _, b)| b).collect();
         let batch = match batches.as_slice() {
@@ -234,11 +236,11 @@ async fn write_local(
                     .map_err(|e| Error::Internal(format!("join parts: {e}")))?
             }
         };
+        dp.check_lease(&ids)?;
         let (rows, records) = node.write_with_records(table, batch).await?;
         if dp.ack == AckPolicy::Replicated {
-            let state = dp.view.borrow().state.clone();
             dp.repl
-                .wait_replicated(&state, &records, dp.timings.replica_lag_bound)
+                .wait_replicated(&dp.view, &records, ack_wait_bound(&dp.timings))
                 .await?;
         }
         Ok((rows, records))
@@ -352,6 +354,8 @@ pub(crate) async fn serve(
     for part in &req.parts {
         check_part(dp, &state, from, part.partition, part.epoch)?;
     }
+    let ids: Vec<u32> = req.parts.iter().map(|p| p.partition).collect();
+    dp.check_lease(&ids).map_err(|e| status_of(&e))?;
     let node = dp.node().map_err(|e| status_of(&e))?;
     let (key, _) = node
         .partition_key_of(&req.table)
@@ -381,7 +385,7 @@ pub(crate) async fn serve(
         .map_err(|e| status_of(&e))?;
     if req.ack_replicated {
         dp.repl
-            .wait_replicated(&state, &records, dp.timings.replica_lag_bound)
+            .wait_replicated(&dp.view, &records, ack_wait_bound(&dp.timings))
             .await
             .map_err(|e| status_of(&e))?;
     }
@@ -397,7 +401,7 @@ pub(crate) async fn serve(
 /// How long a forwarded write may take before its sender gives up: room for the remote
 /// write, its replica's ack and the transport.
 fn forward_timeout(dp: &DataPlane) -> Duration {
-    dp.timings.replica_lag_bound + dp.timings.peer_call_timeout() * 4
+    ack_wait_bound(&dp.timings) + dp.timings.peer_call_timeout() * 2
 }
 
 #[cfg(test)]
@@ -513,7 +517,13 @@ mod tests {
             assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
             assert!(s.message().starts_with("NOT_PRIMARY"), "{}", s.message());
         }
-        // The right primary at the right epoch gets past fencing (the database is not open).
+        // The right primary at the right epoch gets past fencing, but not without a write
+        // lease (no heartbeat was ever acknowledged)...
+        let s = code(serve(&dp, 2, req(0, 3)).await);
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(s.message().contains("LEASE_EXPIRED"), "{}", s.message());
+        // ...and with one, to the database (which is not open).
+        dp.renew_lease(dp.now());
         assert_eq!(
             code(serve(&dp, 2, req(0, 3)).await).code(),
             Code::Unavailable

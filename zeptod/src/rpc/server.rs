@@ -224,6 +224,7 @@ impl Peer for PeerService {
             acknowledged: ack.acknowledged,
             leader: ack.leader.unwrap_or(0),
             term: ack.term,
+            version: ack.version,
         }))
     }
 

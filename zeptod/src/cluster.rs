@@ -460,10 +460,23 @@ async fn heartbeats(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) 
     let mut tick = tokio::time::interval(hb);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let me = cluster.cfg.node_id;
+    let mut silent = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
+        }
+        // A node whose storage failed (the WAL is poisoned after an fsync error) goes silent:
+        // the leader then declares it dead and fails its primaries over, instead of the
+        // cluster waiting on a copy that can no longer write.
+        if let Ok(node) = cluster.data.node() {
+            if let Err(e) = node.storage().health() {
+                if !silent {
+                    tracing::error!(error = %e, "storage failed: heartbeats stop so the cluster fails this node's partitions over");
+                    silent = true;
+                }
+                continue;
+            }
         }
         let leader = cluster.view.borrow().leader;
         let sent_at = cluster.data.now();

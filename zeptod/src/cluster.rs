@@ -209,7 +209,12 @@ impl Cluster {
                     let note = self.data.repl.note(p.id);
                     if let Some(obj) = v.as_object_mut() {
                         obj.insert("replica".into(), p.replica.into());
-                        obj.insert("replica_next_seq".into(), self.data.repl.acked(p.id).into());
+                        let acked = self.data.repl.acked(p.id);
+                        obj.insert("replica_next_seq".into(), acked.into());
+                        obj.insert(
+                            "replica_lag_records".into(),
+                            next_seq.saturating_sub(acked).into(),
+                        );
                         obj.insert(
                             "replica_needs_full_copy".into(),
                             note.needs_full_copy.into(),

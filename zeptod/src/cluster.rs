@@ -113,7 +113,8 @@ pub(crate) async fn start(
         events_tx.clone(),
         cluster.timings.metadata_change_timeout(),
     )
-    .with_data(data.clone());
+    .with_data(data.clone())
+    .accept_proxied_peers(cluster.accept_proxied_peers);
     {
         let mut shutdown = shutdown.clone();
         let fatal = fatal.clone();

@@ -178,6 +178,7 @@ struct FileConfig {
     write_lease: Option<String>,
     cluster_secret_file: Option<PathBuf>,
     insecure_cluster: Option<bool>,
+    accept_proxied_peers: Option<bool>,
 }
 
 /// The validated runtime configuration.
@@ -297,6 +298,7 @@ impl Config {
             write_lease: file.write_lease,
             cluster_secret_file: file.cluster_secret_file,
             insecure_cluster: file.insecure_cluster,
+            accept_proxied_peers: file.accept_proxied_peers,
         };
         let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
         // `--ack` has no clap default (it depends on the mode): given > file > mode default.

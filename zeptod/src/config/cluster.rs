@@ -75,6 +75,13 @@ pub(crate) struct ClusterArgs {
     /// join the metadata group). For tests and local experiments only.
     #[arg(long, env = "ZEPTO_INSECURE_CLUSTER")]
     insecure_cluster: bool,
+
+    /// Accept a peer whose advertised address differs from this node's --peers entry for it
+    /// (peers reached through a proxy or NAT, so each node dials a different address). A
+    /// peer's identity is then checked only against the address it registered in the
+    /// cluster metadata, not during the first election.
+    #[arg(long, env = "ZEPTO_ACCEPT_PROXIED_PEERS")]
+    accept_proxied_peers: bool,
 }
 
 /// The same settings from the TOML file.
@@ -91,6 +98,7 @@ pub(crate) struct FileClusterConfig {
     pub(crate) write_lease: Option<String>,
     pub(crate) cluster_secret_file: Option<PathBuf>,
     pub(crate) insecure_cluster: Option<bool>,
+    pub(crate) accept_proxied_peers: Option<bool>,
 }
 
 /// The validated cluster settings.
@@ -106,6 +114,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) timings: Timings,
     /// Hex SHA-256 of the cluster secret; `None` with `--insecure-cluster`.
     pub(crate) token: Option<String>,
+    /// `--accept-proxied-peers`.
+    pub(crate) accept_proxied_peers: bool,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -210,6 +220,8 @@ pub(crate) fn resolve(
             ))
         }
     };
+    let accept_proxied_peers =
+        cli.accept_proxied_peers || file.accept_proxied_peers.unwrap_or(false);
     Ok(Some(ClusterConfig {
         node_id,
         grpc_addr,
@@ -218,6 +230,7 @@ pub(crate) fn resolve(
         replication_factor,
         timings,
         token,
+        accept_proxied_peers,
     }))
 }
 

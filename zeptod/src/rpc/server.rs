@@ -3,11 +3,13 @@
 //! Authentication, in order (a refusal is logged with the caller's address):
 //! 1. the token header must equal the hex SHA-256 of our cluster secret (constant-time
 //!    compare) -> else `UNAUTHENTICATED`;
-//! 2. the sender id must be a positive integer and one of the `--peers` voters -> else
+//! 2. the sender id must be a positive integer and a `--peers` voter or registered -> else
 //!    `UNAUTHENTICATED` / `PERMISSION_DENIED`;
-//! 3. the sender's advertised address must be the `--peers` entry for its id, and the id must
-//!    not be ours -> else `ALREADY_EXISTS` ("node id N is in use"): a second process started
-//!    with an id that is taken is refused by everyone, and exits when it sees that answer.
+//! 3. the sender's advertised address must be the address it registered in the metadata
+//!    (before it registered: the `--peers` entry for its id, unless `--accept-proxied-peers`),
+//!    and the id must not be ours -> else `ALREADY_EXISTS` ("node id N is in use"): a second
+//!    process started with an id that is taken is refused by everyone, and exits when it sees
+//!    that answer.
 //!
 //! Only calls that pass reach `MetaNode::step` (raft-rs panics on some inconsistent messages,
 //! so no unauthenticated byte may reach it), and a raft message must come `from` its sender.
@@ -53,6 +55,8 @@ pub(crate) struct PeerService {
     refusals: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
     /// Writes and replication (absent in unit tests of the metadata calls).
     data: Option<Arc<DataPlane>>,
+    /// `--accept-proxied-peers`.
+    accept_proxied: bool,
 }
 
 impl PeerService {
@@ -71,7 +75,15 @@ impl PeerService {
             timeout,
             refusals: Arc::new(Mutex::new(HashMap::new())),
             data: None,
+            accept_proxied: false,
         }
+    }
+
+    /// `--accept-proxied-peers`: before a peer registered, do not require its advertised
+    /// address to equal our --peers entry for it.
+    pub(crate) fn accept_proxied_peers(mut self, yes: bool) -> PeerService {
+        self.accept_proxied = yes;
+        self
     }
 
     /// Serve `Forward` and `Replicate` with this data plane.
@@ -157,21 +169,40 @@ impl PeerService {
                 )))
             }
         };
-        let Some(known_addr) = self.peers.get(&id) else {
+        // A node's identity is the address it registered in the metadata (its advertised
+        // address); before it registered, membership in --peers is enough. The --peers entry
+        // is only how *this* node reaches it, which may differ (a proxy, a NAT, a Service).
+        let registered = self.data.as_ref().and_then(|d| {
+            d.view
+                .borrow()
+                .state
+                .nodes
+                .get(&id)
+                .map(|n| n.grpc_addr.clone())
+        });
+        if registered.is_none() && !self.peers.contains_key(&id) {
             return Err(refuse(Status::permission_denied(format!(
                 "node {id} is not a member of this cluster"
             ))));
-        };
+        }
         let addr = header(NODE_ADDR_HEADER).unwrap_or("");
         if id == self.own_id {
             return Err(refuse(Status::already_exists(format!(
-                "node id {id} is in use by {known_addr} (the receiver itself)"
+                "node id {id} is in use by {} (the receiver itself)",
+                registered.as_deref().unwrap_or("this node")
             ))));
         }
-        if addr != known_addr {
-            return Err(refuse(Status::already_exists(format!(
-                "node id {id} is in use by {known_addr}; this caller advertises {addr:?}"
-            ))));
+        let expected = match (&registered, self.peers.get(&id)) {
+            (Some(reg), _) => Some(reg.as_str()),
+            (None, Some(entry)) if !self.accept_proxied => Some(entry.as_str()),
+            (None, _) => None,
+        };
+        if let Some(known) = expected {
+            if addr != known {
+                return Err(refuse(Status::already_exists(format!(
+                    "node id {id} is in use by {known}; this caller advertises {addr:?}"
+                ))));
+            }
         }
         Ok(id)
     }
@@ -372,6 +403,25 @@ mod tests {
                 .unwrap_err()
                 .code(),
             Code::AlreadyExists
+        );
+    }
+
+    #[test]
+    fn proxied_peers_may_advertise_another_address_until_they_registered() {
+        let (svc, _rx) = service(Some("tok"));
+        let svc = svc.accept_proxied_peers(true);
+        let r = req((), Some("tok"), Some("2"), Some("real-b:2"));
+        assert_eq!(svc.authenticate(&r, "t").unwrap(), 2);
+        // Our own id and unknown ids are still refused.
+        let own = req((), Some("tok"), Some("1"), Some("x:1"));
+        assert_eq!(
+            svc.authenticate(&own, "t").unwrap_err().code(),
+            Code::AlreadyExists
+        );
+        let unknown = req((), Some("tok"), Some("9"), Some("z:9"));
+        assert_eq!(
+            svc.authenticate(&unknown, "t").unwrap_err().code(),
+            Code::PermissionDenied
         );
     }
 

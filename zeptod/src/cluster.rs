@@ -20,6 +20,7 @@
 pub(crate) mod dataplane;
 pub(crate) mod ddl;
 pub(crate) mod driver;
+pub(crate) mod query;
 pub(crate) mod replicate;
 pub(crate) mod route;
 
@@ -157,6 +158,11 @@ pub(crate) async fn start(
 }
 
 impl Cluster {
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+
     pub(crate) fn view(&self) -> View {
         self.view.borrow().clone()
     }
@@ -176,6 +182,16 @@ impl Cluster {
         batch: arrow::record_batch::RecordBatch,
     ) -> Result<u64> {
         route::write(&self.data, node, table, batch).await
+    }
+
+    /// Run a read-only SELECT over the whole cluster (see [`query`]).
+    pub(crate) async fn query(
+        &self,
+        node: &Arc<Node>,
+        sql: String,
+        timeout: Duration,
+    ) -> Result<crate::db::SqlOutput> {
+        query::run(&self.data, node, sql, timeout).await
     }
 
     /// This node's own data per partition: role, local epoch and next sequence number,

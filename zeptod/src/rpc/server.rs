@@ -27,7 +27,8 @@ use zepto_cluster::{Command, NodeId};
 use super::pb::peer_server::{Peer, PeerServer};
 use super::pb::{
     ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
-    ProposeResponse, RaftAck, RaftMessages, ReplicateRequest, ReplicateResponse,
+    ProposeResponse, QueryChunk, QueryRequest, RaftAck, RaftMessages, ReplicateRequest,
+    ReplicateResponse,
 };
 use super::{NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
 use crate::cluster::dataplane::DataPlane;
@@ -196,6 +197,20 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type QueryStream = futures_util::stream::BoxStream<'static, Result<QueryChunk, Status>>;
+
+    async fn query(
+        &self,
+        req: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let from = self.authenticate(&req, "Query")?;
+        let data = self.data()?;
+        let chunks = crate::cluster::query::serve(data, from, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+
     async fn raft(&self, req: Request<RaftMessages>) -> Result<Response<RaftAck>, Status> {
         let from = self.authenticate(&req, "Raft")?;
         let msgs = req.into_inner().messages;

@@ -12,10 +12,13 @@
 //! - [`replicate`]: primaries ship their WAL records to the partitions' replicas; replicated
 //!   acks wait for them.
 //! - [`dataplane`]: what those two share.
+//! - [`query`]: SELECTs through any node: planned once, run on the partitions' owners
+//!   (primaries, or in-sync replicas when a primary fails), merged here (ADR 0007).
 //!
-//! Not yet here: distributed queries, failover of writes (promotion is committed, but the
-//! write lease and the in-sync shrink are not enforced), full partition copies; SQL
-//! `INSERT ... VALUES` is refused in cluster mode (ADR 0006).
+//! Not yet here: joins and unions across nodes and subqueries in expressions (refused in
+//! cluster mode), failover of writes (promotion is committed, but the write lease and the
+//! in-sync shrink are not enforced), full partition copies; SQL `INSERT ... VALUES` is refused
+//! in cluster mode (ADR 0006).
 
 pub(crate) mod dataplane;
 pub(crate) mod ddl;

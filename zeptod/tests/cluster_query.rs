@@ -42,7 +42,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(n: u64) -> Cluster {
+    /// Start nodes 1..=n with extra flags and wait until they are ready.
+    fn start_with(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -58,25 +59,24 @@ impl Cluster {
                 let data = dir.path().join(format!("node{id}"));
                 let grpc_addr = format!("127.0.0.1:{}", grpc[usize::try_from(id).unwrap() - 1]);
                 let id_s = id.to_string();
-                let mut s = Server::start(
-                    &data,
-                    &[
-                        "--node-id",
-                        &id_s,
-                        "--peers",
-                        &peers,
-                        "--grpc-addr",
-                        &grpc_addr,
-                        "--cluster-secret-file",
-                        secret.to_str().unwrap(),
-                        "--heartbeat-interval",
-                        HEARTBEAT,
-                        "--partitions",
-                        "8",
-                        "--admin-key",
-                        ADMIN_KEY,
-                    ],
-                );
+                let mut args = vec![
+                    "--node-id",
+                    &id_s,
+                    "--peers",
+                    &peers,
+                    "--grpc-addr",
+                    &grpc_addr,
+                    "--cluster-secret-file",
+                    secret.to_str().unwrap(),
+                    "--heartbeat-interval",
+                    HEARTBEAT,
+                    "--partitions",
+                    "8",
+                    "--admin-key",
+                    ADMIN_KEY,
+                ];
+                args.extend(extra.iter().copied());
+                let mut s = Server::start(&data, &args);
                 s.auth = Some(ADMIN_KEY.to_string());
                 Some(s)
             })
@@ -176,7 +176,11 @@ fn data() -> (String, String) {
 /// Three ready nodes and a single node, both holding `data()` (the cluster's written
 /// through node 1).
 fn loaded() -> (Cluster, Server, tempfile::TempDir) {
-    let c = Cluster::start(3);
+    loaded_with(&[])
+}
+
+fn loaded_with(extra: &[&str]) -> (Cluster, Server, tempfile::TempDir) {
+    let c = Cluster::start_with(3, extra);
     let dir = tempfile::tempdir().unwrap();
     let single = Server::start_ready(dir.path(), &["--partitions", "8"]);
     for sql in [TRADES, QUOTES] {
@@ -436,5 +440,105 @@ fn a_killed_raft_leader_fails_no_query_and_metadata_changes_work_again() {
             csv(c.node(id), "SELECT count(*) FROM after_failover"),
             "0\n"
         );
+    }
+}
+
+#[test]
+fn a_partition_with_no_reachable_copy_fails_the_query_with_unavailable_never_partially() {
+    let _g = serial();
+    let (mut c, single, _dir) = loaded_with(&["--query-timeout", "2s"]);
+    let survivor = 3;
+    // Partitions whose copies are all on nodes 1 and 2 (placement spreads 8 partitions
+    // over the 3 pairs of nodes).
+    let v = admin(c.node(survivor));
+    let lost: Vec<u64> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["in_sync"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n.as_u64() != Some(survivor))
+        })
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    assert!(!lost.is_empty(), "{v}");
+    let held = (0..40)
+        .map(|i| format!("S{i}"))
+        .find(|s| {
+            let p = u64::from(zepto_storage::partition_for("trades", s, 8));
+            !lost.contains(&p)
+        })
+        .unwrap();
+    c.kill9(1);
+    c.kill9(2);
+    let s = c.node(survivor);
+    let started = Instant::now();
+    let r = s.sql("SELECT count(*) FROM trades FORMAT CSV");
+    let took = started.elapsed();
+    let msg = r.expect_error(503, "UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert!(msg.contains("no partial answer"), "{msg}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    println!("query over partitions {lost:?} with no live copy: 503 after {took:?}");
+    // A query over a partition the survivor holds is still answered, and right.
+    let sql = format!("SELECT count(*), sum(price) FROM trades WHERE symbol = '{held}'");
+    assert_eq!(csv(s, &sql), csv(&single, &sql));
+}
+
+#[test]
+fn partials_larger_than_a_grpc_message_stream_in_chunks() {
+    let _g = serial();
+    let c = Cluster::start_with(3, &[]);
+    c.node(1)
+        .sql_ok("CREATE TABLE big (ts TIMESTAMP, symbol SYMBOL, n BIGINT, note STRING)");
+    for id in 1..=3 {
+        wait_until("table on every node", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&"big".to_string())
+                .then_some(())
+        });
+    }
+    // 200k rows of ~90 bytes: every node's partial answer is several MiB (tonic's default
+    // message limit is 4 MiB; chunks are 1 MiB).
+    const ROWS: u64 = 200_000;
+    let pad = "x".repeat(60);
+    let body: String = (0..ROWS)
+        .map(|i| format!("{},S{},{i},{pad}{i}\n", i + 1, i % 50))
+        .collect();
+    let r = csv_insert(c.node(1), "big", &body);
+    assert_eq!(r.json()["inserted"], ROWS, "{}", r.text());
+    // The partial part is scan + filter + projection: every row with its 66-byte note.
+    let sql = "SELECT n, symbol, note FROM big WHERE n >= 0 ORDER BY n DESC LIMIT 3";
+    for id in 1..=3 {
+        let started = Instant::now();
+        let v = c.node(id).sql(sql).json();
+        let took = started.elapsed();
+        assert_eq!(v["statistics"]["rows_read"], ROWS, "{v}");
+        let got: Vec<(u64, String, String)> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_u64().unwrap(),
+                    r[1].as_str().unwrap().to_string(),
+                    r[2].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [199_999, 199_998, 199_997]
+                .map(|n| (n, format!("S{}", n % 50), format!("{pad}{n}")))
+                .to_vec(),
+            "node {id}"
+        );
+        println!("{ROWS} rows shipped as partials to node {id}: {took:?}");
     }
 }

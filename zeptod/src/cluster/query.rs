@@ -71,9 +71,10 @@ struct Answer {
     rows_read: u64,
 }
 
-/// A failed attempt: retry elsewhere, or give up with this error.
+/// A failed attempt: retry elsewhere, ran out of time, or give up with this error.
 enum Failure {
     Retry(String),
+    TimedOut(String),
     Fatal(Error),
 }
 
@@ -251,9 +252,10 @@ fn choose_shape(
             Ok(Shape::Split(Box::new(split), parts))
         }
         None => Err(Error::BadRequest(format!(
-            "in cluster mode this query cannot be distributed yet ({}): a join or union must \
-             read only partitions one node holds; restrict every table it reads to one symbol \
-             (WHERE symbol = '...'), or query the tables separately",
+            "in cluster mode this query cannot be distributed yet: a join, a union or a query \
+             over several tables must read only partitions that one node holds; restrict every \
+             table it reads to one symbol (e.g. WHERE t.symbol = 'X' AND q.symbol = 'X') or \
+             query the tables separately (planner: {})",
             plan.unsplit_reason
                 .unwrap_or_else(|| "it cannot be split".into())
         ))),
@@ -349,7 +351,23 @@ async fn gather(
     let mut last_error = String::new();
     let mut view = dp.view.clone();
     let mut first = true;
+    // A copy failed (not only ran out of time): at the deadline that is UNAVAILABLE.
+    let mut copies_failed = false;
     loop {
+        if Instant::now() >= deadline {
+            let message = format!(
+                "the query could not read partitions {pending:?} within its timeout: \
+                 {last_error}; no partial answer was returned"
+            );
+            return Err(if copies_failed {
+                Error::Unavailable {
+                    message,
+                    retry_after: Some(1),
+                }
+            } else {
+                Error::Timeout(message)
+            });
+        }
         let state = view.borrow_and_update().state.clone();
         // Assign every pending partition to one node.
         let mut by_node: BTreeMap<NodeId, Vec<PartitionEpoch>> = BTreeMap::new();
@@ -386,6 +404,7 @@ async fn gather(
             }
         }
         if !unplaced.is_empty() {
+            copies_failed = true;
             last_error = format!(
                 "no node holds an in-sync copy of partitions {unplaced:?} that can serve \
                  (failover in progress?)"
@@ -418,8 +437,10 @@ async fn gather(
                 Err(Failure::Retry(m)) => {
                     tracing::debug!(node = to, partitions = ?ids, error = %m, "query part failed; will retry on another copy");
                     failed.insert(to, Instant::now());
+                    copies_failed = true;
                     last_error = m;
                 }
+                Err(Failure::TimedOut(m)) => last_error = m,
             }
         }
         if pending.is_empty() {
@@ -427,13 +448,7 @@ async fn gather(
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(Error::Unavailable {
-                message: format!(
-                    "the query could not read partitions {pending:?} within its timeout: \
-                     {last_error}; no partial answer was returned"
-                ),
-                retry_after: Some(1),
-            });
+            continue;
         }
         // Retry at once when every pending partition has an untried copy; else wait for a
         // map change (a failover) or a short backoff.
@@ -471,9 +486,7 @@ async fn run_on(
 ) -> std::result::Result<Answer, Failure> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
-        return Err(Failure::Fatal(Error::Timeout(
-            "query did not finish within --query-timeout".into(),
-        )));
+        return Err(Failure::TimedOut(format!("no time left to ask node {to}")));
     }
     let ids: Vec<u32> = list.iter().map(|pe| pe.partition).collect();
     if to == dp.me {
@@ -537,7 +550,7 @@ async fn run_on(
             })
     });
     let (ipc, rows_read) = tokio::select! {
-        r = call => r.map_err(|s| classify_remote(to, &s, deadline))?,
+        r = call => r.map_err(|s| classify_remote(to, &s))?,
         _ = moved => return Err(Failure::Retry(format!(
             "node {to} lost partitions {ids:?} (or was declared unable to serve) during the query"
         ))),
@@ -615,15 +628,15 @@ fn classify_local(e: Error) -> Failure {
 }
 
 /// A remote part's error: refusals and transport failures are retried on another copy;
-/// errors of the query itself are final.
-fn classify_remote(to: NodeId, s: &Status, deadline: Instant) -> Failure {
+/// errors of the query itself are final; a time-out ends the query (408) unless a copy
+/// also failed (503).
+fn classify_remote(to: NodeId, s: &Status) -> Failure {
     let m = format!("node {to}: {}", s.message());
     match s.code() {
         Code::InvalidArgument => Failure::Fatal(Error::BadRequest(m)),
         Code::ResourceExhausted => Failure::Fatal(Error::TooLarge(m)),
-        Code::DeadlineExceeded if Instant::now() >= deadline => {
-            Failure::Fatal(Error::Timeout(format!("query did not finish in time: {m}")))
-        }
+        // The node ran out of the budget it was given, or the call ran out of ours.
+        Code::DeadlineExceeded | Code::Cancelled => Failure::TimedOut(m),
         // Unreachable, NOT_PRIMARY, FENCED, a catalog that lags (NOT_FOUND), shutting down.
         _ => Failure::Retry(m),
     }

@@ -736,11 +736,18 @@ pub(crate) async fn serve(
     if req.timeout_ms == 0 {
         return Err(Status::deadline_exceeded("no time left for the query"));
     }
-    let node = dp.node().map_err(|e| status_of(&e))?;
-    let partitions = node.storage().partitions();
     let state = dp.view.borrow().state.clone();
     // Ownership and fencing first: a stale sender learns it before anything runs.
+    let partitions = u32::try_from(state.partitions.len()).unwrap_or(u32::MAX);
     let parts = check_owner(dp.me, &state, from, partitions, &req.partitions)?;
+    let node = dp.node().map_err(|e| status_of(&e))?;
+    if node.storage().partitions() != partitions {
+        return Err(Status::failed_precondition(format!(
+            "NOT_PRIMARY: node {} has {} partitions, the map {partitions}",
+            dp.me,
+            node.storage().partitions()
+        )));
+    }
     let own = node.engine().settings().clone();
     let settings = QuerySettings {
         timeout: own.timeout.min(Duration::from_millis(req.timeout_ms)),

@@ -446,4 +446,25 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[tokio::test]
+    async fn query_is_authenticated_before_anything_runs() {
+        let (svc, _rx) = service(Some("tok"));
+        let q = |token| {
+            req(
+                QueryRequest {
+                    sql: "SELECT 1".into(),
+                    ..Default::default()
+                },
+                Some(token),
+                Some("2"),
+                Some("b:2"),
+            )
+        };
+        let refused = svc.query(q("nope")).await.err().unwrap();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        // Authenticated, but this service has no data plane.
+        let no_data = svc.query(q("tok")).await.err().unwrap();
+        assert_eq!(no_data.code(), Code::Unavailable);
+    }
 }

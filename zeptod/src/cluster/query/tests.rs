@@ -173,3 +173,68 @@ fn answers_survive_the_wire_with_differing_dictionaries_and_garbage_is_an_error(
         assert!(from_ipc(bad).is_err());
     }
 }
+
+#[tokio::test]
+async fn serve_refuses_bad_requests_and_stale_senders_before_anything_runs() {
+    use crate::config::AckPolicy;
+    let view = super::super::driver::View {
+        state: Arc::new(state()),
+        ..Default::default()
+    };
+    let (_tx, rx) = tokio::sync::watch::channel(view);
+    let (events, _erx) = tokio::sync::mpsc::channel(1);
+    let (fatal, _frx) = tokio::sync::mpsc::channel(1);
+    let identity = crate::rpc::Identity {
+        node_id: 2,
+        advertise_addr: "b:2".into(),
+        token: None,
+    };
+    let peers = crate::rpc::client::PeerClients::start(
+        &identity,
+        &BTreeMap::new(),
+        Duration::from_secs(1),
+        events,
+        fatal,
+    );
+    let dp = DataPlane::new(
+        2,
+        4,
+        rx,
+        peers,
+        zepto_cluster::Timings::defaults(),
+        AckPolicy::Replicated,
+    );
+    let req = |mode: i32, sql: &str, epoch: u64| QueryRequest {
+        sql: sql.into(),
+        now_ns: 0,
+        partitions: vec![PartitionEpoch {
+            partition: 0,
+            epoch,
+        }],
+        timeout_ms: 1000,
+        mode,
+    };
+    let code = |r: std::result::Result<Vec<QueryChunk>, Status>| r.unwrap_err();
+    assert_eq!(
+        code(serve(&dp, 1, req(7, "SELECT 1", 2)).await).code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(serve(&dp, 1, req(0, "  ", 2)).await).code(),
+        Code::InvalidArgument
+    );
+    let fenced = code(serve(&dp, 1, req(0, "SELECT 1", 1)).await);
+    assert_eq!(fenced.code(), Code::Aborted);
+    assert!(
+        fenced.message().starts_with("FENCED"),
+        "{}",
+        fenced.message()
+    );
+    let ahead = code(serve(&dp, 1, req(1, "SELECT 1", 3)).await);
+    assert_eq!(ahead.code(), Code::FailedPrecondition);
+    // The right owner at the right epoch gets past the checks (the database is not open).
+    assert_eq!(
+        code(serve(&dp, 1, req(1, "SELECT 1", 2)).await).code(),
+        Code::Unavailable
+    );
+}

@@ -147,6 +147,17 @@ pub(crate) async fn run(
     };
     let partitions = node.storage().partitions();
     let state = dp.view.borrow().state.clone();
+    let reads_tables = plan.footprint.as_ref().is_none_or(|fp| !fp.is_empty());
+    if reads_tables && state.partitions.len() != partitions as usize {
+        return Err(Error::Unavailable {
+            message: format!(
+                "the cluster's partition map is not ready ({} partitions, this node has \
+                 {partitions}); see /ready",
+                state.partitions.len()
+            ),
+            retry_after: Some(1),
+        });
+    }
     let shape = choose_shape(&state, dp.me, plan, partitions)?;
     match shape {
         Shape::Whole(parts) => {

@@ -542,3 +542,27 @@ fn partials_larger_than_a_grpc_message_stream_in_chunks() {
         println!("{ROWS} rows shipped as partials to node {id}: {took:?}");
     }
 }
+
+#[test]
+fn a_hung_node_is_read_around_once_the_map_says_so() {
+    let _g = serial();
+    let (c, single, _dir) = loaded();
+    let want = csv(&single, LOOPED);
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (victim, via) = (others[0], others[1]);
+    assert_eq!(csv(c.node(via), LOOPED), want);
+    // SIGSTOP: connections stay open and calls hang (no refusal to fail fast on). The
+    // coordinator gives up on the call when the map declares the node SUSPECT (600 ms without
+    // heartbeats at a 200 ms interval) and reads the in-sync copies instead.
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    c.node(victim).signal(SIGSTOP);
+    let started = Instant::now();
+    let got = csv(c.node(via), LOOPED);
+    let took = started.elapsed();
+    c.node(victim).signal(SIGCONT);
+    assert_eq!(got, want);
+    println!("query through node {via} with node {victim} stopped: answered after {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}

@@ -20,8 +20,8 @@
 //! checks that it holds an in-sync copy at the epoch the coordinator believes
 //! (`FENCED` / `NOT_PRIMARY` otherwise).
 //!
-//! **Failures.** A copy that fails (unreachable, refused, declared dead or moved while the
-//! call runs) is retried on another copy, or, when none is left, after the map changes or a
+//! **Failures.** A copy that fails (unreachable, refused, or, while the call runs, turned
+//! from ACTIVE to SUSPECT, declared dead, or its partition moved) is retried on another copy, or, when none is left, after the map changes or a
 //! short backoff, until the query's timeout; then 503 `UNAVAILABLE` with Retry-After. A result
 //! is merged only when every partition answered: never a silently partial answer. Nothing here
 //! needs the metadata leader: the committed map every node holds is enough.
@@ -548,12 +548,22 @@ async fn run_on(
         }
         Ok((ipc, rows_read))
     };
-    // Abandon the call when the map moves these partitions away from `to` (a failover) or
-    // declares it unable to serve.
+    // Abandon the call when the map moves these partitions away from `to` (a failover),
+    // declares it unable to serve, or turns it from ACTIVE to SUSPECT (it stopped
+    // heartbeating: likely hung; the in-sync copy is read instead, well before the node is
+    // declared dead). A node that was SUSPECT already is waited for until it is DEAD.
     let mut view = dp.view.clone();
+    let was_active = view
+        .borrow()
+        .state
+        .nodes
+        .get(&to)
+        .is_some_and(|n| n.state == NodeState::Active);
     let moved = view.wait_for(|v| {
         let st = &v.state;
-        !st.nodes.get(&to).is_some_and(|n| n.state.can_serve())
+        let node_state = st.nodes.get(&to).map(|n| n.state);
+        !node_state.is_some_and(NodeState::can_serve)
+            || (was_active && node_state != Some(NodeState::Active))
             || list.iter().any(|pe| {
                 st.partition(pe.partition).is_none_or(|i| {
                     i.epoch != pe.epoch || (i.primary != to && !i.in_sync.contains(&to))
@@ -563,7 +573,7 @@ async fn run_on(
     let (ipc, rows_read) = tokio::select! {
         r = call => r.map_err(|s| classify_remote(to, &s))?,
         _ = moved => return Err(Failure::Retry(format!(
-            "node {to} lost partitions {ids:?} (or was declared unable to serve) during the query"
+            "node {to} lost partitions {ids:?}, or was declared SUSPECT or DEAD, during the query"
         ))),
     };
     let (schema, batches) = tokio::task::spawn_blocking(move || from_ipc(&ipc))

@@ -258,13 +258,13 @@ impl Node {
         Ok((receipt.rows, receipt.records))
     }
 
-    /// The storage engine itself, for the cluster layer's replication (commit listener,
-    /// replicated records, partition epochs and positions).
     /// The SQL engine (cluster queries plan and run their parts through it).
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// The storage engine itself, for the cluster layer's replication (commit listener,
+    /// replicated records, partition epochs and positions).
     pub(crate) fn storage(&self) -> &Db {
         &self.db
     }

@@ -167,6 +167,38 @@ impl DistributedPlan {
     }
 }
 
+/// How a SELECT can run in a cluster (see [`Engine::plan_cluster_at`]).
+#[derive(Debug, Clone)]
+pub struct ClusterPlan {
+    /// The plan cut into a per-partition part and a merge part; `None` when its shape cannot
+    /// be split (joins, unions, several tables, nested aggregates).
+    pub split: Option<DistributedPlan>,
+    /// Why `split` is `None`.
+    pub unsplit_reason: Option<String>,
+    /// The partitions every scan of the plan reads, united, sorted; `None` when some scan is
+    /// not pruned (it reads every partition). `Some(vec![])` for a query that reads no table.
+    pub footprint: Option<Vec<u32>>,
+}
+
+/// Kinds of read-only statements (see [`Engine::read_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// `SELECT`, `WITH ... SELECT`, `VALUES`.
+    Query,
+    /// `EXPLAIN [ANALYZE]` of a query.
+    Explain,
+    /// `SHOW TABLES`, `DESCRIBE t`: answered from the catalog.
+    Catalog,
+}
+
+/// The per-partition part's output on one node.
+#[derive(Debug, Clone)]
+pub struct PartialOutput {
+    pub batches: Vec<RecordBatch>,
+    /// Rows the scans read.
+    pub rows_read: u64,
+}
+
 impl Engine {
     pub fn new(db: Db, settings: QuerySettings) -> Engine {
         Engine {
@@ -300,6 +332,19 @@ impl Engine {
         Ok(ddl::is_read_only(&parse::parse_one(sql)?))
     }
 
+    /// What kind of read the statement is; `None` for a statement that writes.
+    pub fn read_kind(sql: &str) -> Result<Option<ReadKind>> {
+        let stmt = parse::parse_one(sql)?;
+        if !ddl::is_read_only(&stmt) {
+            return Ok(None);
+        }
+        Ok(Some(match stmt {
+            Statement::Query(_) => ReadKind::Query,
+            Statement::Explain { .. } => ReadKind::Explain,
+            _ => ReadKind::Catalog,
+        }))
+    }
+
     /// Plan a SELECT for scatter/gather: a per-partition part and a merge part.
     ///
     /// Intended use by a cluster: the coordinator calls `plan_query` to learn the partitions
@@ -328,6 +373,93 @@ impl Engine {
         let node = plan::prune::prune_plan(binder.plan_query(q)?.0)?;
         Ok(DistributedPlan {
             split: plan::split::split(&node)?,
+        })
+    }
+
+    /// Plan a SELECT for a cluster with `now()` fixed to `now_ns` (so every node agrees):
+    /// the split plan when its shape allows one, and the partitions all its scans read.
+    ///
+    /// Unlike [`Engine::plan_query_at`], an uncorrelated subquery in an expression is refused
+    /// ([`ErrorKind::BadRequest`], "not supported") rather than evaluated over this node's
+    /// data, and a plan that cannot be split is not an error (see [`ClusterPlan::split`]).
+    pub fn plan_cluster_at(&self, sql: &str, now_ns: i64) -> Result<ClusterPlan> {
+        let stmt = parse::parse_one(sql)?;
+        let q = match &stmt {
+            Statement::Query(q) => q,
+            _ => return Err(error::unsupported("only SELECT can be distributed")),
+        };
+        let ctx = ExecCtx::new(
+            self.db.clone(),
+            self.settings.timeout,
+            self.settings.memory_limit_bytes,
+        );
+        let mut binder = Binder::new(&self.db, &ctx, now_ns);
+        binder.subqueries_allowed = false;
+        let node = plan::prune::prune_plan(binder.plan_query(q)?.0)?;
+        let footprint = plan::split::footprint(&node);
+        let (split, unsplit_reason) = match plan::split::split(&node) {
+            Ok(split) => (Some(DistributedPlan { split }), None),
+            Err(Error::Unsupported(m)) => (None, Some(m)),
+            Err(e) => return Err(e),
+        };
+        Ok(ClusterPlan {
+            split,
+            unsplit_reason,
+            footprint,
+        })
+    }
+
+    /// Run a whole SELECT (unsplit) with `now()` fixed to `now_ns`, its scans restricted to
+    /// `partitions`, with these limits. Subqueries in expressions are refused as in
+    /// [`Engine::plan_cluster_at`]. A cluster uses it for a query whose every scan reads only
+    /// partitions this node holds.
+    pub fn execute_whole_at(
+        &self,
+        sql: &str,
+        now_ns: i64,
+        partitions: &[u32],
+        settings: &QuerySettings,
+    ) -> Result<QueryOutput> {
+        let stmt = parse::parse_one(sql)?;
+        let q = match &stmt {
+            Statement::Query(q) => q,
+            _ => return Err(error::unsupported("only SELECT can be distributed")),
+        };
+        let mut ctx = ExecCtx::new(
+            self.db.clone(),
+            settings.timeout,
+            settings.memory_limit_bytes,
+        );
+        ctx.only_partitions = Some(partitions.to_vec());
+        let mut binder = Binder::new(&self.db, &ctx, now_ns);
+        binder.subqueries_allowed = false;
+        let node = plan::prune::prune_plan(binder.plan_query(q)?.0)?;
+        let batches = exec::collect(&node, &ctx)?;
+        let (schema, batches) = plain_strings(node.schema(), batches)?;
+        Ok(QueryOutput::Rows {
+            schema,
+            batches,
+            rows_read: ctx.rows_read.get(),
+        })
+    }
+
+    /// [`Engine::execute_partial`] with these limits, also counting the rows read.
+    pub fn execute_partial_with(
+        &self,
+        plan: &DistributedPlan,
+        partitions: &[u32],
+        settings: &QuerySettings,
+    ) -> Result<PartialOutput> {
+        let mut ctx = ExecCtx::new(
+            self.db.clone(),
+            settings.timeout,
+            settings.memory_limit_bytes,
+        );
+        ctx.only_partitions = Some(partitions.to_vec());
+        let batches = exec::collect(&plan.split.partial, &ctx)?;
+        Ok(PartialOutput {
+            batches,
+            rows_read: ctx.rows_read.get(),
         })
     }
 
@@ -466,7 +598,20 @@ mod tests {
             ("DROP TABLE t", false),
         ] {
             assert_eq!(Engine::is_read_only(sql).unwrap(), ro, "{sql}");
+            assert_eq!(Engine::read_kind(sql).unwrap().is_some(), ro, "{sql}");
         }
+        assert_eq!(
+            Engine::read_kind("WITH a AS (SELECT 1) SELECT * FROM a").unwrap(),
+            Some(ReadKind::Query)
+        );
+        assert_eq!(
+            Engine::read_kind("EXPLAIN SELECT 1").unwrap(),
+            Some(ReadKind::Explain)
+        );
+        assert_eq!(
+            Engine::read_kind("DESCRIBE t").unwrap(),
+            Some(ReadKind::Catalog)
+        );
         let e = Engine::is_read_only("SELEC").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BadRequest);
         assert!(e.to_string().contains("Line: 1"), "{e}");

@@ -141,3 +141,100 @@ fn split_and_merge_equals_single_pass() {
         .plan_query("SELECT count(*) FROM t a JOIN t b ON a.symbol = b.symbol")
         .is_err());
 }
+
+#[test]
+fn cluster_plans_say_what_they_read_and_refuse_subqueries() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::open(dir.path());
+    load(&engine);
+    let now = 1_704_189_600_000_000_000i64;
+    let parts = engine.db().partitions();
+    let one = engine
+        .plan_cluster_at("SELECT count(*) FROM t WHERE symbol = 'S1'", now)
+        .unwrap();
+    let p1 = one.footprint.clone().unwrap();
+    assert_eq!(p1.len(), 1);
+    assert_eq!(
+        one.split
+            .as_ref()
+            .unwrap()
+            .partitions()
+            .map(<[u32]>::to_vec),
+        Some(p1.clone())
+    );
+    let all = engine
+        .plan_cluster_at("SELECT symbol, count(*) FROM t GROUP BY symbol", now)
+        .unwrap();
+    assert!(all.split.is_some() && all.footprint.is_none());
+    // A join is not split; its footprint unites both sides.
+    let join = engine
+        .plan_cluster_at(
+            "SELECT count(*) FROM t a JOIN t b ON a.symbol = b.symbol \
+             WHERE a.symbol = 'S1' AND b.symbol IN ('S1', 'S2')",
+            now,
+        )
+        .unwrap();
+    assert!(join.split.is_none());
+    assert!(join.unsplit_reason.unwrap().contains("joins"));
+    let fp = join.footprint.unwrap();
+    assert!(
+        fp.contains(&p1[0]) && !fp.is_empty() && fp.len() <= 2,
+        "{fp:?}"
+    );
+    let unpruned = engine
+        .plan_cluster_at(
+            "SELECT count(*) FROM t a JOIN t b ON a.symbol = b.symbol",
+            now,
+        )
+        .unwrap();
+    assert!(unpruned.split.is_none() && unpruned.footprint.is_none());
+    // No table at all: nothing to read.
+    let constant = engine.plan_cluster_at("SELECT 1 + 1", now).unwrap();
+    assert_eq!(constant.footprint, Some(vec![]));
+    // Subqueries in expressions are refused, not evaluated over this node's data.
+    for sql in [
+        "SELECT count(*) FROM t WHERE price > (SELECT avg(price) FROM t)",
+        "SELECT count(*) FROM t WHERE symbol IN (SELECT symbol FROM t WHERE size > 90)",
+        "SELECT count(*) FROM t WHERE EXISTS (SELECT 1 FROM t WHERE size > 90)",
+    ] {
+        let e = engine.plan_cluster_at(sql, now).unwrap_err();
+        assert_eq!(e.kind(), zepto_sql::ErrorKind::BadRequest, "{sql}");
+        assert!(e.to_string().contains("cluster mode"), "{sql}: {e}");
+        let e = engine
+            .execute_whole_at(sql, now, &[0], engine.settings())
+            .unwrap_err();
+        assert!(e.to_string().contains("cluster mode"), "{sql}: {e}");
+    }
+    // Subqueries in FROM and CTEs are part of the plan and fine.
+    let cte = engine
+        .plan_cluster_at(
+            "WITH s AS (SELECT * FROM t WHERE symbol = 'S1') SELECT count(*) FROM s",
+            now,
+        )
+        .unwrap();
+    assert_eq!(cte.footprint, Some(p1.clone()));
+    // A whole query restricted to partitions reads only those.
+    let sql =
+        "SELECT count(*) AS n FROM t a ASOF JOIN t b ON a.symbol = b.symbol AND a.ts >= b.ts \
+               WHERE a.symbol = 'S1' AND b.symbol = 'S1'";
+    let single = common::rows(&engine.execute(sql).unwrap());
+    let whole = engine
+        .execute_whole_at(sql, now, &p1, engine.settings())
+        .unwrap();
+    assert_eq!(common::rows(&whole), single);
+    let other = (0..parts).find(|p| *p != p1[0]).unwrap();
+    let elsewhere = engine
+        .execute_whole_at(sql, now, &[other], engine.settings())
+        .unwrap();
+    assert_eq!(common::rows(&elsewhere), vec![vec!["0".to_string()]]);
+    // The partial part counts what it read.
+    let plan = all.split.unwrap();
+    let mut rows_read = 0;
+    for p in 0..parts {
+        rows_read += engine
+            .execute_partial_with(&plan, &[p], engine.settings())
+            .unwrap()
+            .rows_read;
+    }
+    assert_eq!(rows_read, 600);
+}

@@ -12,13 +12,17 @@
 //! - [`replicate`]: primaries ship their WAL records to the partitions' replicas; replicated
 //!   acks wait for them.
 //! - [`dataplane`]: what those two share.
+//! - [`query`]: SELECTs through any node: planned once, run on the partitions' owners
+//!   (primaries, or in-sync replicas when a primary fails), merged here (ADR 0007).
 //!
-//! Not yet here: distributed queries, full partition copies; SQL `INSERT ... VALUES` is
-//! refused in cluster mode (ADR 0006).
+//! Not yet here: joins and unions across nodes and subqueries in expressions (refused in
+//! cluster mode), full partition copies; SQL `INSERT ... VALUES` is refused in cluster mode
+//! (ADR 0006).
 
 pub(crate) mod dataplane;
 pub(crate) mod ddl;
 pub(crate) mod driver;
+pub(crate) mod query;
 pub(crate) mod replicate;
 pub(crate) mod route;
 
@@ -157,6 +161,11 @@ pub(crate) async fn start(
 }
 
 impl Cluster {
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+
     pub(crate) fn view(&self) -> View {
         self.view.borrow().clone()
     }
@@ -177,6 +186,16 @@ impl Cluster {
         batch: arrow::record_batch::RecordBatch,
     ) -> Result<u64> {
         route::write(&self.data, node, table, batch).await
+    }
+
+    /// Run a read-only SELECT over the whole cluster (see [`query`]).
+    pub(crate) async fn query(
+        &self,
+        node: &Arc<Node>,
+        sql: String,
+        timeout: Duration,
+    ) -> Result<crate::db::SqlOutput> {
+        query::run(&self.data, node, sql, timeout).await
     }
 
     /// This node's own data per partition: role, local epoch and next sequence number,

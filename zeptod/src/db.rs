@@ -68,7 +68,8 @@ pub(crate) fn storage_error(e: zepto_storage::Error) -> Error {
     }
 }
 
-fn sql_error(e: zepto_sql::Error) -> Error {
+/// Map a SQL engine error onto an HTTP error kind.
+pub(crate) fn sql_error(e: zepto_sql::Error) -> Error {
     let msg = e.to_string();
     match e.kind() {
         ErrorKind::BadRequest => Error::BadRequest(msg),
@@ -255,6 +256,11 @@ impl Node {
         let ticket = self.db.write(table, batch).map_err(storage_error)?;
         let receipt = ticket.await.map_err(storage_error)?;
         Ok((receipt.rows, receipt.records))
+    }
+
+    /// The SQL engine (cluster queries plan and run their parts through it).
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The storage engine itself, for the cluster layer's replication (commit listener,

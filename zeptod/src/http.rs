@@ -346,6 +346,27 @@ async fn run_sql_inner(
         ));
     }
     let timeout = state.cfg.query_timeout;
+    // Cluster mode: queries read every partition's owner; SHOW / DESCRIBE answer from the
+    // replicated catalog here; EXPLAIN shows this node's local plan and says so.
+    let mut explain_note = None;
+    if let Some(cluster) = state.cluster.get() {
+        match crate::cluster::query::read_kind(&sql)? {
+            crate::cluster::query::Read::Query => {
+                let out = cluster.query(&node, sql, timeout).await?;
+                let SqlOutput::Rows {
+                    schema,
+                    batches,
+                    rows_read,
+                } = out
+                else {
+                    return Err(Error::Internal("a query produced no rows".into()));
+                };
+                return stream_rows(format, schema, batches, rows_read, start);
+            }
+            crate::cluster::query::Read::Explain => explain_note = Some(cluster.node_id()),
+            crate::cluster::query::Read::Other => {}
+        }
+    }
     let task = tokio::task::spawn_blocking(move || node.execute(&sql));
     // The engine enforces the timeout itself; this bound covers an engine that does not.
     let result = match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
@@ -360,7 +381,13 @@ async fn run_sql_inner(
             schema,
             batches,
             rows_read,
-        } => stream_rows(format, schema, batches, rows_read, start),
+        } => {
+            let batches = match explain_note {
+                Some(me) => crate::cluster::query::note_local_explain(me, &schema, batches)?,
+                None => batches,
+            };
+            stream_rows(format, schema, batches, rows_read, start)
+        }
         SqlOutput::Inserted(rows) => {
             state.metrics.ingested("sql", rows, 0, start.elapsed());
             Ok(json_response(

@@ -61,6 +61,9 @@ pub(crate) struct Binder<'a> {
     pub(crate) ctes: Vec<(String, Node, Scope)>,
     /// Current expression nesting while binding (see `MAX_EXPR_DEPTH`).
     pub(crate) depth: usize,
+    /// When false, an uncorrelated subquery in an expression is refused instead of run
+    /// (cluster planning: running it would read only this node's data).
+    pub(crate) subqueries_allowed: bool,
 }
 
 impl std::fmt::Debug for Binder<'_> {
@@ -251,11 +254,25 @@ impl<'a> Binder<'a> {
             now,
             ctes: vec![],
             depth: 0,
+            subqueries_allowed: true,
         }
+    }
+
+    /// Refuse uncorrelated subqueries in expressions (see `subqueries_allowed`).
+    fn check_subquery_allowed(&self) -> Result<()> {
+        if self.subqueries_allowed {
+            return Ok(());
+        }
+        Err(unsupported(
+            "in cluster mode a subquery in an expression (IN (SELECT ...), a scalar subquery, \
+             EXISTS) cannot be distributed yet: it would be evaluated over one node's data; \
+             run the subquery first and pass its values, or use a join restricted to one symbol",
+        ))
     }
 
     /// Run an uncorrelated subquery and return its single column's values.
     pub(crate) fn subquery_values(&mut self, q: &Query) -> Result<Vec<Scalar>> {
+        self.check_subquery_allowed()?;
         let (node, _) = self.plan_query(q)?;
         if node.schema().fields().len() != 1 {
             return Err(invalid("a subquery used as a value must return one column"));
@@ -272,6 +289,7 @@ impl<'a> Binder<'a> {
     }
 
     pub(crate) fn subquery_values_any(&mut self, q: &Query) -> Result<usize> {
+        self.check_subquery_allowed()?;
         let (node, _) = self.plan_query(q)?;
         let batches = crate::exec::collect(&node, self.ctx)?;
         Ok(batches.iter().map(|b| b.num_rows()).sum())

@@ -121,3 +121,33 @@ fn replace(n: &Node, found: &mut Option<(Node, Node)>) -> Result<Node> {
         _ => return Err(unsupported("this query cannot be split into per-partition parts (joins, unions, nested aggregates or several tables)")),
     })
 }
+
+/// The partitions every scan of `n` reads, united; `None` when some scan is not pruned
+/// (it reads every partition).
+pub(crate) fn footprint(n: &Node) -> Option<Vec<u32>> {
+    fn walk(n: &Node, acc: &mut std::collections::BTreeSet<u32>) -> bool {
+        match n {
+            Node::Scan(s) => match &s.request.partitions {
+                Some(p) => {
+                    acc.extend(p.iter().copied());
+                    true
+                }
+                None => false,
+            },
+            Node::Filter { input, .. }
+            | Node::Project { input, .. }
+            | Node::Aggregate { input, .. }
+            | Node::Window { input, .. }
+            | Node::Sort { input, .. }
+            | Node::Limit { input, .. }
+            | Node::Distinct { input } => walk(input, acc),
+            Node::HashJoin { left, right, .. } | Node::AsofJoin { left, right, .. } => {
+                walk(left, acc) && walk(right, acc)
+            }
+            Node::Union { inputs, .. } => inputs.iter().all(|i| walk(i, acc)),
+            Node::Values { .. } | Node::PartialInput { .. } => true,
+        }
+    }
+    let mut acc = std::collections::BTreeSet::new();
+    walk(n, &mut acc).then(|| acc.into_iter().collect())
+}

@@ -22,7 +22,7 @@ use zepto_cluster::NodeId;
 use super::pb::peer_client::PeerClient as GrpcClient;
 use super::pb::{
     ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
-    ProposeResponse, RaftMessages, ReplicateRequest, ReplicateResponse,
+    ProposeResponse, QueryChunk, QueryRequest, RaftMessages, ReplicateRequest, ReplicateResponse,
 };
 use super::{Identity, NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
 use crate::cluster::driver::Event;
@@ -179,6 +179,20 @@ impl PeerClient {
         let r = c.replicate(self.request(req, self.timeout * 4)).await;
         r.map(|r| r.into_inner())
             .inspect_err(|s| self.failed("Replicate", s))
+    }
+}
+
+impl PeerClient {
+    /// Run a query part on the peer (see `cluster::query`); the answer streams in chunks.
+    pub(crate) async fn query(
+        &self,
+        req: QueryRequest,
+        timeout: Duration,
+    ) -> Result<tonic::Streaming<QueryChunk>, Status> {
+        let mut c = self.client()?;
+        let r = c.query(self.request(req, timeout)).await;
+        r.map(|r| r.into_inner())
+            .inspect_err(|s| self.failed("Query", s))
     }
 }
 

@@ -29,7 +29,8 @@ use zepto_cluster::{Command, NodeId};
 use super::pb::peer_server::{Peer, PeerServer};
 use super::pb::{
     ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
-    ProposeResponse, RaftAck, RaftMessages, ReplicateRequest, ReplicateResponse,
+    ProposeResponse, QueryChunk, QueryRequest, RaftAck, RaftMessages, ReplicateRequest,
+    ReplicateResponse,
 };
 use super::{NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
 use crate::cluster::dataplane::DataPlane;
@@ -227,6 +228,20 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type QueryStream = futures_util::stream::BoxStream<'static, Result<QueryChunk, Status>>;
+
+    async fn query(
+        &self,
+        req: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let from = self.authenticate(&req, "Query")?;
+        let data = self.data()?;
+        let chunks = crate::cluster::query::serve(data, from, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+
     async fn raft(&self, req: Request<RaftMessages>) -> Result<Response<RaftAck>, Status> {
         let from = self.authenticate(&req, "Raft")?;
         let msgs = req.into_inner().messages;
@@ -481,5 +496,26 @@ mod tests {
             Event::Raft { from, msgs } => assert_eq!((from, msgs.len()), (3, 1)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn query_is_authenticated_before_anything_runs() {
+        let (svc, _rx) = service(Some("tok"));
+        let q = |token| {
+            req(
+                QueryRequest {
+                    sql: "SELECT 1".into(),
+                    ..Default::default()
+                },
+                Some(token),
+                Some("2"),
+                Some("b:2"),
+            )
+        };
+        let refused = svc.query(q("nope")).await.err().unwrap();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        // Authenticated, but this service has no data plane.
+        let no_data = svc.query(q("tok")).await.err().unwrap();
+        assert_eq!(no_data.code(), Code::Unavailable);
     }
 }

@@ -1,0 +1,568 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Distributed queries with real processes: three `zeptod`s on 127.0.0.1 (heartbeat 200 ms),
+//! data written through one node, read through every node, compared with a single-node
+//! `zeptod` holding the same rows. Failure tests SIGKILL a data node and the raft leader while
+//! a loop of queries runs: no query may fail or answer differently.
+//!
+//! Ports as in `tests/cluster.rs` (whose helpers are copied here: the files evolve
+//! independently). Every wait polls with a deadline; the tests run one at a time.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::{enc, wait_until, Server};
+
+const ADMIN_KEY: &str = "cluster-query-admin-key";
+const SECRET: &str = "cluster-query-secret-0123456789";
+const HEARTBEAT: &str = "200ms";
+const STARTUP: Duration = Duration::from_secs(60);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Option<Server>>,
+}
+
+impl Cluster {
+    /// Start nodes 1..=n with extra flags and wait until they are ready.
+    fn start_with(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers = grpc
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let secret = dir.path().join("secret");
+        let nodes = (1..=n)
+            .map(|id| {
+                let data = dir.path().join(format!("node{id}"));
+                let grpc_addr = format!("127.0.0.1:{}", grpc[usize::try_from(id).unwrap() - 1]);
+                let id_s = id.to_string();
+                let mut args = vec![
+                    "--node-id",
+                    &id_s,
+                    "--peers",
+                    &peers,
+                    "--grpc-addr",
+                    &grpc_addr,
+                    "--cluster-secret-file",
+                    secret.to_str().unwrap(),
+                    "--heartbeat-interval",
+                    HEARTBEAT,
+                    "--partitions",
+                    "8",
+                    "--admin-key",
+                    ADMIN_KEY,
+                ];
+                args.extend(extra.iter().copied());
+                let mut s = Server::start(&data, &args);
+                s.auth = Some(ADMIN_KEY.to_string());
+                Some(s)
+            })
+            .collect();
+        let c = Cluster { _dir: dir, nodes };
+        for id in c.live() {
+            c.node(id).wait_ready();
+        }
+        c
+    }
+
+    fn node(&self, id: u64) -> &Server {
+        self.nodes[usize::try_from(id).unwrap() - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    fn live(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|id| self.nodes[usize::try_from(*id).unwrap() - 1].is_some())
+            .collect()
+    }
+
+    fn kill9(&mut self, id: u64) {
+        let mut s = self.nodes[usize::try_from(id).unwrap() - 1].take().unwrap();
+        s.kill9();
+    }
+
+    /// The leader every live node agrees on, or `None`.
+    fn agreed_leader(&self) -> Option<u64> {
+        let mut seen = BTreeSet::new();
+        for id in self.live() {
+            let r = self.node(id).get("/admin/cluster");
+            if r.status != 200 {
+                return None;
+            }
+            let v = r.json();
+            seen.insert((v["raft_leader"].as_u64()?, v["raft_term"].as_u64()?));
+        }
+        (seen.len() == 1)
+            .then(|| seen.into_iter().next().map(|(l, _)| l))
+            .flatten()
+    }
+}
+
+fn admin(s: &Server) -> serde_json::Value {
+    let r = s.get("/admin/cluster");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn show_tables(s: &Server) -> Vec<String> {
+    let r = s.get(&format!("/?query={}", enc("SHOW TABLES FORMAT CSV")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .map(|l| l.trim_matches('"').to_string())
+        .collect()
+}
+
+fn csv_insert(s: &Server, table: &str, body: &str) -> harness::Resp {
+    s.req(
+        "POST",
+        &format!(
+            "/?query={}",
+            enc(&format!("INSERT INTO {table} FORMAT CSV"))
+        ),
+        body.as_bytes(),
+    )
+}
+
+const TRADES: &str = "CREATE TABLE trades (ts TIMESTAMP, symbol SYMBOL, price DOUBLE, size BIGINT)";
+const QUOTES: &str = "CREATE TABLE quotes (ts TIMESTAMP, symbol SYMBOL, bid DOUBLE)";
+
+/// 6000 trades and 3000 quotes over 40 symbols (every partition), timestamps in seconds
+/// over ~100 minutes. Prices are multiples of 1/4, so sums are exact in any order.
+fn data() -> (String, String) {
+    let mut trades = String::new();
+    for i in 0..6000u64 {
+        let ts = (1_700_000_000 + (i * 7919) % 6000) * 1_000_000_000;
+        trades.push_str(&format!(
+            "{ts},S{},{}.{},{}\n",
+            i % 40,
+            100 + i % 37,
+            [0, 25, 5, 75][(i % 4) as usize],
+            1 + i % 9
+        ));
+    }
+    let mut quotes = String::new();
+    for i in 0..3000u64 {
+        let ts = (1_700_000_000 + (i * 104_729) % 6000) * 1_000_000_000 + 500_000_000;
+        quotes.push_str(&format!("{ts},S{},{}.5\n", i % 40, 99 + i % 31));
+    }
+    (trades, quotes)
+}
+
+/// Three ready nodes and a single node, both holding `data()` (the cluster's written
+/// through node 1).
+fn loaded() -> (Cluster, Server, tempfile::TempDir) {
+    loaded_with(&[])
+}
+
+fn loaded_with(extra: &[&str]) -> (Cluster, Server, tempfile::TempDir) {
+    let c = Cluster::start_with(3, extra);
+    let dir = tempfile::tempdir().unwrap();
+    let single = Server::start_ready(dir.path(), &["--partitions", "8"]);
+    for sql in [TRADES, QUOTES] {
+        c.node(1).sql_ok(sql);
+        single.sql_ok(sql);
+    }
+    for id in 1..=3 {
+        wait_until("tables on every node", Duration::from_secs(10), || {
+            (show_tables(c.node(id)) == vec!["quotes", "trades"]).then_some(())
+        });
+    }
+    let (trades, quotes) = data();
+    for (table, body, rows) in [("trades", &trades, 6000), ("quotes", &quotes, 3000)] {
+        let r = csv_insert(c.node(1), table, body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["inserted"], rows);
+        assert_eq!(csv_insert(&single, table, body).json()["inserted"], rows);
+    }
+    (c, single, dir)
+}
+
+/// Queries every node must answer exactly like the single node.
+const SAME_ANSWER: &[&str] = &[
+    "SELECT count(*) FROM trades",
+    "SELECT symbol, count(*), sum(price), avg(price), min(price), max(size) FROM trades \
+     GROUP BY symbol ORDER BY symbol",
+    "SELECT ts, symbol, price FROM trades WHERE price > 130 ORDER BY ts DESC, symbol LIMIT 15",
+    "SELECT xbar(ts, INTERVAL '10 minutes') AS bar, count(*), sum(size), first(price), \
+     last(price) FROM trades GROUP BY bar ORDER BY bar",
+    "SELECT symbol, count(*) AS n FROM trades WHERE size > 4 GROUP BY symbol \
+     HAVING count(*) > 80 ORDER BY n DESC, symbol LIMIT 5",
+    "SELECT count(DISTINCT symbol), sum(size) FROM trades WHERE ts >= 1700003000000000000",
+    "SELECT DISTINCT symbol FROM quotes ORDER BY symbol",
+    // One symbol: one partition, one node.
+    "SELECT count(*), sum(price), max(ts) FROM trades WHERE symbol = 'S7'",
+    "SELECT ts, price, size FROM trades WHERE symbol = 'S11' ORDER BY ts LIMIT 20",
+    // A one-symbol ASOF JOIN: the two tables' partitions of S3 on one node, run there whole.
+    "SELECT t.ts, t.price, q.bid FROM trades t ASOF JOIN quotes q \
+     ON t.symbol = q.symbol AND t.ts >= q.ts \
+     WHERE t.symbol = 'S3' AND q.symbol = 'S3' ORDER BY t.ts",
+    // No table at all.
+    "SELECT 1 + 2 AS three",
+];
+
+fn csv(s: &Server, sql: &str) -> String {
+    let r = s.sql(&format!("{sql} FORMAT CSV"));
+    assert_eq!(r.status, 200, "{sql}: {}", r.text());
+    r.text()
+}
+
+#[test]
+fn queries_through_any_node_equal_a_single_node() {
+    let _g = serial();
+    let (c, single, _dir) = loaded();
+    for sql in SAME_ANSWER {
+        let want = csv(&single, sql);
+        assert!(!want.trim().is_empty(), "{sql} answered nothing");
+        for id in 1..=3 {
+            assert_eq!(csv(c.node(id), sql), want, "node {id}: {sql}");
+        }
+    }
+    // JSON too, and the whole table was read exactly once (one copy per partition).
+    let sql = "SELECT symbol, sum(size) FROM trades GROUP BY symbol ORDER BY symbol";
+    let want = single.sql(sql).json();
+    for id in 1..=3 {
+        let got = c.node(id).sql(sql).json();
+        assert_eq!(got["data"], want["data"], "node {id}");
+        assert_eq!(got["statistics"]["rows_read"], 6000, "node {id}: {got}");
+    }
+
+    // Joins and unions across partitions, and subqueries, are refused clearly, never
+    // answered from one node's data (the single node answers them).
+    for sql in [
+        "SELECT count(*) FROM trades t JOIN quotes q ON t.symbol = q.symbol",
+        "SELECT symbol FROM trades UNION SELECT symbol FROM quotes",
+        "SELECT count(*) FROM trades WHERE price > (SELECT avg(price) FROM trades)",
+        "SELECT count(*) FROM trades WHERE symbol IN (SELECT symbol FROM quotes WHERE bid > 120)",
+    ] {
+        assert_eq!(single.sql(sql).status, 200, "{sql}");
+        for id in 1..=3 {
+            let msg = c.node(id).sql(sql).expect_error(400, "BAD_REQUEST");
+            assert!(msg.contains("cluster mode"), "{sql}: {msg}");
+        }
+    }
+
+    // SHOW TABLES / DESCRIBE answer from the replicated catalog; EXPLAIN says it is local.
+    assert_eq!(show_tables(c.node(3)), vec!["quotes", "trades"]);
+    let d = csv(c.node(2), "DESCRIBE trades");
+    assert!(d.contains("price") && d.contains("symbol"), "{d}");
+    let e = csv(c.node(2), "EXPLAIN SELECT count(*) FROM trades");
+    assert!(e.lines().next().unwrap().contains("cluster mode"), "{e}");
+
+    // Latency: a one-symbol query through every node (the owner and non-owners), and a
+    // full GROUP BY (partials from every node) against the single node.
+    for (label, sql) in [
+        (
+            "one symbol",
+            "SELECT count(*), sum(price) FROM trades WHERE symbol = 'S7'",
+        ),
+        (
+            "all symbols",
+            "SELECT symbol, count(*), avg(price) FROM trades GROUP BY symbol",
+        ),
+    ] {
+        let median = |s: &Server| {
+            let mut t: Vec<Duration> = (0..15)
+                .map(|_| {
+                    let start = Instant::now();
+                    csv(s, sql);
+                    start.elapsed()
+                })
+                .collect();
+            t.sort();
+            t[7]
+        };
+        let per_node: Vec<Duration> = (1..=3).map(|id| median(c.node(id))).collect();
+        println!(
+            "{label}: single node {:?}; cluster via node 1/2/3 {per_node:?} (median of 15)",
+            median(&single)
+        );
+    }
+}
+
+type Results = Arc<Mutex<Vec<(u16, String, Duration)>>>;
+
+/// Run `sql` through `via` in a loop on a thread until `stop`, recording every
+/// (status, body, latency) in `results`.
+fn query_loop(
+    via: &Server,
+    sql: &'static str,
+    stop: Arc<AtomicBool>,
+    results: Results,
+) -> std::thread::JoinHandle<()> {
+    let addr = via.addr;
+    let auth = format!("Bearer {ADMIN_KEY}");
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let start = Instant::now();
+            let r = harness::request(
+                addr,
+                "POST",
+                "/",
+                &[("Authorization", &auth)],
+                format!("{sql} FORMAT CSV").as_bytes(),
+            );
+            let (status, body) = match r {
+                Ok(r) => (r.status, r.text()),
+                Err(e) => (0, e.to_string()),
+            };
+            results
+                .lock()
+                .unwrap()
+                .push((status, body, start.elapsed()));
+        }
+    })
+}
+
+const LOOPED: &str = "SELECT symbol, count(*), sum(price), sum(size) FROM trades \
+                      GROUP BY symbol ORDER BY symbol";
+
+/// Kill `victim` while queries run through `via`; wait until every partition the victim was
+/// primary of has a new primary, then a little more querying; every query must have
+/// answered `want`. Returns the slowest query.
+fn kill_during_queries(c: &mut Cluster, victim: u64, via: u64, want: &str) -> Duration {
+    let stop = Arc::new(AtomicBool::new(false));
+    let results: Results = Arc::default();
+    let handle = query_loop(c.node(via), LOOPED, stop.clone(), results.clone());
+    let answered = || results.lock().unwrap().len();
+    wait_until("queries before the kill", Duration::from_secs(10), || {
+        (answered() >= 3).then_some(())
+    });
+    let killed_at = Instant::now();
+    c.kill9(victim);
+    let failover = wait_until(
+        "the victim's partitions failed over",
+        Duration::from_secs(30),
+        || {
+            let v = admin(c.node(via));
+            v["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["primary"] != victim)
+                .then(|| killed_at.elapsed())
+        },
+    );
+    println!("node {victim} killed; its partitions failed over after {failover:?}");
+    let at_failover = answered();
+    wait_until(
+        "queries after the failover",
+        Duration::from_secs(20),
+        || (answered() >= at_failover + 5).then_some(()),
+    );
+    stop.store(true, Ordering::SeqCst);
+    handle.join().unwrap();
+    let results = results.lock().unwrap().clone();
+    let mut slowest = Duration::ZERO;
+    for (i, (status, body, took)) in results.iter().enumerate() {
+        assert_eq!(*status, 200, "query {i} of {}: {body}", results.len());
+        assert_eq!(body, want, "query {i} answered differently");
+        slowest = slowest.max(*took);
+    }
+    println!(
+        "{} queries through node {via} while node {victim} died: all answered, slowest {slowest:?}",
+        results.len()
+    );
+    slowest
+}
+
+#[test]
+fn a_killed_data_node_fails_no_query() {
+    let _g = serial();
+    let (mut c, single, _dir) = loaded();
+    let want = csv(&single, LOOPED);
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (victim, via) = (others[0], others[1]);
+    assert_eq!(csv(c.node(via), LOOPED), want);
+    kill_during_queries(&mut c, victim, via, &want);
+    // Reads of every node's partitions still agree through the leader too.
+    assert_eq!(csv(c.node(leader), LOOPED), want);
+    for sql in SAME_ANSWER {
+        assert_eq!(csv(c.node(via), sql), csv(&single, sql), "{sql}");
+    }
+}
+
+#[test]
+fn a_killed_raft_leader_fails_no_query_and_metadata_changes_work_again() {
+    let _g = serial();
+    let (mut c, single, _dir) = loaded();
+    let want = csv(&single, LOOPED);
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let via = (1..=3).find(|id| *id != leader).unwrap();
+    kill_during_queries(&mut c, leader, via, &want);
+    let new = wait_until("a new leader", Duration::from_secs(30), || {
+        c.agreed_leader().filter(|l| *l != leader)
+    });
+    assert_ne!(new, leader);
+    let out = c
+        .node(via)
+        .sql_ok("CREATE TABLE after_failover (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)");
+    assert!(out.contains("created"), "{out}");
+    for id in c.live() {
+        wait_until(
+            "the new table on survivors",
+            Duration::from_secs(10),
+            || {
+                show_tables(c.node(id))
+                    .contains(&"after_failover".to_string())
+                    .then_some(())
+            },
+        );
+    }
+    for id in c.live() {
+        assert_eq!(csv(c.node(id), LOOPED), want, "node {id}");
+        assert_eq!(
+            csv(c.node(id), "SELECT count(*) FROM after_failover"),
+            "0\n"
+        );
+    }
+}
+
+#[test]
+fn a_partition_with_no_reachable_copy_fails_the_query_with_unavailable_never_partially() {
+    let _g = serial();
+    let (mut c, single, _dir) = loaded_with(&["--query-timeout", "2s"]);
+    let survivor = 3;
+    // Partitions whose copies are all on nodes 1 and 2 (placement spreads 8 partitions
+    // over the 3 pairs of nodes).
+    let v = admin(c.node(survivor));
+    let lost: Vec<u64> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["in_sync"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n.as_u64() != Some(survivor))
+        })
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    assert!(!lost.is_empty(), "{v}");
+    let held = (0..40)
+        .map(|i| format!("S{i}"))
+        .find(|s| {
+            let p = u64::from(zepto_storage::partition_for("trades", s, 8));
+            !lost.contains(&p)
+        })
+        .unwrap();
+    c.kill9(1);
+    c.kill9(2);
+    let s = c.node(survivor);
+    let started = Instant::now();
+    let r = s.sql("SELECT count(*) FROM trades FORMAT CSV");
+    let took = started.elapsed();
+    let msg = r.expect_error(503, "UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert!(msg.contains("no partial answer"), "{msg}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    println!("query over partitions {lost:?} with no live copy: 503 after {took:?}");
+    // A query over a partition the survivor holds is still answered, and right.
+    let sql = format!("SELECT count(*), sum(price) FROM trades WHERE symbol = '{held}'");
+    assert_eq!(csv(s, &sql), csv(&single, &sql));
+}
+
+#[test]
+fn partials_larger_than_a_grpc_message_stream_in_chunks() {
+    let _g = serial();
+    let c = Cluster::start_with(3, &[]);
+    c.node(1)
+        .sql_ok("CREATE TABLE big (ts TIMESTAMP, symbol SYMBOL, n BIGINT, note STRING)");
+    for id in 1..=3 {
+        wait_until("table on every node", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&"big".to_string())
+                .then_some(())
+        });
+    }
+    // 200k rows of ~90 bytes: every node's partial answer is several MiB (tonic's default
+    // message limit is 4 MiB; chunks are 1 MiB).
+    const ROWS: u64 = 200_000;
+    let pad = "x".repeat(60);
+    let body: String = (0..ROWS)
+        .map(|i| format!("{},S{},{i},{pad}{i}\n", i + 1, i % 50))
+        .collect();
+    let r = csv_insert(c.node(1), "big", &body);
+    assert_eq!(r.json()["inserted"], ROWS, "{}", r.text());
+    // The partial part is scan + filter + projection: every row with its 66-byte note.
+    let sql = "SELECT n, symbol, note FROM big WHERE n >= 0 ORDER BY n DESC LIMIT 3";
+    for id in 1..=3 {
+        let started = Instant::now();
+        let v = c.node(id).sql(sql).json();
+        let took = started.elapsed();
+        assert_eq!(v["statistics"]["rows_read"], ROWS, "{v}");
+        let got: Vec<(u64, String, String)> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_u64().unwrap(),
+                    r[1].as_str().unwrap().to_string(),
+                    r[2].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [199_999, 199_998, 199_997]
+                .map(|n| (n, format!("S{}", n % 50), format!("{pad}{n}")))
+                .to_vec(),
+            "node {id}"
+        );
+        println!("{ROWS} rows shipped as partials to node {id}: {took:?}");
+    }
+}
+
+#[test]
+fn a_hung_node_is_read_around_once_the_map_says_so() {
+    let _g = serial();
+    let (c, single, _dir) = loaded();
+    let want = csv(&single, LOOPED);
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (victim, via) = (others[0], others[1]);
+    assert_eq!(csv(c.node(via), LOOPED), want);
+    // SIGSTOP: connections stay open and calls hang (no refusal to fail fast on). The
+    // coordinator gives up on the call when the map declares the node SUSPECT (600 ms without
+    // heartbeats at a 200 ms interval) and reads the in-sync copies instead.
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    c.node(victim).signal(SIGSTOP);
+    let started = Instant::now();
+    let got = csv(c.node(via), LOOPED);
+    let took = started.elapsed();
+    c.node(victim).signal(SIGCONT);
+    assert_eq!(got, want);
+    println!("query through node {via} with node {victim} stopped: answered after {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}

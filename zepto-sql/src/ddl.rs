@@ -178,6 +178,53 @@ pub(crate) fn insert(
     ctx: &ExecCtx,
     ins: &ast::Insert,
 ) -> Result<QueryOutput> {
+    let bound = bind_insert(binder, ins)?;
+    let batches = collect(&bound.source, ctx)?;
+    let Some(batch) = bound.conform(&batches)? else {
+        return Ok(QueryOutput::Inserted { rows: 0 });
+    };
+    let receipt = ctx
+        .db
+        .insert(&bound.table.name, batch)
+        .map_err(storage_err)?;
+    Ok(QueryOutput::Inserted {
+        rows: receipt.rows as u64,
+    })
+}
+
+/// An INSERT bound to its table: the source plan and which source column feeds each table
+/// column.
+#[derive(Debug)]
+pub(crate) struct BoundInsert {
+    pub(crate) table: Arc<TableSchema>,
+    pub(crate) source: crate::plan::Node,
+    pub(crate) targets: Vec<Option<usize>>,
+}
+
+impl BoundInsert {
+    /// Shape the source's output rows into the table's columns; `None` for no rows.
+    pub(crate) fn conform(&self, batches: &[RecordBatch]) -> Result<Option<RecordBatch>> {
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let Some(first) = batches.first() else {
+            return Ok(None);
+        };
+        if total == 0 {
+            return Ok(None);
+        }
+        let all = arrow::compute::concat_batches(&first.schema(), batches)?;
+        if all.num_columns() != self.source.schema().fields().len() {
+            return Err(invalid(format!(
+                "the INSERT's source gave {} columns, expected {}",
+                all.num_columns(),
+                self.source.schema().fields().len()
+            )));
+        }
+        conform(&self.table, &all, &self.targets).map(Some)
+    }
+}
+
+/// Check an INSERT against its table and plan its source (not run).
+pub(crate) fn bind_insert(binder: &mut Binder<'_>, ins: &ast::Insert) -> Result<BoundInsert> {
     let name = match &ins.table {
         ast::TableObject::TableName(n) => n.to_string(),
         other => return Err(unsupported(format!("INSERT INTO {other}"))),
@@ -187,7 +234,7 @@ pub(crate) fn insert(
             "INSERT with ON CONFLICT / RETURNING / SET / OVERWRITE",
         ));
     }
-    let table = ctx.db.table(&name).map_err(storage_err)?;
+    let table = binder.ctx.db.table(&name).map_err(storage_err)?;
     let source = ins
         .source
         .as_ref()
@@ -225,16 +272,10 @@ pub(crate) fn insert(
         }
         t
     };
-    let batches = collect(&node, ctx)?;
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if total == 0 {
-        return Ok(QueryOutput::Inserted { rows: 0 });
-    }
-    let all = arrow::compute::concat_batches(&src_schema, &batches)?;
-    let batch = conform(&table, &all, &targets)?;
-    let receipt = ctx.db.insert(&table.name, batch).map_err(storage_err)?;
-    Ok(QueryOutput::Inserted {
-        rows: receipt.rows as u64,
+    Ok(BoundInsert {
+        table,
+        source: node,
+        targets,
     })
 }
 

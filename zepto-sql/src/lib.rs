@@ -180,6 +180,21 @@ pub struct ClusterPlan {
     pub footprint: Option<Vec<u32>>,
 }
 
+/// An `INSERT` prepared for a cluster ([`Engine::prepare_insert`]): its rows computed here
+/// when its source reads no table, or the query that computes them where the data is.
+#[derive(Debug)]
+pub struct PreparedInsert {
+    /// The target table's name as the catalog spells it.
+    pub table: String,
+    /// The source as a query, when it reads tables: run it (a cluster distributes it), then
+    /// shape its rows with [`Engine::conform_insert`]. `None` when `rows` is the answer.
+    pub source_query: Option<String>,
+    /// The rows in the table's columns, ready to write (`None`: no rows, or see
+    /// `source_query`).
+    pub rows: Option<RecordBatch>,
+    bound: ddl::BoundInsert,
+}
+
 /// Kinds of read-only statements (see [`Engine::read_kind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadKind {
@@ -325,6 +340,53 @@ impl Engine {
             self.settings.memory_limit_bytes,
         );
         ddl::insert_batch(&ctx, table, batch)
+    }
+
+    /// Take an `INSERT ... VALUES | SELECT` apart without writing anything, for a cluster that
+    /// routes the rows to the partitions' primaries itself. A source that reads no table is
+    /// evaluated here; one that reads tables is returned as query text (it must not be
+    /// evaluated over this node's data alone). Subqueries in expressions are refused as in
+    /// [`Engine::plan_cluster_at`].
+    pub fn prepare_insert(&self, sql: &str) -> Result<PreparedInsert> {
+        let stmt = parse::parse_one(sql)?;
+        let Statement::Insert(ins) = &stmt else {
+            return Err(error::invalid("not an INSERT statement"));
+        };
+        let ctx = ExecCtx::new(
+            self.db.clone(),
+            self.settings.timeout,
+            self.settings.memory_limit_bytes,
+        );
+        let mut binder = Binder::new(&self.db, &ctx, (self.clock)());
+        binder.subqueries_allowed = false;
+        let bound = ddl::bind_insert(&mut binder, ins)?;
+        let reads_tables = plan::split::footprint(&bound.source).is_none_or(|p| !p.is_empty());
+        let (source_query, rows) = if reads_tables {
+            let q = ins
+                .source
+                .as_ref()
+                .ok_or_else(|| error::invalid("INSERT needs VALUES or SELECT"))?;
+            (Some(q.to_string()), None)
+        } else {
+            let batches = exec::collect(&bound.source, &ctx)?;
+            (None, bound.conform(&batches)?)
+        };
+        Ok(PreparedInsert {
+            table: bound.table.name.clone(),
+            source_query,
+            rows,
+            bound,
+        })
+    }
+
+    /// Shape the rows a prepared INSERT's `source_query` returned into the table's columns
+    /// (`None` for no rows), with the same conversions as `INSERT ... VALUES`.
+    pub fn conform_insert(
+        &self,
+        prepared: &PreparedInsert,
+        batches: &[RecordBatch],
+    ) -> Result<Option<RecordBatch>> {
+        prepared.bound.conform(batches)
     }
 
     /// True when the statement only reads (SELECT / SHOW / DESCRIBE / EXPLAIN / WITH..SELECT).

@@ -189,6 +189,40 @@ impl Cluster {
     }
 
     /// Run a read-only SELECT over the whole cluster (see [`query`]).
+    /// SQL `INSERT ... VALUES | SELECT` through the cluster: the rows are computed (a source
+    /// reading tables runs as a distributed query), then routed like a bulk insert.
+    pub(crate) async fn insert_sql(
+        &self,
+        node: &Arc<Node>,
+        sql: String,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let n = node.clone();
+        let prepared = tokio::task::spawn_blocking(move || n.engine().prepare_insert(&sql))
+            .await
+            .map_err(|e| Error::Internal(format!("INSERT task failed: {e}")))?
+            .map_err(crate::db::sql_error)?;
+        let rows = match &prepared.source_query {
+            None => prepared.rows.clone(),
+            Some(q) => {
+                let crate::db::SqlOutput::Rows { batches, .. } =
+                    self.query(node, q.clone(), timeout).await?
+                else {
+                    return Err(Error::Internal(
+                        "the INSERT's source query produced no rows".into(),
+                    ));
+                };
+                node.engine()
+                    .conform_insert(&prepared, &batches)
+                    .map_err(crate::db::sql_error)?
+            }
+        };
+        match rows {
+            Some(batch) => self.write(node, &prepared.table, batch).await,
+            None => Ok(0),
+        }
+    }
+
     pub(crate) async fn query(
         &self,
         node: &Arc<Node>,

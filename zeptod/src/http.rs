@@ -337,15 +337,16 @@ async fn run_sql_inner(
             ));
         }
     }
-    if state.cluster.get().is_some() && !read_only {
-        return Err(Error::BadRequest(
-            "in cluster mode SQL INSERT ... VALUES/SELECT is not routed to the partitions' \
-             primaries yet; send rows with INSERT INTO t FORMAT CSV|JSONEachRow|Arrow or \
-             line protocol (POST /write)"
-                .into(),
+    let timeout = state.cfg.query_timeout;
+    if let (Some(cluster), false) = (state.cluster.get(), read_only) {
+        // INSERT: rows computed here (or by a distributed query), routed to the primaries.
+        let rows = cluster.insert_sql(&node, sql, timeout).await?;
+        state.metrics.ingested("sql", rows, 0, start.elapsed());
+        return Ok(json_response(
+            StatusCode::OK,
+            serde_json::json!({ "inserted": rows }),
         ));
     }
-    let timeout = state.cfg.query_timeout;
     // Cluster mode: queries read every partition's owner; SHOW / DESCRIBE answer from the
     // replicated catalog here; EXPLAIN shows this node's local plan and says so.
     let mut explain_note = None;

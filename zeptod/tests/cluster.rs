@@ -302,17 +302,21 @@ fn ddl_through_one_node_reaches_every_node_with_the_same_table_id() {
         .expect_error(400, "BAD_REQUEST");
 
     // Writes work with the replicated schema: the row lands on its partition's primary and
-    // replica (RF 2, replicated ack), whichever node received it. SQL INSERT VALUES is not
-    // routed yet and is refused in cluster mode.
+    // replica (RF 2, replicated ack), whichever node received it; SQL INSERT VALUES too.
     assert_eq!(
         csv_insert(c.node(2), "trades", "1,AAPL,1.5\n").json()["inserted"],
         1
     );
     // Queries are distributed: every node counts the row once (tests/cluster_query.rs).
     assert_eq!((1..=3).map(|id| c.node(id).count("trades")).sum::<u64>(), 3);
-    c.node(2)
-        .sql("INSERT INTO trades VALUES ('2026-01-01T00:00:00Z', 'AAPL', 1.5)")
-        .expect_error(400, "BAD_REQUEST");
+    let r = c.node(2).sql(
+        "INSERT INTO trades VALUES ('2026-01-01T00:00:00Z', 'AAPL', 1.5), \
+         ('2026-01-01T00:00:01Z', 'MSFT', 2.5)",
+    );
+    assert_eq!(r.json()["inserted"], 2, "{}", r.text());
+    for id in 1..=3 {
+        assert_eq!(c.node(id).count("trades"), 3, "node {id}");
+    }
 
     // DROP through node 3 removes it everywhere.
     c.node(3).sql_ok("DROP TABLE trades");

@@ -266,8 +266,43 @@ fn queries_through_any_node_equal_a_single_node() {
         }
     }
 
+    // SQL INSERT ... VALUES and INSERT ... SELECT are routed like bulk rows (the SELECT runs
+    // distributed), through any node.
+    let copy = "CREATE TABLE copy (ts TIMESTAMP, symbol SYMBOL, price DOUBLE, size BIGINT)";
+    c.node(2).sql_ok(copy);
+    single.sql_ok(copy);
+    for id in 1..=3 {
+        wait_until("copy on every node", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&"copy".to_string())
+                .then_some(())
+        });
+    }
+    let values = "INSERT INTO copy (ts, symbol, price) VALUES \
+        ('2023-11-14T22:13:20Z', 'S1', 1.25), ('2023-11-14T22:13:21Z', 'S2', 2.5), \
+        ('2023-11-14T22:13:22Z', 'S9', 3.75), ('2023-11-14T22:13:23Z', 'S30', 4.0)";
+    let select = "INSERT INTO copy SELECT ts, symbol, price, size FROM trades WHERE size > 4";
+    for (via, sql) in [(c.node(3), values), (c.node(1), select)] {
+        let want = single.sql(sql);
+        assert_eq!(want.status, 200, "{}", want.text());
+        let got = via.sql(sql);
+        assert_eq!(got.status, 200, "{sql}: {}", got.text());
+        assert_eq!(got.json()["inserted"], want.json()["inserted"], "{sql}");
+    }
+    let sql =
+        "SELECT symbol, count(*), sum(price), sum(size) FROM copy GROUP BY symbol ORDER BY symbol";
+    let want = csv(&single, sql);
+    for id in 1..=3 {
+        assert_eq!(csv(c.node(id), sql), want, "node {id}");
+    }
+    let msg = c
+        .node(2)
+        .sql("INSERT INTO copy (ts, symbol, price) VALUES (1, 'S1', (SELECT max(price) FROM trades))")
+        .expect_error(400, "BAD_REQUEST");
+    assert!(msg.contains("cluster mode"), "{msg}");
+
     // SHOW TABLES / DESCRIBE answer from the replicated catalog; EXPLAIN says it is local.
-    assert_eq!(show_tables(c.node(3)), vec!["quotes", "trades"]);
+    assert_eq!(show_tables(c.node(3)), vec!["copy", "quotes", "trades"]);
     let d = csv(c.node(2), "DESCRIBE trades");
     assert!(d.contains("price") && d.contains("symbol"), "{d}");
     let e = csv(c.node(2), "EXPLAIN SELECT count(*) FROM trades");

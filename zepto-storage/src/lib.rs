@@ -37,7 +37,10 @@ pub mod wal;
 
 pub use catalog::FORMAT_VERSION;
 pub use checkpoint::CheckpointInfo;
-pub use engine::{Clock, CommitListenerFn, Config, Db, DbStats, MonotonicClock, RecoveryInfo};
+pub use engine::{
+    Clock, CommitListenerFn, Config, Db, DbStats, MonotonicClock, PartitionExport, PartitionImport,
+    RecoveryInfo, TableExport, DEFAULT_IMPORT_BUDGET_BYTES,
+};
 pub use error::{Error, Result};
 pub use ingest::{partition_for, CommittedRecord, ReplicatedRecord, WriteReceipt, WriteTicket};
 pub use scan::{ChunkSource, ScanChunk, ScanRequest, ScanStats, TableScan, TimeRange};

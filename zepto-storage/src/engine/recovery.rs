@@ -70,10 +70,12 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     let mut epochs = vec![0u64; partitions as usize];
     let mut last_epoch = vec![0u64; partitions as usize];
     let mut from = WalPosition::default();
+    let mut wal_floors = std::collections::BTreeMap::new();
     let mut referenced: HashSet<PathBuf> = HashSet::new();
     if let Some((m, cdir)) = &chosen {
         info.checkpoint_id = Some(m.id);
         from = m.wal_position;
+        wal_floors.clone_from(&m.wal_floors);
         if m.epochs.len() == partitions as usize {
             epochs.clone_from(&m.epochs);
         }
@@ -151,6 +153,8 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     // moved aside instead (that checkpoint may have been their only reference).
     let orphans = fell_back.then(|| dir.join("hdb-orphans"));
     remove_unreferenced_hdb(&dir.join("hdb"), &referenced, orphans.as_deref())?;
+    // Partition imports that never committed: their staged files are of no use.
+    super::transfer::remove_staging(&dir)?;
 
     // 2. WAL replay.
     let wal_dir = dir.join("wal");
@@ -240,6 +244,10 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         epochs: epochs.into_iter().map(AtomicU64::new).collect(),
         next_seq: next_seq.iter().map(|&s| AtomicU64::new(s)).collect(),
         commit_listener: RwLock::new(None),
+        importing: (0..partitions)
+            .map(|_| std::sync::atomic::AtomicU8::new(super::IMPORT_IDLE))
+            .collect(),
+        wal_floors: Mutex::new(wal_floors),
     });
     Ok(Recovered {
         shared,

@@ -8,7 +8,7 @@
 //! waits for the pointer copy.
 //!
 //! **Import** ([`Db::begin_partition_import`], [`PartitionImport`]) replaces everything the
-//! node holds of a partition; fault points in brackets:
+//! node holds of a partition; fault points in parentheses:
 //! 1. `begin`: writes to the partition (local and replicated) are refused from now on with
 //!    [`Error::PartitionImporting`]; a barrier through the ring waits for the writes the
 //!    writer had already taken (they belong to the state being replaced). The staging
@@ -17,21 +17,21 @@
 //!    hashes to this partition), split by time bucket and buffered. A bucket that reaches
 //!    [`STAGE_FILE_ROWS`], or every bucket once the buffers hold the memory budget, is sorted
 //!    and written as an HDB-format Arrow IPC file into the staging directory and fsynced
-//!    [`import::spill`]. Memory stays bounded whatever the partition's size.
-//! 3. `finish`: the rest is staged and the staging directory fsynced [`import::after_stage`];
+//!    (`import::spill`). Memory stays bounded whatever the partition's size.
+//! 3. `finish`: the rest is staged and the staging directory fsynced (`import::after_stage`);
 //!    the files are renamed into `hdb/<table>/<partition>/` under chunk numbers above every
-//!    chunk and file there [`import::after_rename`]. No checkpoint names them yet, so
+//!    chunk and file there (`import::after_rename`). No checkpoint names them yet, so
 //!    recovery would delete them as HDB files written after its checkpoint.
 //! 4. Commit: holding the checkpoint lock, the WAL writer swaps the partition's chunk lists
 //!    for the imported files, sets its position to `(epoch, next_seq)` and records the WAL
 //!    position of this cut as the partition's floor, between two group commits; then it cuts
-//!    [`import::after_swap`]. That cut is written as a checkpoint. **The checkpoint's rename
+//!    (`import::after_swap`). That cut is written as a checkpoint. **The checkpoint's rename
 //!    into place is the commit point**: recovery starts from the newest complete checkpoint,
 //!    which either predates the import (old rows, old position; no WAL record of the
 //!    partition follows, since writes to it were refused) or is this one (the imported files,
 //!    the new position, replay from the cut).
 //! 5. Writes to the partition are accepted again, the staging directory is removed
-//!    [`import::after_commit`].
+//!    (`import::after_commit`).
 //!
 //! The floor keeps [`Db::wal_records_since`] from serving the partition's records written
 //! before the import (another history, possibly a divergent one at the same sequence
@@ -148,6 +148,9 @@ impl Db {
     pub fn begin_partition_import(&self, partition: u32) -> Result<PartitionImport> {
         check_partition_index(partition, self.partitions())?;
         let s = self.shared();
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
         if let Some(p) = s.poisoned.lock().clone() {
             return Err(Error::WalPoisoned(p));
         }
@@ -481,6 +484,7 @@ impl PartitionImport {
             fsync_dir(&dir)?;
             out.push((id, chunks));
         }
+        fsync_dir(&self.staging)?;
         Ok(out)
     }
 

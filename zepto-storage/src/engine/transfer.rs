@@ -155,13 +155,12 @@ impl Db {
             return Err(Error::WalPoisoned(p));
         }
         let flag = &s.importing[partition as usize];
-        let started = [IMPORT_IDLE, IMPORT_BROKEN].into_iter().any(|from| {
+        let Some(prior) = [IMPORT_IDLE, IMPORT_BROKEN].into_iter().find(|&from| {
             flag.compare_exchange(from, IMPORT_RUNNING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-        });
-        if !started {
+        }) else {
             return Err(Error::PartitionImporting { partition });
-        }
+        };
         // From here on, dropping `imp` gives the partition back.
         let imp = PartitionImport {
             db: self.clone(),
@@ -171,6 +170,7 @@ impl Db {
             budget: DEFAULT_IMPORT_BUDGET_BYTES,
             buffered_bytes: 0,
             staged_files: 0,
+            prior,
             settled: false,
         };
         // Writes the writer placed before the flag was set are committed after this.
@@ -227,6 +227,9 @@ pub struct PartitionImport {
     budget: usize,
     buffered_bytes: usize,
     staged_files: usize,
+    /// The partition's import state before this import: what an unfinished import leaves
+    /// (a broken one stays broken: memory may not match disk).
+    prior: u8,
     /// The partition's import flag was already handed back (or deliberately left broken).
     settled: bool,
 }
@@ -436,6 +439,7 @@ impl PartitionImport {
             self.remove_staging();
             return Err(e);
         }
+        // Committed. (An error armed here is reported, but the import is durable.)
         let after = s.faults.check("import::after_commit");
         s.importing[p as usize].store(IMPORT_IDLE, Ordering::Release);
         self.settled = true;
@@ -460,8 +464,7 @@ impl PartitionImport {
             if staged.files.is_empty() {
                 continue;
             }
-            let rel_dir = Path::new("hdb").join(&t.schema.name).join(p.to_string());
-            let dir = s.dir.join(&rel_dir);
+            let dir = s.dir.join("hdb").join(&t.schema.name).join(p.to_string());
             create_dir_durable(&dir)?;
             let mut next = next_chunk_seqs(t, p, &dir)?;
             let mut chunks = Vec::with_capacity(staged.files.len());
@@ -502,9 +505,9 @@ impl Drop for PartitionImport {
         if self.settled {
             return;
         }
-        // Not finished: the partition is untouched; give it back.
+        // Not finished: the partition is untouched; give it back as it was.
         self.remove_staging();
-        self.db.shared().importing[self.partition as usize].store(IMPORT_IDLE, Ordering::Release);
+        self.db.shared().importing[self.partition as usize].store(self.prior, Ordering::Release);
     }
 }
 

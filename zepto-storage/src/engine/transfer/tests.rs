@@ -548,6 +548,15 @@ fn a_dropped_or_failed_import_leaves_the_partition_as_it_was() {
         matches!(e, Error::PartitionImporting { partition: P }),
         "{e}"
     );
+    // Another import that is dropped unfinished leaves it refusing writes.
+    drop(b.begin_partition_import(P).unwrap());
+    let e = b
+        .insert("trades", trade_rows(0..5, &symbols("trades", P, true, 1)))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::PartitionImporting { partition: P }),
+        "{e}"
+    );
     drop(b);
     let b = open(&bdir);
     assert_eq!(snapshot(&b, P), before, "restart: the old state");

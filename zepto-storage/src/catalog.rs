@@ -19,7 +19,11 @@ use crate::fsutil::write_atomic;
 use crate::schema::TableSchema;
 
 /// The on-disk format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: checkpoint manifests may carry `wal_floors` (partition imports). A version-1
+/// directory is read as it is and its identity file is raised to 2 when it is opened, so
+/// that an older build refuses it instead of misreading a newer manifest.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Identity {
@@ -51,6 +55,23 @@ pub(crate) fn check_identity(dir: &Path, partitions: u32, faults: &Faults) -> Re
                     found: u64::from(id.partitions),
                     requested: u64::from(partitions),
                 });
+            }
+            if id.format_version < FORMAT_VERSION {
+                // Everything older is read as it is; what this build writes from now on is
+                // the current version, which an older build must refuse.
+                let upgraded = Identity {
+                    format_version: FORMAT_VERSION,
+                    partitions,
+                };
+                let bytes = serde_json::to_vec_pretty(&upgraded)
+                    .map_err(|e| Error::Internal(format!("encode identity: {e}")))?;
+                write_atomic(&path, &bytes, faults)?;
+                tracing::info!(
+                    path = %path.display(),
+                    from = id.format_version,
+                    to = FORMAT_VERSION,
+                    "raised the data directory's format version"
+                );
             }
             Ok(id.partitions)
         }
@@ -322,8 +343,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("format version 9") && e.contains("up to 1"),
+            e.contains("format version 9") && e.contains("up to 2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_older_format_is_read_and_raised_to_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zepto.json");
+        fs::write(&path, br#"{"format_version": 1, "partitions": 16}"#).unwrap();
+        assert_eq!(
+            check_identity(dir.path(), 16, &Faults::default()).unwrap(),
+            16
+        );
+        let id: Identity = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!((id.format_version, id.partitions), (FORMAT_VERSION, 16));
+        assert_eq!(FORMAT_VERSION, 2);
     }
 }

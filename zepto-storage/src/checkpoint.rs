@@ -12,7 +12,7 @@
 //! HDB chunks are referenced by path, not copied. A memory chunk that did not change since
 //! the previous checkpoint is hard-linked from it instead of written again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +43,40 @@ pub(crate) struct Capture {
     pub(crate) last_record_epochs: Vec<u64>,
     pub(crate) last_epoch_starts: Vec<u64>,
     pub(crate) epochs: Vec<u64>,
+    /// Per imported partition: where its WAL history restarts (see [`Manifest::wal_floors`]).
+    pub(crate) wal_floors: BTreeMap<u32, WalPosition>,
     pub(crate) tables: Vec<CapturedTable>,
+}
+
+/// One partition's chunks at a cut taken by the WAL writer (partition export).
+#[derive(Debug)]
+pub(crate) struct PartitionCut {
+    /// The partition's fencing epoch at the cut.
+    pub(crate) epoch: u64,
+    /// The first sequence number not in the cut.
+    pub(crate) next_seq: u64,
+    /// The epoch of the newest record, and the seq where its run starts.
+    pub(crate) last_epoch: u64,
+    pub(crate) last_epoch_start: u64,
+    /// Every table: (id, schema, the partition's chunks).
+    pub(crate) tables: Vec<(u32, Arc<TableSchema>, Vec<Chunk>)>,
+}
+
+/// Ask the WAL writer to replace a partition with imported chunks at a cut: every table's
+/// chunk list of `partition` becomes the given chunks (none for a table not named), and the
+/// partition's position becomes `(epoch, next_seq)`. The reply is the cut right after the
+/// swap, for the checkpoint that makes it durable.
+#[derive(Debug)]
+pub(crate) struct ImportSwap {
+    pub(crate) partition: u32,
+    pub(crate) epoch: u64,
+    pub(crate) next_seq: u64,
+    /// The source's log end (`Db::partition_log`): newest record epoch and its run's start.
+    pub(crate) last_epoch: u64,
+    pub(crate) last_epoch_start: u64,
+    /// (table id, chunks)
+    pub(crate) tables: Vec<(u32, Vec<Chunk>)>,
+    pub(crate) reply: crossbeam_channel::Sender<Result<Capture>>,
 }
 
 #[derive(Debug)]
@@ -122,6 +155,11 @@ pub(crate) struct Manifest {
     /// (absent in older manifests).
     #[serde(default)]
     pub(crate) last_epoch_starts: Vec<u64>,
+    /// Per partition that was replaced by an import (format version 2): the WAL position of
+    /// the import's cut. Records of that partition before it belong to the history the
+    /// import replaced and are never served for catch-up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) wal_floors: BTreeMap<u32, WalPosition>,
     pub(crate) tables: Vec<ManifestTable>,
 }
 
@@ -242,6 +280,7 @@ pub(crate) fn write_checkpoint(
         epochs: capture.epochs.clone(),
         last_record_epochs: capture.last_record_epochs.clone(),
         last_epoch_starts: capture.last_epoch_starts.clone(),
+        wal_floors: capture.wal_floors.clone(),
         tables,
     };
     let bytes = serde_json::to_vec(&manifest)

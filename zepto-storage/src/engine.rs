@@ -9,9 +9,9 @@
 //! Recovery (`engine/recovery.rs`) = newest complete checkpoint + WAL replay from its
 //! position.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,7 +34,18 @@ use crate::wal::{WalStats, FSYNC_BUCKETS_US};
 
 mod maintenance;
 mod recovery;
+mod transfer;
 mod writer;
+
+pub use transfer::{PartitionExport, PartitionImport, TableExport, DEFAULT_IMPORT_BUDGET_BYTES};
+
+/// Import state of a partition (`Shared::importing`): no import, writes flow.
+pub(crate) const IMPORT_IDLE: u8 = 0;
+/// An import is staging or committing: writes to the partition are refused.
+pub(crate) const IMPORT_RUNNING: u8 = 1;
+/// An import replaced the partition in memory but could not make it durable: writes stay
+/// refused (the durable state may be the old or the new one) until an import succeeds.
+pub(crate) const IMPORT_BROKEN: u8 = 2;
 
 /// A monotonic millisecond clock, passed in so that time-based behaviour (sealing idle
 /// chunks, checkpoint intervals) can be tested without waiting.
@@ -213,6 +224,11 @@ pub(crate) struct Shared {
     /// Per partition: where the newest record epoch's run of records starts.
     pub(crate) epoch_starts: Vec<AtomicU64>,
     pub(crate) commit_listener: RwLock<Option<CommitListener>>,
+    /// Per partition: [`IMPORT_IDLE`], [`IMPORT_RUNNING`] or [`IMPORT_BROKEN`].
+    pub(crate) importing: Vec<AtomicU8>,
+    /// Per partition replaced by an import: the WAL position of its cut (older records of
+    /// the partition are another history and are never served by `wal_records_since`).
+    pub(crate) wal_floors: Mutex<BTreeMap<u32, crate::wal::WalPosition>>,
 }
 
 /// A function told of every group of records that just became durable (see
@@ -604,7 +620,24 @@ impl Db {
             return Ok(Vec::new());
         }
         let until = *s.wal_position.lock();
-        crate::wal::read_partition(&s.dir.join("wal"), partition, from_seq, until, max_bytes)
+        let floor = s.wal_floors.lock().get(&partition).copied();
+        let got = crate::wal::read_partition(
+            &s.dir.join("wal"),
+            partition,
+            from_seq,
+            until,
+            floor,
+            max_bytes,
+        )?;
+        if got.is_empty() {
+            // Records below `next` exist by definition; none left means they are gone.
+            return Err(Error::WalTruncated {
+                partition,
+                from_seq,
+                oldest: next,
+            });
+        }
+        Ok(got)
     }
 
     /// Write rows and wait until they are durable. Blocking: do not call from async code.

@@ -110,6 +110,13 @@ pub enum Error {
         oldest: u64,
     },
 
+    /// The partition is being replaced by an import ([`crate::Db::begin_partition_import`]):
+    /// writes to it (local and replicated) are refused until the import finishes, and a
+    /// second import of it cannot start. Also answered after an import failed once it had
+    /// replaced the partition in memory but could not make that durable: retry the import.
+    #[error("partition {partition} is being replaced by a partition import; writes to it are refused until it finishes")]
+    PartitionImporting { partition: u32 },
+
     /// The engine is shutting down or has shut down.
     #[error("storage engine is shut down")]
     Shutdown,

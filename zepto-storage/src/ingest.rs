@@ -98,6 +98,15 @@ pub(crate) enum Request {
     Write(WriteRequest),
     /// Take a consistent cut of the in-memory state at the current WAL position.
     Capture(crossbeam_channel::Sender<crate::checkpoint::Capture>),
+    /// Answer once everything queued before it is committed or refused.
+    Barrier(crossbeam_channel::Sender<()>),
+    /// The chunks of one partition at the current cut (partition export).
+    ExportCut {
+        partition: u32,
+        reply: crossbeam_channel::Sender<crate::checkpoint::PartitionCut>,
+    },
+    /// Replace one partition's chunks and position (partition import), then cut.
+    Import(crate::checkpoint::ImportSwap),
     /// Stop after everything queued before this.
     Shutdown,
 }
@@ -303,7 +312,7 @@ pub(crate) fn prepare_replicated(
 }
 
 /// Make a batch exactly of the table's Arrow schema, casting what can be cast safely.
-fn conform(table: &TableData, batch: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn conform(table: &TableData, batch: RecordBatch) -> Result<RecordBatch> {
     let schema = &table.schema;
     if batch.num_columns() != schema.columns.len() {
         return Err(Error::InvalidInput(format!(

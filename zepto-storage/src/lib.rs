@@ -12,6 +12,8 @@
 //! and only then acknowledges. The maintenance thread (`engine/maintenance.rs`) seals
 //! chunks into Arrow IPC files (`hdb.rs`) and takes checkpoints (`checkpoint.rs`).
 //! Recovery (`engine/recovery.rs`) loads the newest checkpoint and replays the WAL.
+//! Whole partitions are copied between nodes with [`Db::export_partition`] and
+//! [`Db::begin_partition_import`] (`engine/transfer.rs`).
 //!
 //! Why this shape: one writer makes the WAL order the only order, so a checkpoint is an
 //! exact cut taken between two group commits; immutable Arrow pieces make scans
@@ -38,7 +40,8 @@ pub mod wal;
 pub use catalog::FORMAT_VERSION;
 pub use checkpoint::CheckpointInfo;
 pub use engine::{
-    Clock, CommitListenerFn, Config, Db, DbStats, MonotonicClock, PartitionLog, RecoveryInfo,
+    Clock, CommitListenerFn, Config, Db, DbStats, MonotonicClock, PartitionExport, PartitionImport,
+    PartitionLog, RecoveryInfo, TableExport, DEFAULT_IMPORT_BUDGET_BYTES,
 };
 pub use error::{Error, Result};
 pub use ingest::{partition_for, CommittedRecord, ReplicatedRecord, WriteReceipt, WriteTicket};

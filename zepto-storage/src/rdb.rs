@@ -393,7 +393,7 @@ fn restrict(piece: &Piece, range: &TimeRange, ts_col: usize) -> Result<Option<Re
 }
 
 /// Split a batch by time bucket: slices when it is in time order, `take` otherwise.
-fn split_by_bucket(
+pub(crate) fn split_by_bucket(
     batch: &RecordBatch,
     ts_col: usize,
     width: i64,

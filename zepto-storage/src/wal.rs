@@ -723,12 +723,15 @@ pub(crate) fn repair(dir: &Path, outcome: &ReplayOutcome) -> Result<u64> {
 }
 
 /// The records of `partition` with `seq >= from_seq`, read from the segments up to `until`
-/// (the durable end), about `max_bytes` of payload at most (at least one record).
+/// (the durable end), about `max_bytes` of payload at most (at least one record). Records
+/// of the partition before `floor` (the cut of a partition import) are ignored: they belong
+/// to the history the import replaced.
 pub(crate) fn read_partition(
     dir: &Path,
     partition: u32,
     from_seq: u64,
     until: WalPosition,
+    floor: Option<WalPosition>,
     max_bytes: usize,
 ) -> Result<Vec<crate::ingest::ReplicatedRecord>> {
     let mut out = Vec::new();
@@ -738,6 +741,9 @@ pub(crate) fn read_partition(
     for (id, path) in list_segments(dir)? {
         if id > until.segment {
             break;
+        }
+        if floor.is_some_and(|f| id < f.segment) {
+            continue;
         }
         buf.clear();
         match File::open(&path) {
@@ -759,11 +765,15 @@ pub(crate) fn read_partition(
         };
         let mut pos = SEGMENT_HEADER_LEN as usize;
         while pos < end {
+            let at = WalPosition {
+                segment: id,
+                offset: pos as u64,
+            };
             let Ok(Some((meta, payload, next))) = read_record(&buf[..end], pos, id) else {
                 break;
             };
             pos = next;
-            if meta.partition != partition {
+            if meta.partition != partition || floor.is_some_and(|f| at < f) {
                 continue;
             }
             oldest.get_or_insert(meta.seq);

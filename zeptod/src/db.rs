@@ -54,7 +54,7 @@ impl std::fmt::Debug for Node {
 pub(crate) fn storage_error(e: zepto_storage::Error) -> Error {
     use zepto_storage::Error as S;
     match &e {
-        S::Backpressure { .. } => Error::Unavailable {
+        S::Backpressure { .. } | S::PartitionImporting { .. } => Error::Unavailable {
             message: e.to_string(),
             retry_after: Some(1),
         },

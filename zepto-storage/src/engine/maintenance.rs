@@ -234,8 +234,18 @@ pub(super) fn checkpoint(shared: &Shared, ring: &Ring) -> Result<CheckpointInfo>
     let (tx, rx) = crossbeam_channel::bounded(1);
     ring.send_control(Request::Capture(tx))?;
     let capture = rx.recv().map_err(|_| Error::Shutdown)?;
+    write_out(shared, &mut links, &capture)
+}
+
+/// Write a checkpoint from a cut (the caller holds `checkpoint_lock`, passed as `links`),
+/// then remove old checkpoints and the WAL they alone needed.
+pub(super) fn write_out(
+    shared: &Shared,
+    links: &mut crate::checkpoint::LinkCache,
+    capture: &crate::checkpoint::Capture,
+) -> Result<CheckpointInfo> {
     let id = shared.next_checkpoint_id.fetch_add(1, Ordering::Relaxed);
-    let (_, info) = write_checkpoint(&shared.dir, id, &capture, &shared.faults, &mut links)?;
+    let (_, info) = write_checkpoint(&shared.dir, id, capture, &shared.faults, links)?;
     shared.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
     *shared.last_checkpoint.lock() = Some(info.clone());
     shared

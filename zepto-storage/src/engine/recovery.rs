@@ -73,10 +73,12 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     // treated as divergent by the cluster, never as a prefix it is not.
     let mut epoch_start = vec![0u64; partitions as usize];
     let mut from = WalPosition::default();
+    let mut wal_floors = std::collections::BTreeMap::new();
     let mut referenced: HashSet<PathBuf> = HashSet::new();
     if let Some((m, cdir)) = &chosen {
         info.checkpoint_id = Some(m.id);
         from = m.wal_position;
+        wal_floors.clone_from(&m.wal_floors);
         if m.epochs.len() == partitions as usize {
             epochs.clone_from(&m.epochs);
         }
@@ -157,6 +159,8 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     // moved aside instead (that checkpoint may have been their only reference).
     let orphans = fell_back.then(|| dir.join("hdb-orphans"));
     remove_unreferenced_hdb(&dir.join("hdb"), &referenced, orphans.as_deref())?;
+    // Partition imports that never committed: their staged files are of no use.
+    super::transfer::remove_staging(&dir)?;
 
     // 2. WAL replay.
     let wal_dir = dir.join("wal");
@@ -251,6 +255,10 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         last_epochs: last_epoch.iter().map(|&s| AtomicU64::new(s)).collect(),
         epoch_starts: epoch_start.iter().map(|&s| AtomicU64::new(s)).collect(),
         commit_listener: RwLock::new(None),
+        importing: (0..partitions)
+            .map(|_| std::sync::atomic::AtomicU8::new(super::IMPORT_IDLE))
+            .collect(),
+        wal_floors: Mutex::new(wal_floors),
     });
     Ok(Recovered {
         shared,

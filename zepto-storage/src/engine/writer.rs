@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::checkpoint::{Capture, CapturedTable};
+use crate::checkpoint::{Capture, CapturedTable, ImportSwap, PartitionCut};
 use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::ingest::{CommittedRecord, Request, WriteReceipt, WriteRequest};
@@ -36,7 +36,8 @@ pub(super) fn run(
     mut next_seq: Sequences,
 ) {
     let mut writes: Vec<WriteRequest> = Vec::new();
-    let mut captures = Vec::new();
+    // Control requests (cuts, barriers, imports), answered in arrival order after the group.
+    let mut controls: Vec<Request> = Vec::new();
     *shared.wal_position.lock() = wal.position();
     loop {
         let Ok(first) = rx.recv() else { break };
@@ -49,8 +50,8 @@ pub(super) fn run(
                     bytes += w.queued_bytes();
                     writes.push(w);
                 }
-                Request::Capture(tx) => captures.push(tx),
                 Request::Shutdown => stop = true,
+                other => controls.push(other),
             }
             if !stop && bytes < shared.config.max_group_bytes {
                 next = rx.try_recv().ok();
@@ -60,8 +61,20 @@ pub(super) fn run(
             .writer_busy_since
             .store(shared.now_ms().max(1), Ordering::Release);
         commit_group(&shared, &mut wal, &mut next_seq, &mut writes);
-        for tx in captures.drain(..) {
-            let _ = tx.send(capture(&shared, &wal, &next_seq));
+        for req in controls.drain(..) {
+            match req {
+                Request::Capture(tx) => {
+                    let _ = tx.send(capture(&shared, &wal, &next_seq));
+                }
+                Request::Barrier(tx) => {
+                    let _ = tx.send(());
+                }
+                Request::ExportCut { partition, reply } => {
+                    let _ = reply.send(partition_cut(&shared, &next_seq, partition));
+                }
+                Request::Import(swap) => import_swap(&shared, &wal, &mut next_seq, swap),
+                Request::Write(_) | Request::Shutdown => {}
+            }
         }
         shared.writer_busy_since.store(0, Ordering::Release);
         if stop {
@@ -93,6 +106,9 @@ fn place(shared: &Shared, w: &WriteRequest, state: &mut Sequences) -> Result<Pla
     };
     for piece in &w.pieces {
         let p = piece.partition;
+        if shared.importing[p as usize].load(Ordering::Acquire) != super::IMPORT_IDLE {
+            return Err(Error::PartitionImporting { partition: p });
+        }
         let current = shared.epochs[p as usize].load(Ordering::Acquire);
         let expected = next_of(&seqs, p, next_seq);
         match piece.replicated {
@@ -346,6 +362,85 @@ fn capture(shared: &Shared, wal: &WalWriter, seqs: &Sequences) -> Capture {
             .iter()
             .map(|e| e.load(Ordering::Acquire))
             .collect(),
+        wal_floors: shared.wal_floors.lock().clone(),
         tables,
     }
+}
+
+/// One partition's chunks at this cut: exactly the rows of the records with
+/// `seq < next_seq` (the writer applies every committed record before it cuts).
+fn partition_cut(shared: &Shared, seqs: &Sequences, partition: u32) -> PartitionCut {
+    let p = partition as usize;
+    let mut tables: Vec<_> = shared
+        .tables
+        .read()
+        .values()
+        .map(|t| {
+            let chunks = t
+                .partitions
+                .get(p)
+                .map(|part| part.read().chunks.clone())
+                .unwrap_or_default();
+            (t.id, t.schema.clone(), chunks)
+        })
+        .collect();
+    tables.sort_by_key(|t| t.0);
+    PartitionCut {
+        epoch: shared
+            .epochs
+            .get(p)
+            .map(|e| e.load(Ordering::Acquire))
+            .unwrap_or(0),
+        next_seq: seqs.next.get(p).copied().unwrap_or(0),
+        last_epoch: seqs.last_epoch.get(p).copied().unwrap_or(0),
+        last_epoch_start: seqs.epoch_start.get(p).copied().unwrap_or(0),
+        tables,
+    }
+}
+
+/// Replace a partition by imported chunks between two group commits, so no write is half
+/// on either side. The importer has made writes to the partition refused since it began,
+/// so nothing of it is in flight. Replies with the cut right after the swap.
+fn import_swap(shared: &Shared, wal: &WalWriter, seqs: &mut Sequences, swap: ImportSwap) {
+    let p = swap.partition as usize;
+    let Some(current) = shared.epochs.get(p).map(|e| e.load(Ordering::Acquire)) else {
+        let _ = swap.reply.send(Err(Error::InvalidInput(format!(
+            "partition {} out of range",
+            swap.partition
+        ))));
+        return;
+    };
+    if swap.epoch < current {
+        let _ = swap.reply.send(Err(Error::Fenced {
+            partition: swap.partition,
+            epoch: swap.epoch,
+            current,
+        }));
+        return;
+    }
+    let mut given: std::collections::HashMap<u32, Vec<crate::rdb::Chunk>> =
+        swap.tables.into_iter().collect();
+    for t in shared.tables.read().values() {
+        if let Some(part) = t.partitions.get(p) {
+            let mut part = part.write();
+            part.chunks.clear();
+            for c in given.remove(&t.id).unwrap_or_default() {
+                part.insert(c);
+            }
+        }
+    }
+    seqs.next[p] = swap.next_seq;
+    // The copy's log ends where the source's did: same newest epoch, same run start (what
+    // the source compares this node's log end with when it ships the next records).
+    seqs.last_epoch[p] = swap.last_epoch;
+    seqs.epoch_start[p] = swap.last_epoch_start;
+    shared.epochs[p].fetch_max(swap.epoch, Ordering::AcqRel);
+    shared.next_seq[p].store(swap.next_seq, Ordering::Release);
+    shared.last_epochs[p].store(swap.last_epoch, Ordering::Release);
+    shared.epoch_starts[p].store(swap.last_epoch_start, Ordering::Release);
+    shared
+        .wal_floors
+        .lock()
+        .insert(swap.partition, wal.position());
+    let _ = swap.reply.send(Ok(capture(shared, wal, seqs)));
 }

@@ -38,8 +38,12 @@
 mod logger;
 pub mod storage;
 
+use std::collections::BTreeSet;
+
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, StateRole};
 
 use crate::error::{Error, Result};
@@ -263,6 +267,21 @@ impl MetaNode {
         if msg.from == 0 {
             return Err(Error::InvalidInput("raft message from node 0".into()));
         }
+        let mut msg = msg;
+        let last = self.last_index();
+        if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
+            // The leader believes this node holds entries it does not: its metadata log was
+            // lost (a replaced disk). raft-rs would panic committing past the log's end; commit
+            // what we have instead. The leader replaces this voter (remove, re-add as a
+            // learner, promote once caught up) when its heartbeats report the loss.
+            tracing::warn!(
+                leader = msg.from,
+                leader_commit = msg.commit,
+                last_index = last,
+                "the metadata leader believes this node holds entries it does not (was its data directory replaced?)"
+            );
+            msg.commit = last;
+        }
         self.raw.step(msg)?;
         Ok(())
     }
@@ -301,6 +320,79 @@ impl MetaNode {
         self.raw.propose(id.encode(), cmd.encode())?;
         self.next_seq += 1;
         Ok(id)
+    }
+
+    /// The index of the last entry of this node's log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// On the leader: the highest log index known to be on `node` (`None` elsewhere, or for a
+    /// node outside the group).
+    pub fn matched(&self, node: NodeId) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.raw.raft.prs().get(node).map(|p| p.matched)
+    }
+
+    /// The voters and learners of the applied configuration.
+    pub fn membership(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let cs = self.storage().conf_state();
+        (cs.voters.clone(), cs.learners.clone())
+    }
+
+    /// Whether a configuration change is proposed and not applied yet (raft-rs takes one at
+    /// a time).
+    pub fn has_pending_conf(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// On the leader: take one step towards every node of `configured` (the `--peers`
+    /// voters) being a voter with an intact log. `lost` are voters whose heartbeats reported
+    /// a log shorter than what the leader knows they acknowledged (their disk was replaced).
+    /// One configuration change at a time (raft-rs's rule):
+    /// 1. a `lost` voter is removed (its progress is forgotten: raft cannot count on entries
+    ///    it no longer holds, and it must never vote with a log it lost);
+    /// 2. a configured node outside the group is added back as a learner (it receives the
+    ///    log or a snapshot);
+    /// 3. a configured learner that holds everything committed is promoted to voter.
+    ///
+    /// Returns what was proposed, for logging. Elsewhere, or with a change pending, nothing.
+    pub fn reconcile_membership(
+        &mut self,
+        configured: &[NodeId],
+        lost: &BTreeSet<NodeId>,
+    ) -> Result<Option<(NodeId, &'static str)>> {
+        if !self.is_leader() || self.has_pending_conf() {
+            return Ok(None);
+        }
+        let (voters, learners) = self.membership();
+        let me = self.id();
+        if let Some(&id) = lost.iter().find(|id| **id != me && voters.contains(id)) {
+            self.propose_remove_node(id)?;
+            return Ok(Some((id, "remove the voter whose log was lost")));
+        }
+        for &id in configured {
+            if voters.contains(&id) {
+                continue;
+            }
+            if learners.contains(&id) {
+                if self.matched(id).is_some_and(|m| m >= self.commit_index()) {
+                    self.propose_promote_learner(id)?;
+                    return Ok(Some((id, "promote the caught-up learner to voter")));
+                }
+            } else {
+                self.propose_add_learner(id)?;
+                return Ok(Some((id, "add the configured node back as a learner")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Propose making the learner `node` a voter.
+    pub fn propose_promote_learner(&mut self, node: NodeId) -> Result<()> {
+        self.propose_conf(node, ConfChangeType::AddNode)
     }
 
     /// Propose adding `node` as a learner (a data node outside the voters).

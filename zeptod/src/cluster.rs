@@ -19,6 +19,7 @@
 //! cluster mode), full partition copies; SQL `INSERT ... VALUES` is refused in cluster mode
 //! (ADR 0006).
 
+pub(crate) mod copy;
 pub(crate) mod dataplane;
 pub(crate) mod ddl;
 pub(crate) mod driver;
@@ -162,6 +163,14 @@ pub(crate) async fn start(
 
 impl Cluster {
     /// This node's id.
+    /// Whole-partition copies this node sent as a primary since it started.
+    pub(crate) fn full_copies_sent(&self) -> u64 {
+        self.data
+            .repl
+            .copies
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn node_id(&self) -> NodeId {
         self.cfg.node_id
     }
@@ -537,14 +546,27 @@ async fn heartbeats(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) 
                 continue;
             }
         }
-        let leader = cluster.view.borrow().leader;
+        let (leader, req) = {
+            let v = cluster.view.borrow();
+            (
+                v.leader,
+                crate::rpc::pb::HeartbeatRequest {
+                    meta_last_index: v.last_index,
+                    meta_fresh: v.fresh,
+                },
+            )
+        };
         let sent_at = cluster.data.now();
         match leader {
             Some(l) if l == me => {
                 let (reply, rx) = oneshot::channel();
                 if cluster
                     .events
-                    .try_send(Event::Heartbeat { from: me, reply })
+                    .try_send(Event::Heartbeat {
+                        from: me,
+                        log: None,
+                        reply,
+                    })
                     .is_ok()
                 {
                     let c = cluster.clone();
@@ -563,7 +585,7 @@ async fn heartbeats(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) 
                     let c = cluster.clone();
                     // Never let a slow leader delay the next heartbeat.
                     tokio::spawn(async move {
-                        match client.heartbeat().await {
+                        match client.heartbeat(req).await {
                             Ok(r) if r.acknowledged => c.lease_contact(sent_at, r.version).await,
                             Ok(_) => {}
                             Err(e) => {

@@ -132,6 +132,12 @@ struct Cli {
     #[arg(long, env = "ZEPTO_PARTITIONS", default_value_t = 64)]
     partitions: u32,
 
+    /// Size of one WAL segment file (at least 4096). Segments are preallocated and recycled
+    /// once a checkpoint covers them; smaller segments free WAL space sooner, but a replica
+    /// that was away longer then needs a whole-partition copy instead of WAL catch-up.
+    #[arg(long, env = "ZEPTO_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    wal_segment_bytes: u64,
+
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 
@@ -164,6 +170,7 @@ struct FileConfig {
     ingest_queue_requests: Option<usize>,
     ingest_queue_bytes: Option<usize>,
     partitions: Option<u32>,
+    wal_segment_bytes: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     // Cluster mode (see `cluster`).
@@ -200,6 +207,7 @@ pub(crate) struct Config {
     pub(crate) ingest_queue_requests: usize,
     pub(crate) ingest_queue_bytes: usize,
     pub(crate) partitions: u32,
+    pub(crate) wal_segment_bytes: u64,
     pub(crate) log_format: LogFormat,
     pub(crate) log_level: String,
     /// Set in cluster mode (`--peers` given); `None` is the single node.
@@ -337,6 +345,11 @@ impl Config {
                 explicit("ingest_queue_requests"),
                 cli.ingest_queue_requests,
                 file.ingest_queue_requests,
+            ),
+            wal_segment_bytes: pick(
+                explicit("wal_segment_bytes"),
+                cli.wal_segment_bytes,
+                file.wal_segment_bytes,
             ),
             ingest_queue_bytes: pick(
                 explicit("ingest_queue_bytes"),

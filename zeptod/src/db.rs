@@ -92,6 +92,7 @@ impl Node {
         scfg.checkpoint_interval = cfg.checkpoint_interval;
         scfg.ring_capacity = cfg.ingest_queue_requests;
         scfg.ring_max_bytes = cfg.ingest_queue_bytes;
+        scfg.wal_segment_bytes = cfg.wal_segment_bytes;
         let db = Db::open(scfg).map_err(storage_error)?;
         let r = db.recovery_info();
         tracing::info!(

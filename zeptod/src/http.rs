@@ -652,6 +652,7 @@ async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -
             obj.insert("grpc_addr".into(), c.grpc_addr.to_string().into());
             obj.insert("ready".into(), c.readiness().is_ok().into());
             obj.insert("local_partitions".into(), c.local_partitions());
+            obj.insert("full_copies_sent".into(), c.full_copies_sent().into());
             obj.insert(
                 "ready_reason".into(),
                 c.readiness()

@@ -14,7 +14,7 @@
 //! An `advance` error is fatal (ADR 0003): raft's durability promise cannot be kept, so the
 //! process exits non-zero through the server's fatal channel and restarts from disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,8 @@ pub(crate) enum Event {
     },
     Heartbeat {
         from: NodeId,
+        /// The sender's metadata log end and whether its store is fresh (remote senders).
+        log: Option<(u64, bool)>,
         reply: oneshot::Sender<HeartbeatAck>,
     },
     /// The local database finished opening.
@@ -131,6 +133,10 @@ pub(crate) struct View {
     pub(crate) catalog_applied: u64,
     /// Why the local catalog could not be brought in line, if it could not.
     pub(crate) catalog_error: Option<String>,
+    /// The index of the last entry of this node's metadata log.
+    pub(crate) last_index: u64,
+    /// This process created the metadata store empty (see `HeartbeatRequest.meta_fresh`).
+    pub(crate) fresh: bool,
 }
 
 /// Open the metadata storage and start the driver thread.
@@ -148,6 +154,7 @@ pub(crate) fn start(
     if report.truncated_bytes > 0 {
         tracing::warn!(?report, "metadata log had a torn tail; truncated");
     }
+    let fresh = report.entries == 0 && report.snapshot_index == 0;
     let started = Instant::now();
     let mut meta_cfg = MetaConfig::new(
         cluster.node_id,
@@ -181,6 +188,8 @@ pub(crate) fn start(
         catalog_error: None,
         started,
         init_proposed_at: None,
+        fresh,
+        lost_reports: BTreeMap::new(),
     };
     std::thread::Builder::new()
         .name("zepto-meta".into())
@@ -195,9 +204,22 @@ pub(crate) fn start(
                     return;
                 }
             };
-            if let Err(e) = rt.block_on(driver.run(events)) {
-                tracing::error!(error = %e, "metadata driver stopped");
-                let _ = fatal.blocking_send(e);
+            // A panic in raft-rs (an invariant it cannot keep) must stop the process, not
+            // leave it serving with a dead metadata driver.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(driver.run(events))
+            }));
+            match run {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "metadata driver stopped");
+                    let _ = fatal.blocking_send(e);
+                }
+                Err(_) => {
+                    let _ = fatal.blocking_send(Error::Internal(
+                        "the metadata driver panicked; restarting from disk".into(),
+                    ));
+                }
             }
         })
         .map_err(|e| Error::io("spawn the metadata driver thread", e))?;
@@ -219,9 +241,55 @@ struct Driver {
     catalog_error: Option<String>,
     started: Instant,
     init_proposed_at: Option<MonoTime>,
+    /// This process created the metadata store empty.
+    fresh: bool,
+    /// Leader: voters whose heartbeats report a log shorter than what they acknowledged
+    /// (since when), see [`Driver::note_log_report`].
+    lost_reports: BTreeMap<NodeId, MonoTime>,
 }
 
 impl Driver {
+    /// Leader: a heartbeat from `from` with its log end. A fresh store whose log ends before
+    /// what raft knows the node acknowledged means its disk was replaced; reported for two
+    /// heartbeat intervals in a row (not one late heartbeat from its first catch-up), the
+    /// voter is replaced ([`MetaNode::reconcile_membership`]).
+    fn note_log_report(&mut self, from: NodeId, log: Option<(u64, bool)>, now: MonoTime) {
+        let lost = match (log, self.node.matched(from)) {
+            (Some((last, true)), Some(matched)) => from != self.cluster.node_id && matched > last,
+            _ => false,
+        };
+        if lost {
+            self.lost_reports.entry(from).or_insert(now);
+        } else {
+            self.lost_reports.remove(&from);
+        }
+    }
+
+    /// Leader: keep every configured voter a voter with an intact log (one raft
+    /// configuration change at a time).
+    fn reconcile_membership(&mut self, now: MonoTime) {
+        if !self.node.is_leader() {
+            self.lost_reports.clear();
+            return;
+        }
+        let settle = self.cluster.timings.heartbeat_interval * 2;
+        let lost: std::collections::BTreeSet<NodeId> = self
+            .lost_reports
+            .iter()
+            .filter(|(_, since)| now.saturating_since(**since) >= settle)
+            .map(|(id, _)| *id)
+            .collect();
+        let configured: Vec<NodeId> = self.cluster.peers.keys().copied().collect();
+        match self.node.reconcile_membership(&configured, &lost) {
+            Ok(Some((node, what))) => {
+                tracing::warn!(node, "metadata membership: {what}");
+                self.lost_reports.remove(&node);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "membership change not proposed"),
+        }
+    }
+
     fn now(&self) -> MonoTime {
         MonoTime::from_millis(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
@@ -274,9 +342,10 @@ impl Driver {
                     let _ = reply.send(Err(ProposeError::Unknown(e.to_string())));
                 }
             },
-            Event::Heartbeat { from, reply } => {
+            Event::Heartbeat { from, log, reply } => {
                 let now = self.now();
                 let acknowledged = self.coordinator.on_heartbeat(from, now);
+                self.note_log_report(from, log, now);
                 let _ = reply.send(HeartbeatAck {
                     acknowledged,
                     leader: self.node.leader(),
@@ -295,6 +364,7 @@ impl Driver {
     /// initial partition map.
     fn coordinate(&mut self) {
         let now = self.now();
+        self.reconcile_membership(now);
         let cmds = self.coordinator.tick(self.node.state(), now);
         for cmd in cmds {
             tracing::info!(?cmd, "coordinator proposes");
@@ -434,6 +504,7 @@ impl Driver {
                 || v.catalog_applied != self.catalog_applied
                 || v.catalog_error != self.catalog_error
                 || v.state.version != n.state().version
+                || v.last_index != n.last_index()
         };
         if changed {
             self.view_tx.send_replace(View {
@@ -444,6 +515,8 @@ impl Driver {
                 commit: n.commit_index(),
                 catalog_applied: self.catalog_applied,
                 catalog_error: self.catalog_error.clone(),
+                last_index: n.last_index(),
+                fresh: self.fresh,
             });
         }
     }

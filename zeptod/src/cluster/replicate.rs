@@ -10,8 +10,9 @@
 //!   behind (restart, lost batch, overflow) is caught up from `Db::wal_records_since`. Every
 //!   heartbeat interval the sender also probes the partitions it serves whose replica
 //!   position is unknown or behind, so a replica that returns after writes stopped still
-//!   catches up. A WAL that no longer reaches back far enough (`WalTruncated`) is logged and
-//!   shown in `/admin/cluster` as "needs a full copy" (the copy itself is not built yet).
+//!   catches up. A replica the WAL no longer reaches back to (`WalTruncated`), or whose log
+//!   diverged from ours (ADR 0008), gets a whole copy of the partition ([`super::copy`]) and
+//!   then continues from the copy's cut.
 //! - **Replica side.** [`serve`] checks that the sender is the partition's primary and this
 //!   node its replica in the committed map, applies the records with `Db::write_replicated`
 //!   (epochs checked, duplicates skipped, gaps refused: all or nothing) and answers its
@@ -73,6 +74,8 @@ pub(crate) struct Replication {
     receivers: Mutex<BTreeMap<NodeId, mpsc::Receiver<CommittedRecord>>>,
     overflow: BTreeMap<NodeId, AtomicBool>,
     notes: Mutex<BTreeMap<u32, Note>>,
+    /// Whole-partition copies sent (for `/admin/cluster` and tests).
+    pub(crate) copies: AtomicU64,
     /// Per partition this node is (or was) primary of: the in-sync state machine.
     trackers: Mutex<BTreeMap<u32, InSyncTracker>>,
     timings: Timings,
@@ -106,6 +109,7 @@ impl Replication {
             overflow,
             notes: Mutex::new(BTreeMap::new()),
             trackers: Mutex::new(BTreeMap::new()),
+            copies: AtomicU64::new(0),
             timings,
             clock,
         }
@@ -596,10 +600,56 @@ impl Sender {
         self.call(Vec::new(), behind.iter().map(|(p, _)| *p).collect())
             .await?;
         for (p, next) in behind {
-            if !self.diverged.contains(&p) && self.known.get(&p).is_some_and(|&k| k < next) {
+            if self.diverged.contains(&p) {
+                // Its log holds records ours does not: only a whole copy fixes it.
+                self.full_copy(p).await?;
+                self.catch_up(p).await?;
+            } else if self.known.get(&p).is_some_and(|&k| k < next) {
                 self.catch_up(p).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Replace everything the replica holds of `p` with a copy of this node's (see
+    /// [`super::copy`]); on success the replica's position is the copy's cut.
+    async fn full_copy(&mut self, p: u32) -> Result<(), Status> {
+        let peer = self.peer;
+        self.dp.repl.set_note(p, |n| {
+            n.needs_full_copy = Some(format!(
+                "copying the whole partition to replica node {peer}"
+            ));
+        });
+        let copied = match super::copy::send(&self.dp, peer, p).await {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("full copy to replica node {peer} failed: {}", e.message());
+                tracing::warn!(partition = p, peer, error = %e.message(), "full copy failed; it is retried");
+                self.dp.repl.set_note(p, |n| {
+                    n.needs_full_copy = Some(msg.clone());
+                    n.last_error = Some(msg.clone());
+                });
+                self.known.remove(&p);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            partition = p,
+            peer,
+            rows = copied.rows,
+            bytes = copied.bytes,
+            took_ms = u64::try_from(copied.took.as_millis()).unwrap_or(u64::MAX),
+            next_seq = copied.position.next_seq,
+            "full copy done; the replica continues from the copy's cut"
+        );
+        self.diverged.remove(&p);
+        self.known.insert(p, copied.position.next_seq);
+        self.dp.repl.set_acked(p, copied.position.next_seq);
+        self.dp.repl.set_note(p, |n| {
+            n.needs_full_copy = None;
+            n.last_error = None;
+        });
+        self.dp.repl.copies.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -623,12 +673,11 @@ impl Sender {
             let records = match read {
                 Ok(r) => r,
                 Err(e @ zepto_storage::Error::WalTruncated { .. }) => {
-                    let msg = format!("replica node {} needs a full copy: {e}", self.peer);
-                    tracing::error!(partition = p, peer = self.peer, error = %e, "replica needs a full copy of the partition (not implemented yet)");
-                    self.dp
-                        .repl
-                        .set_note(p, |n| n.needs_full_copy = Some(msg.clone()));
-                    return Err(Status::failed_precondition(msg));
+                    // The WAL no longer reaches back to the replica: copy the partition whole,
+                    // then go on from the copy's cut.
+                    tracing::info!(partition = p, peer = self.peer, error = %e, "the WAL cannot catch the replica up");
+                    self.full_copy(p).await?;
+                    continue;
                 }
                 Err(e) => return Err(Status::internal(e.to_string())),
             };

@@ -74,7 +74,7 @@ pub(crate) fn split(
     Ok(out)
 }
 
-fn to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+pub(crate) fn to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
         .map_err(|e| Error::Internal(format!("encode Arrow IPC: {e}")))?;
@@ -85,7 +85,7 @@ fn to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn from_ipc(bytes: &[u8]) -> std::result::Result<Vec<RecordBatch>, String> {
+pub(crate) fn from_ipc(bytes: &[u8]) -> std::result::Result<Vec<RecordBatch>, String> {
     let r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| format!("bad Arrow IPC: {e}"))?;
     r.collect::<std::result::Result<Vec<_>, _>>()

@@ -24,6 +24,7 @@ use super::pb::{
     ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
     ProposeResponse, QueryChunk, QueryRequest, RaftMessages, ReplicateRequest, ReplicateResponse,
 };
+use super::pb::{InstallChunk, InstallResponse};
 use super::{Identity, NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
 use crate::cluster::driver::Event;
 use crate::error::Error;
@@ -134,11 +135,12 @@ impl PeerClient {
         r.map(|_| ()).inspect_err(|s| self.failed("Raft", s))
     }
 
-    pub(crate) async fn heartbeat(&self) -> Result<HeartbeatResponse, Status> {
+    pub(crate) async fn heartbeat(
+        &self,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, Status> {
         let mut c = self.client()?;
-        let r = c
-            .heartbeat(self.request(HeartbeatRequest {}, self.timeout))
-            .await;
+        let r = c.heartbeat(self.request(req, self.timeout)).await;
         r.map(|r| r.into_inner())
             .inspect_err(|s| self.failed("Heartbeat", s))
     }
@@ -183,6 +185,18 @@ impl PeerClient {
 }
 
 impl PeerClient {
+    /// Send a whole partition copy to the peer (see `cluster::copy`), bounded by `timeout`.
+    pub(crate) async fn install_partition(
+        &self,
+        chunks: impl futures_util::Stream<Item = InstallChunk> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<InstallResponse, Status> {
+        let mut c = self.client()?;
+        let r = c.install_partition(self.request(chunks, timeout)).await;
+        r.map(|r| r.into_inner())
+            .inspect_err(|s| self.failed("InstallPartition", s))
+    }
+
     /// Run a query part on the peer (see `cluster::query`); the answer streams in chunks.
     pub(crate) async fn query(
         &self,

@@ -28,9 +28,9 @@ use zepto_cluster::{Command, NodeId};
 
 use super::pb::peer_server::{Peer, PeerServer};
 use super::pb::{
-    ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, ProposeRequest,
-    ProposeResponse, QueryChunk, QueryRequest, RaftAck, RaftMessages, ReplicateRequest,
-    ReplicateResponse,
+    ForwardRequest, ForwardResponse, HeartbeatRequest, HeartbeatResponse, InstallChunk,
+    InstallResponse, ProposeRequest, ProposeResponse, QueryChunk, QueryRequest, RaftAck,
+    RaftMessages, ReplicateRequest, ReplicateResponse,
 };
 use super::{NODE_ADDR_HEADER, NODE_ID_HEADER, TOKEN_HEADER};
 use crate::cluster::dataplane::DataPlane;
@@ -263,8 +263,14 @@ impl Peer for PeerService {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let from = self.authenticate(&req, "Heartbeat")?;
+        let r = req.into_inner();
         let (reply, rx) = oneshot::channel();
-        self.to_driver(Event::Heartbeat { from, reply }).await?;
+        self.to_driver(Event::Heartbeat {
+            from,
+            log: Some((r.meta_last_index, r.meta_fresh)),
+            reply,
+        })
+        .await?;
         let ack = self.wait(rx).await?;
         Ok(Response::new(HeartbeatResponse {
             acknowledged: ack.acknowledged,
@@ -323,6 +329,17 @@ impl Peer for PeerService {
         let from = self.authenticate(&req, "Replicate")?;
         let data = self.data()?;
         crate::cluster::replicate::serve(data, from, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn install_partition(
+        &self,
+        req: Request<tonic::Streaming<InstallChunk>>,
+    ) -> Result<Response<InstallResponse>, Status> {
+        let from = self.authenticate(&req, "InstallPartition")?;
+        let data = self.data()?;
+        crate::cluster::copy::serve(data, from, req.into_inner())
             .await
             .map(Response::new)
     }

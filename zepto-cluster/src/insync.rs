@@ -109,6 +109,10 @@ impl InSyncTracker {
         self.epoch
     }
 
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
     /// The replica's confirmed position as last reported.
     pub fn replica_position(&self) -> u64 {
         self.replica_pos
@@ -126,10 +130,15 @@ impl InSyncTracker {
         }
     }
 
-    /// Record `seq` is durable locally and was handed to replication at `now`.
+    /// Record `seq` is durable locally and was handed to replication at `now`. Telling the
+    /// tracker again about a record it knows (a write confirming its own records) changes
+    /// nothing: only new records start a lag measurement, and never one the replica holds.
     pub fn on_local_write(&mut self, seq: u64, now: MonoTime) {
-        self.written = self.written.max(seq.saturating_add(1));
-        if self.replica.is_some() {
+        if seq < self.written {
+            return;
+        }
+        self.written = seq.saturating_add(1);
+        if self.replica.is_some() && seq >= self.replica_pos {
             self.lag.on_sent(seq, now);
         }
     }
@@ -444,6 +453,26 @@ mod tests {
         assert_eq!(t.poll(at(7_100)).unwrap(), None);
         assert_eq!(t.mode(), Mode::Alone);
         assert!(t.may_ack(20).unwrap());
+    }
+
+    #[test]
+    fn repeating_a_known_record_never_makes_a_caught_up_replica_look_lagging() {
+        let timings = Timings::defaults(); // lag bound 3 s
+        let s = state();
+        let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
+        for seq in 0..5 {
+            t.on_local_write(seq, at(0));
+        }
+        t.on_replica_ack(5, at(10));
+        assert!(t.may_ack(4).unwrap());
+        // A waiting write tells the tracker about its (already confirmed) record again.
+        t.on_local_write(3, at(20));
+        assert_eq!(
+            t.poll(at(10_000)).unwrap(),
+            None,
+            "no shrink: nothing is unconfirmed"
+        );
+        assert_eq!(t.mode(), Mode::Replicated);
     }
 
     #[test]

@@ -163,6 +163,141 @@ pub(crate) async fn start(
 
 impl Cluster {
     /// This node's id.
+    /// Drain (SIGTERM, `POST /admin/drain`): hand every primary of this node to its in-sync
+    /// replica without losing a write, within `timeout`.
+    ///
+    /// 1. Stop admitting primary writes here (503 with retry to clients; forwarders retry on
+    ///    the new primary) and let the admitted ones finish.
+    /// 2. Commit this node as DRAINING (it can no longer be made primary).
+    /// 3. For each of its partitions whose replica is in the in-sync set and has confirmed
+    ///    every record this node wrote, commit `Promote` (epoch + 1); wait until the map
+    ///    shows no partition led by this node.
+    ///
+    /// Returns what was handed over and what was not (with why). Partitions left over fail
+    /// over normally once the node is gone.
+    pub(crate) async fn drain(&self, node: &Arc<Node>, timeout: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let me = self.cfg.node_id;
+        self.data.start_draining();
+        while self.data.inflight_writes() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
+        }
+        let mut errors: Vec<String> = Vec::new();
+        let state = self.view.borrow().state.clone();
+        if state
+            .nodes
+            .get(&me)
+            .is_some_and(|n| n.state != zepto_cluster::NodeState::Draining)
+        {
+            let cmd = Command::SetNodeState {
+                id: me,
+                state: zepto_cluster::NodeState::Draining,
+            };
+            match tokio::time::timeout(timeout, self.propose(&cmd)).await {
+                Ok(Ok(o)) => {
+                    if let Some((_, why)) = o.rejected {
+                        errors.push(format!("mark DRAINING: {why}"));
+                    }
+                }
+                Ok(Err(e)) => errors.push(format!("mark DRAINING: {e}")),
+                Err(_) => errors.push("mark DRAINING: timed out".into()),
+            }
+        }
+        let mut handed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        let mut view = self.view.clone();
+        let left = loop {
+            let state = view.borrow_and_update().state.clone();
+            let mine: Vec<&zepto_cluster::state::PartitionInfo> = state
+                .partitions
+                .iter()
+                .filter(|p| p.primary == me)
+                .collect();
+            if mine.is_empty() || Instant::now() >= deadline {
+                break mine
+                    .iter()
+                    .map(|p| {
+                        let why = match p.replica {
+                            None => "no replica".to_string(),
+                            Some(r) if !p.in_sync.contains(&r) => {
+                                format!("replica {r} is not in the in-sync set")
+                            }
+                            Some(r) => format!(
+                                "replica {r} had not confirmed every record ({} of {})",
+                                self.data.repl.acked(p.id),
+                                node.storage()
+                                    .partition_position(p.id)
+                                    .map_or(0, |(_, n)| n)
+                            ),
+                        };
+                        serde_json::json!({ "partition": p.id, "reason": why })
+                    })
+                    .collect::<Vec<_>>();
+            }
+            for p in mine {
+                let Some(replica) = p.replica.filter(|r| p.in_sync.contains(r)) else {
+                    continue;
+                };
+                let written = node
+                    .storage()
+                    .partition_position(p.id)
+                    .map_or(u64::MAX, |(_, n)| n);
+                if self.data.repl.acked(p.id) < written {
+                    continue;
+                }
+                let cmd = Command::Promote {
+                    partition: p.id,
+                    new_primary: replica,
+                    expected_epoch: p.epoch,
+                };
+                let c = cmd.clone();
+                let this = self.propose(&c);
+                match tokio::time::timeout(Duration::from_secs(1), this).await {
+                    Ok(Ok(o)) if o.rejected.is_none() => {
+                        handed.insert(p.id);
+                        tracing::info!(
+                            partition = p.id,
+                            to = replica,
+                            "drain: primary handed over"
+                        );
+                    }
+                    Ok(Ok(o)) => {
+                        tracing::debug!(partition = p.id, rejected = ?o.rejected, "drain: handoff refused; retrying")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(partition = p.id, error = %e, "drain: handoff not committed; retrying")
+                    }
+                    Err(_) => {}
+                }
+            }
+            let _ = tokio::time::timeout(
+                self.cfg
+                    .timings
+                    .heartbeat_interval
+                    .min(deadline - Instant::now().min(deadline)),
+                view.changed(),
+            )
+            .await;
+        };
+        let took = started.elapsed();
+        if left.is_empty() {
+            tracing::info!(
+                handed = handed.len(),
+                ?took,
+                "drain: every primary handed to its replica"
+            );
+        } else {
+            tracing::warn!(handed = handed.len(), left = ?left, ?took, "drain: some primaries were not handed over; they fail over once this node is gone");
+        }
+        serde_json::json!({
+            "node": me,
+            "handed_over": handed,
+            "not_handed_over": left,
+            "errors": errors,
+            "took_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
     /// Whole-partition copies this node sent as a primary since it started.
     pub(crate) fn full_copies_sent(&self) -> u64 {
         self.data
@@ -486,6 +621,17 @@ async fn register(
         if let Some(n) = existing {
             if n.grpc_addr == grpc {
                 tracing::info!(node = me, state = %n.state, "registered in the cluster metadata");
+                if n.state == zepto_cluster::NodeState::Draining {
+                    // Drained by an earlier life of this process (a rolling restart): this
+                    // one serves again.
+                    let cmd = Command::SetNodeState {
+                        id: me,
+                        state: zepto_cluster::NodeState::Active,
+                    };
+                    if let Err(e) = cluster.propose(&cmd).await {
+                        tracing::warn!(error = %e, "could not leave the DRAINING state");
+                    }
+                }
                 return;
             }
             let e = Error::Config(format!(
@@ -619,6 +765,13 @@ async fn insync_loop(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>)
                     Ok(o) => {
                         if let Some((_, reason)) = o.rejected {
                             tracing::info!(?cmd, %reason, "in-sync change refused");
+                        }
+                        // A command that changed nothing (the committed set already was what
+                        // it asked for) publishes no new map: tell the trackers the committed
+                        // state once this node applied it, or one would wait forever.
+                        if c.wait_applied(o.index).await.is_ok() {
+                            let state = c.view.borrow().state.clone();
+                            c.data.repl.recheck_trackers(&state);
                         }
                     }
                     Err(e) => tracing::warn!(?cmd, error = %e, "in-sync change not committed"),

@@ -113,6 +113,12 @@ struct Cli {
     #[arg(long, env = "ZEPTO_SHUTDOWN_TIMEOUT", default_value = "30s")]
     shutdown_timeout: String,
 
+    /// Cluster mode: on SIGTERM or `POST /admin/drain`, how long handing this node's
+    /// primaries to their in-sync replicas may take (keep it inside the pod's termination
+    /// grace period). Partitions not handed over by then fail over when the node is dead.
+    #[arg(long, env = "ZEPTO_DRAIN_TIMEOUT", default_value = "25s")]
+    drain_timeout: String,
+
     /// On SIGTERM/SIGINT, how long to keep serving with /ready answering 503 before the
     /// listener closes (lets load balancers stop sending traffic first).
     #[arg(long, env = "ZEPTO_DRAIN_DELAY", default_value = "0s")]
@@ -167,6 +173,7 @@ struct FileConfig {
     body_read_timeout: Option<String>,
     shutdown_timeout: Option<String>,
     drain_delay: Option<String>,
+    drain_timeout: Option<String>,
     ingest_queue_requests: Option<usize>,
     ingest_queue_bytes: Option<usize>,
     partitions: Option<u32>,
@@ -204,6 +211,7 @@ pub(crate) struct Config {
     pub(crate) body_read_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) drain_delay: Duration,
+    pub(crate) drain_timeout: Duration,
     pub(crate) ingest_queue_requests: usize,
     pub(crate) ingest_queue_bytes: usize,
     pub(crate) partitions: u32,
@@ -285,6 +293,14 @@ impl Config {
                 file.shutdown_timeout,
             ),
         )?;
+        let drain_timeout = parse_duration(
+            "drain_timeout",
+            &pick(
+                explicit("drain_timeout"),
+                cli.drain_timeout,
+                file.drain_timeout,
+            ),
+        )?;
         let drain_delay = parse_duration(
             "drain_delay",
             &pick(explicit("drain_delay"), cli.drain_delay, file.drain_delay),
@@ -341,6 +357,7 @@ impl Config {
             body_read_timeout,
             shutdown_timeout,
             drain_delay,
+            drain_timeout,
             ingest_queue_requests: pick(
                 explicit("ingest_queue_requests"),
                 cli.ingest_queue_requests,

@@ -9,7 +9,7 @@
 //! | `POST /write`, `POST /api/v2/write` | InfluxDB line protocol |
 //! | `GET /health`, `/ready`, `/ping` | probes |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /admin/snapshot`, `GET /admin/cluster` | admin (admin key) |
+//! | `POST /admin/snapshot`, `POST /admin/drain`, `GET /admin/cluster` | admin (admin key) |
 
 pub(crate) mod ilp;
 pub(crate) mod input;
@@ -133,6 +133,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(ping))
         .route("/metrics", get(metrics))
         .route("/admin/snapshot", post(admin_snapshot))
+        .route("/admin/drain", post(admin_drain))
         .route("/admin/cluster", get(admin_cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -642,6 +643,24 @@ async fn admin_snapshot(
         .await
         .map_err(|e| Error::Internal(format!("checkpoint task failed: {e}")))??;
     Ok(json_response(StatusCode::OK, info))
+}
+
+/// `POST /admin/drain` (cluster mode): stop being ready, hand this node's primaries to their
+/// in-sync replicas (see `Cluster::drain`), answer what was handed over. The process keeps
+/// running (not ready) until it is stopped; a Kubernetes preStop hook calls this.
+async fn admin_drain(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
+    state.auth.check_admin(&headers)?;
+    let Some(c) = state.cluster.get() else {
+        return Err(Error::BadRequest(
+            "drain hands a cluster node's partitions to their replicas; a single node has \
+             none (stop it with SIGTERM)"
+                .into(),
+        ));
+    };
+    let node = state.node()?;
+    state.set_draining();
+    let report = c.drain(&node, state.cfg.drain_timeout).await;
+    Ok(json_response(StatusCode::OK, report))
 }
 
 async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {

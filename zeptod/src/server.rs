@@ -55,6 +55,7 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         }
         None => None,
     };
+    let cluster_handle = cluster.clone();
     {
         let state = state.clone();
         let cfg = cfg.clone();
@@ -105,6 +106,10 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     let mut fatal = None;
     // Set on the shutdown signal: keep serving (with /ready false) until then.
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // Cluster mode: the handoff of this node's primaries, run on the shutdown signal before
+    // the drain delay starts (connections keep being accepted meanwhile).
+    let mut handoff: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
+    let mut signalled = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -133,9 +138,26 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
             },
-            _ = &mut signal, if drain_until.is_none() => {
+            _ = &mut signal, if !signalled => {
+                signalled = true;
                 tracing::info!(drain_delay = ?cfg.drain_delay, "shutdown signal received: draining");
                 state.set_draining();
+                if let (Some(c), Ok(node)) = (&cluster_handle, state.node()) {
+                    let c = c.clone();
+                    let timeout = cfg.drain_timeout;
+                    handoff = Some(Box::pin(async move {
+                        let report = c.drain(&node, timeout).await;
+                        tracing::info!(%report, "drain finished");
+                    }));
+                    continue;
+                }
+                if cfg.drain_delay.is_zero() {
+                    break;
+                }
+                drain_until = Some(tokio::time::Instant::now() + cfg.drain_delay);
+            }
+            () = async { if let Some(h) = handoff.as_mut() { h.await } }, if handoff.is_some() => {
+                handoff = None;
                 if cfg.drain_delay.is_zero() {
                     break;
                 }

@@ -40,6 +40,21 @@ pub(crate) struct DataPlane {
     node: OnceLock<Arc<Node>>,
     clock: Instant,
     lease: Mutex<WriteLease>,
+    /// Set by a drain: this node takes no new writes as a primary.
+    draining: std::sync::atomic::AtomicBool,
+    /// Local primary writes between their admission and their answer.
+    inflight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a local primary write while it runs (see [`DataPlane::admit_write`]).
+pub(crate) struct InflightWrite<'a>(&'a DataPlane);
+
+impl Drop for InflightWrite<'_> {
+    fn drop(&mut self) {
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl DataPlane {
@@ -69,7 +84,41 @@ impl DataPlane {
             node: OnceLock::new(),
             clock,
             lease: Mutex::new(WriteLease::new(&timings)),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Admit a write this node applies as a primary: refused when the lease ran out
+    /// (`FENCED`, see [`DataPlane::check_lease`]) or while draining (503, retry: the
+    /// partitions are being handed to their replicas). The guard counts it until dropped.
+    pub(crate) fn admit_write(&self, partitions: &[u32]) -> Result<InflightWrite<'_>> {
+        use std::sync::atomic::Ordering;
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InflightWrite(self);
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "node {} is draining: partitions {partitions:?} are being handed to their \
+                     replicas; the write was not applied, retry",
+                    self.me
+                ),
+                retry_after: Some(1),
+            });
+        }
+        self.check_lease(partitions)?;
+        Ok(guard)
+    }
+
+    /// Stop admitting primary writes (a drain began).
+    pub(crate) fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Primary writes admitted and not answered yet.
+    pub(crate) fn inflight_writes(&self) -> usize {
+        self.inflight.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Monotonic time of this process (the clock of the lease and the in-sync trackers).

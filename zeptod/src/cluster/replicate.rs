@@ -235,6 +235,16 @@ impl Replication {
         self.bump();
     }
 
+    /// Tell every tracker the committed state again (after a proposal that changed nothing).
+    pub(crate) fn recheck_trackers(&self, state: &ClusterState) {
+        for t in self.trackers.lock().values_mut() {
+            if let Some(p) = state.partition(t.partition()) {
+                t.on_committed(p);
+            }
+        }
+        self.bump();
+    }
+
     /// Advance every tracker; the in-sync commands to propose through the metadata group.
     pub(crate) fn poll_trackers(&self, now: MonoTime) -> Vec<Command> {
         let mut out = Vec::new();

@@ -236,7 +236,7 @@ async fn write_local(
                     .map_err(|e| Error::Internal(format!("join parts: {e}")))?
             }
         };
-        dp.check_lease(&ids)?;
+        let _admitted = dp.admit_write(&ids)?;
         let (rows, records) = node.write_with_records(table, batch).await?;
         if dp.ack == AckPolicy::Replicated {
             dp.repl
@@ -355,7 +355,13 @@ pub(crate) async fn serve(
         check_part(dp, &state, from, part.partition, part.epoch)?;
     }
     let ids: Vec<u32> = req.parts.iter().map(|p| p.partition).collect();
-    dp.check_lease(&ids).map_err(|e| status_of(&e))?;
+    let _admitted = dp.admit_write(&ids).map_err(|e| match e {
+        // The sender retries on the new primary once the handoff is committed.
+        Error::Unavailable { message, .. } => {
+            Status::failed_precondition(format!("NOT_PRIMARY {message}"))
+        }
+        e => status_of(&e),
+    })?;
     let node = dp.node().map_err(|e| status_of(&e))?;
     let (key, _) = node
         .partition_key_of(&req.table)

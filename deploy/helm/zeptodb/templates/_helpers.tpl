@@ -71,5 +71,5 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Total shutdown budget inside the container after preStop. */}}
 {{- define "zeptodb.shutdownBudget" -}}
-{{- add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.timeoutSeconds) }}
+{{- add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.shutdown.drainTimeoutSeconds) (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.timeoutSeconds) }}
 {{- end }}

@@ -30,6 +30,8 @@ pub struct Coordinator {
     in_flight: BTreeMap<String, MonoTime>,
     /// After this long without seeing a proposal's effect, propose it again.
     retry_after: Duration,
+    /// A DEAD node unheard of for this long is replaced as a replica (`None`: never).
+    replace_after: Option<Duration>,
 }
 
 impl Coordinator {
@@ -41,7 +43,15 @@ impl Coordinator {
             // A proposal commits within a round trip or is lost with its leader (then the
             // election takes up to the max election timeout): retry after that.
             retry_after: timings.max_election_timeout(),
+            replace_after: None,
         }
+    }
+
+    /// Give the replicas of a node that stays DEAD for `after` (counted from its last
+    /// heartbeat, or from this leader's election) to other nodes ([`failover::rereplicate`]).
+    pub fn with_replace_after(mut self, after: Duration) -> Coordinator {
+        self.replace_after = Some(after);
+        self
     }
 
     /// Tell the coordinator whether this node leads, and in which term. Idempotent: call it
@@ -124,6 +134,22 @@ impl Coordinator {
             }
         }
         wanted.extend(failover::plan(state).commands);
+        if let Some(after) = self.replace_after {
+            let gone: std::collections::BTreeSet<NodeId> = state
+                .nodes
+                .values()
+                .filter(|n| n.state == NodeState::Dead)
+                .filter(|n| {
+                    self.detector
+                        .last_heard(n.id)
+                        .is_some_and(|t| now.saturating_since(t) >= after)
+                })
+                .map(|n| n.id)
+                .collect();
+            if !gone.is_empty() {
+                wanted.extend(failover::rereplicate(state, &gone));
+            }
+        }
 
         // Forget in-flight proposals that are no longer wanted (they took effect or became
         // moot); propose wanted ones not proposed within `retry_after`.

@@ -226,6 +226,45 @@ pub fn ack_decision(
     }
 }
 
+/// Re-replication: every partition whose replica is one of `gone` (nodes dead for longer than
+/// the replace time) and whose primary can serve gets a new replica: the ACTIVE node, other
+/// than its primary and not gone, that holds the fewest copies (ties: the lowest id), so the
+/// placement stays balanced. The new replica is not in the in-sync set; its primary copies
+/// the partition to it and expands the set once it has caught up.
+pub fn rereplicate(state: &ClusterState, gone: &BTreeSet<NodeId>) -> Vec<Command> {
+    let mut load: std::collections::BTreeMap<NodeId, usize> = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Active && !gone.contains(&n.id))
+        .map(|n| (n.id, state.partitions_of(n.id).len()))
+        .collect();
+    let mut out = Vec::new();
+    for p in &state.partitions {
+        let Some(old) = p.replica.filter(|r| gone.contains(r)) else {
+            continue;
+        };
+        if !primary_state(state, p).is_some_and(NodeState::can_serve) || gone.contains(&p.primary) {
+            continue;
+        }
+        let Some((&to, _)) = load
+            .iter()
+            .filter(|(id, _)| **id != p.primary && **id != old)
+            .min_by_key(|(id, n)| (**n, **id))
+        else {
+            continue;
+        };
+        if let Some(n) = load.get_mut(&to) {
+            *n += 1;
+        }
+        out.push(Command::SetReplica {
+            partition: p.id,
+            expected_epoch: p.epoch,
+            replica: Some(to),
+        });
+    }
+    out
+}
+
 /// The command a primary commits before it acknowledges writes alone.
 pub fn shrink_in_sync(partition: PartitionId, epoch: u64, primary: NodeId) -> Command {
     Command::ShrinkInSync {
@@ -274,6 +313,54 @@ mod tests {
             state: NodeState::Dead,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn replicas_on_a_node_gone_for_good_move_to_the_least_loaded_other_node() {
+        let mut s = cluster();
+        kill(&mut s, 3);
+        let gone = BTreeSet::from([3]);
+        // 1: 2->3 and 3: 1->3 lose their replica; 2: 3->1 has a dead primary (failover
+        // first); 0 and 4 do not involve node 3.
+        let cmds = rereplicate(&s, &gone);
+        assert_eq!(
+            cmds,
+            vec![
+                Command::SetReplica {
+                    partition: 1,
+                    expected_epoch: 1,
+                    replica: Some(1)
+                },
+                Command::SetReplica {
+                    partition: 3,
+                    expected_epoch: 1,
+                    replica: Some(2)
+                },
+            ]
+        );
+        for c in &cmds {
+            s.apply(c).unwrap();
+        }
+        // After failover of partition 2 (3 -> 1, epoch 2), its replica (node 3) moves too.
+        for c in plan(&s).commands {
+            s.apply(&c).unwrap();
+        }
+        let next = rereplicate(&s, &gone);
+        assert_eq!(
+            next,
+            vec![Command::SetReplica {
+                partition: 2,
+                expected_epoch: 2,
+                replica: Some(2)
+            }]
+        );
+        s.apply(&next[0]).unwrap();
+        assert!(rereplicate(&s, &gone).is_empty(), "nothing left on node 3");
+        assert!(s.partitions_of(3).is_empty());
+        assert!(s
+            .partitions
+            .iter()
+            .all(|p| p.replica.is_some() && p.replica != Some(p.primary) || p.id == 4));
     }
 
     #[test]

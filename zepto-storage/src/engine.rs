@@ -621,7 +621,7 @@ impl Db {
         }
         let until = *s.wal_position.lock();
         let floor = s.wal_floors.lock().get(&partition).copied();
-        let got = crate::wal::read_partition(
+        let mut got = crate::wal::read_partition(
             &s.dir.join("wal"),
             partition,
             from_seq,
@@ -629,6 +629,11 @@ impl Db {
             floor,
             max_bytes,
         )?;
+        // This node ships them as the partition's primary at its current epoch.
+        let current = s.epochs[partition as usize].load(Ordering::Acquire);
+        for r in &mut got {
+            r.sender_epoch = current.max(r.epoch);
+        }
         if got.is_empty() {
             // Records below `next` exist by definition; none left means they are gone.
             return Err(Error::WalTruncated {

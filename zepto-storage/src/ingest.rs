@@ -46,8 +46,13 @@ pub struct WriteReceipt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicatedRecord {
     pub partition: u32,
+    /// The epoch the record was written at (part of its identity in the log).
     pub epoch: u64,
     pub seq: u64,
+    /// The epoch at which the sender is the partition's primary: fencing compares this, not
+    /// the record's own epoch, so a primary can ship history written under older epochs
+    /// (catching up a new replica) while a deposed primary is refused. At least `epoch`.
+    pub sender_epoch: u64,
     /// The encoded rows, exactly as in the primary's WAL.
     pub payload: bytes::Bytes,
 }
@@ -73,8 +78,9 @@ pub(crate) struct WritePiece {
     pub(crate) batch: RecordBatch,
     /// The encoded rows inside the request's payload.
     pub(crate) range: Range<usize>,
-    /// `(epoch, seq)` fixed by the primary for a replicated record; `None` for a local write.
-    pub(crate) replicated: Option<(u64, u64)>,
+    /// `(epoch, seq, sender_epoch)` fixed by the primary for a replicated record; `None` for
+    /// a local write.
+    pub(crate) replicated: Option<(u64, u64, u64)>,
 }
 
 /// A write waiting in the ring or being made durable.
@@ -300,7 +306,7 @@ pub(crate) fn prepare_replicated(
             table,
             batch,
             range: start..payload.len(),
-            replicated: Some((r.epoch, r.seq)),
+            replicated: Some((r.epoch, r.seq, r.sender_epoch.max(r.epoch))),
         });
     }
     let (done, _) = oneshot::channel();

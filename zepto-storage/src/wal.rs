@@ -783,6 +783,8 @@ pub(crate) fn read_partition(
                     partition,
                     epoch: meta.epoch,
                     seq: meta.seq,
+                    // The caller (the primary) sets its current epoch.
+                    sender_epoch: meta.epoch,
                     payload: bytes::Bytes::copy_from_slice(payload),
                 });
                 if bytes >= max_bytes {

@@ -493,6 +493,7 @@ impl Cluster {
         let deadline = Instant::now() + limit;
         let mut view = self.view.clone();
         let mut last_error: String;
+        let mut unknown = false;
         loop {
             let leader = view.borrow_and_update().leader;
             let attempt = match leader {
@@ -501,11 +502,17 @@ impl Cluster {
                 None => Err(ProposeError::NotLeader(None)),
             };
             match attempt {
-                Ok(o) => return Ok(o),
+                Ok(mut o) => {
+                    o.after_unknown = unknown;
+                    return Ok(o);
+                }
                 Err(ProposeError::NotLeader(hint)) => {
                     last_error = format!("not the leader (leader hint {hint:?})");
                 }
-                Err(ProposeError::Unknown(m)) => last_error = m,
+                Err(ProposeError::Unknown(m)) => {
+                    unknown = true;
+                    last_error = m;
+                }
             }
             let now = Instant::now();
             if now >= deadline {
@@ -552,6 +559,7 @@ impl Cluster {
         };
         match client.propose_meta(cmd.encode()).await {
             Ok(r) => Ok(Outcome {
+                after_unknown: false,
                 index: r.index,
                 version: r.version,
                 rejected: (!r.rejected_kind.is_empty())

@@ -193,6 +193,7 @@ struct FileConfig {
     cluster_secret_file: Option<PathBuf>,
     insecure_cluster: Option<bool>,
     accept_proxied_peers: Option<bool>,
+    replace_after: Option<String>,
 }
 
 /// The validated runtime configuration.
@@ -323,6 +324,7 @@ impl Config {
             cluster_secret_file: file.cluster_secret_file,
             insecure_cluster: file.insecure_cluster,
             accept_proxied_peers: file.accept_proxied_peers,
+            replace_after: file.replace_after,
         };
         let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
         // `--ack` has no clap default (it depends on the mode): given > file > mode default.

@@ -1455,3 +1455,83 @@ fn sigterm_hands_a_nodes_primaries_to_their_replicas_without_losing_a_write() {
     let r = csv_insert(c.node(leader), "d", &format!("9999999,{},1\n", keys[0]));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn a_node_dead_past_the_replace_time_is_replaced_and_two_copies_return() {
+    let _g = serial();
+    // Dead after 2 s (200 ms heartbeat); replaced 3 s after its last heartbeat.
+    let extra = ["--replace-after", "3s"];
+    let mut c = Cluster::start_with(3, &extra);
+    c.wait_ready();
+    create_id_table(&c, "g");
+    let keys: Vec<String> = (0..PARTITIONS).map(|p| key_for("g", p)).collect();
+    let body: String = (0..2000u64)
+        .map(|id| {
+            format!(
+                "{id},{},{id}\n",
+                keys[(id % u64::from(PARTITIONS)) as usize]
+            )
+        })
+        .collect();
+    let r = csv_insert(c.node(1), "g", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (leader, _) = wait_until("an agreed leader", Duration::from_secs(10), || {
+        c.agreed_leader()
+    });
+    let victim = (1..=3u64).find(|&n| n != leader).unwrap();
+    let t = Instant::now();
+    c.kill9(victim);
+    // Without the victim: every partition has a primary and a replica on the two survivors,
+    // both in the in-sync set, with equal positions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_until(
+        "two copies on the survivors",
+        Duration::from_secs(61),
+        || {
+            let v = admin(c.node(leader));
+            if Instant::now() > deadline {
+                panic!(
+                    "partitions: {}\nlocal: {:?}",
+                    v["partitions"],
+                    c.live()
+                        .iter()
+                        .map(|&n| local_partitions(c.node(n)))
+                        .collect::<Vec<_>>()
+                );
+            }
+            let ok = v["partitions"].as_array().unwrap().iter().all(|p| {
+                let (Some(primary), Some(replica)) = (p["primary"].as_u64(), p["replica"].as_u64())
+                else {
+                    return false;
+                };
+                let i = usize::try_from(p["id"].as_u64().unwrap()).unwrap();
+                primary != victim
+                    && replica != victim
+                    && p["in_sync"].as_array().is_some_and(|s| s.len() == 2)
+                    && position(c.node(primary), i) == position(c.node(replica), i)
+            });
+            ok.then_some(())
+        },
+    );
+    println!(
+        "node {victim} killed: two in-sync copies of every partition on the survivors after {:?}",
+        t.elapsed()
+    );
+    for n in c.live() {
+        assert_eq!(c.node(n).count("g"), 2000, "node {n}");
+    }
+    // It comes back holding nothing and serves (queries, forwarding) as ACTIVE.
+    let peers = c.peers.clone();
+    let s = c.spawn(victim, &peers, "secret", &extra);
+    c.nodes[usize::try_from(victim).unwrap() - 1] = Some(s);
+    c.node(victim).wait_ready();
+    wait_until("the returned node ACTIVE", Duration::from_secs(30), || {
+        admin(c.node(leader))["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == victim && n["state"] == "ACTIVE")
+            .then_some(())
+    });
+    assert_eq!(c.node(victim).count("g"), 2000);
+}

@@ -543,6 +543,7 @@ mod replication {
                 partition: r.partition,
                 epoch: r.epoch,
                 seq: r.seq,
+                sender_epoch: r.epoch,
                 payload: r.payload.clone(),
             })
             .collect()
@@ -654,6 +655,49 @@ mod replication {
             replica.partition_position(p).unwrap().0,
             3,
             "epoch kept by the checkpoint"
+        );
+    }
+
+    #[test]
+    fn a_primary_ships_history_of_older_epochs_to_a_new_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primary, replica, _rx) = pair(dir.path());
+        let p = primary.partition_of("trades", "S1");
+        primary.set_partition_epoch(p, 1).unwrap();
+        primary.insert("trades", rows(0..40)).unwrap();
+        // Promoted again (a failover elsewhere and back): epoch 2, more writes.
+        primary.set_partition_epoch(p, 2).unwrap();
+        primary.insert("trades", rows(40..80)).unwrap();
+        // A brand-new replica that knows epoch 2 takes the whole history.
+        replica.set_partition_epoch(p, 2).unwrap();
+        let history = primary.wal_records_since(p, 0, 1 << 20).unwrap();
+        assert!(history.iter().any(|r| r.epoch == 1) && history.iter().any(|r| r.epoch == 2));
+        assert!(history.iter().all(|r| r.sender_epoch == 2));
+        replica
+            .write_replicated(history.clone())
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(
+            replica.partition_log(p).unwrap(),
+            primary.partition_log(p).unwrap()
+        );
+        // The same records from a sender that is primary only at epoch 1: fenced.
+        let mut stale = history;
+        for r in &mut stale {
+            r.sender_epoch = 1;
+        }
+        let e = replica.write_replicated(stale).unwrap().wait().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Fenced {
+                    epoch: 1,
+                    current: 2,
+                    ..
+                }
+            ),
+            "{e}"
         );
     }
 

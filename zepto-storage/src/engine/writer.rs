@@ -121,15 +121,25 @@ fn place(shared: &Shared, w: &WriteRequest, state: &mut Sequences) -> Result<Pla
                 }));
                 seqs.push((p, expected + 1));
             }
-            Some((epoch, seq)) => {
-                if epoch < current {
+            Some((epoch, seq, sender_epoch)) => {
+                if sender_epoch < current {
                     return Err(Error::Fenced {
                         partition: p,
-                        epoch,
+                        epoch: sender_epoch,
                         current,
                     });
                 }
                 let local_epoch = state.last_epoch[p as usize];
+                if seq >= expected && epoch < local_epoch {
+                    // The sender's log has an older epoch where ours already moved on: our
+                    // tail is not a prefix of its log.
+                    return Err(Error::Diverged {
+                        partition: p,
+                        seq,
+                        epoch,
+                        local_epoch,
+                    });
+                }
                 if seq < expected && epoch > local_epoch {
                     // We hold records at this seq written under an older epoch: a tail
                     // that never reached the replica that has since become primary.

@@ -67,12 +67,23 @@ impl Cluster {
                 if if_not_exists && self.view().state.table(&name).is_some() {
                     return Ok(format!("table {name} already exists"));
                 }
-                let o = self.propose(&Command::CreateTable { schema }).await?;
+                let o = self
+                    .propose(&Command::CreateTable {
+                        schema: schema.clone(),
+                    })
+                    .await?;
+                // Our own earlier attempt (outcome unknown, e.g. across a leader change) may
+                // have created it: then the same schema is there.
+                let ours = matches!(o.rejected, Some((RejectKind::TableExists, _)))
+                    && o.after_unknown
+                    && self.wait_applied(o.index).await.is_ok()
+                    && self.view().state.table(&name) == Some(&schema);
                 match o.rejected {
                     None => {}
                     Some((RejectKind::TableExists, _)) if if_not_exists => {
                         return Ok(format!("table {name} already exists"))
                     }
+                    Some(_) if ours => {}
                     Some((_, reason)) => return Err(Error::BadRequest(reason)),
                 }
                 self.wait_applied(o.index).await?;
@@ -88,6 +99,8 @@ impl Cluster {
                     match o.rejected {
                         None => {}
                         Some((RejectKind::UnknownTable, _)) if if_exists => continue,
+                        // Our own earlier attempt (outcome unknown) dropped it.
+                        Some((RejectKind::UnknownTable, _)) if o.after_unknown => {}
                         Some((RejectKind::UnknownTable, reason)) => {
                             return Err(Error::NotFound(reason))
                         }

@@ -77,6 +77,9 @@ pub(crate) struct Outcome {
     pub(crate) version: u64,
     /// The state machine refused the command (deterministically, on every node).
     pub(crate) rejected: Option<(RejectKind, String)>,
+    /// An earlier attempt of the same proposal had an unknown outcome (it may have been
+    /// applied, so a refusal like "already exists" may be that attempt's doing).
+    pub(crate) after_unknown: bool,
 }
 
 /// Why a proposal did not (knowingly) commit.
@@ -176,7 +179,10 @@ pub(crate) fn start(
     );
     let driver = Driver {
         node,
-        coordinator: Coordinator::new(&cluster.timings),
+        coordinator: match cluster.replace_after {
+            Some(after) => Coordinator::new(&cluster.timings).with_replace_after(after),
+            None => Coordinator::new(&cluster.timings),
+        },
         cluster: cluster.clone(),
         partitions: cfg.partitions,
         peers,
@@ -426,16 +432,19 @@ impl Driver {
                     index: c.index,
                     version,
                     rejected: None,
+                    after_unknown: false,
                 },
                 Ok(Applied::Unchanged) => Outcome {
                     index: c.index,
                     version: self.node.state().version,
                     rejected: None,
+                    after_unknown: false,
                 },
                 Err(r) => Outcome {
                     index: c.index,
                     version: self.node.state().version,
                     rejected: Some((RejectKind::of(&r), r.to_string())),
+                    after_unknown: false,
                 },
             };
             let _ = reply.send(Ok(outcome));

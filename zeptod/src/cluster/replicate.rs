@@ -487,6 +487,7 @@ impl Sender {
                     epoch: r.epoch,
                     seq: r.seq,
                     payload: r.payload.to_vec(),
+                    sender_epoch: r.sender_epoch,
                 })
                 .collect(),
             probe,
@@ -549,6 +550,7 @@ impl Sender {
     /// Send queued records (those the replica does not have yet); a gap makes the partition
     /// catch up from the WAL first.
     async fn ship(&mut self, records: Vec<CommittedRecord>) -> Result<(), Status> {
+        let state = self.dp.view.borrow().state.clone();
         let served = self.served();
         let mut pending: Vec<ReplicatedRecord> = records
             .into_iter()
@@ -557,6 +559,9 @@ impl Sender {
                 partition: r.partition,
                 epoch: r.epoch,
                 seq: r.seq,
+                sender_epoch: state
+                    .partition(r.partition)
+                    .map_or(r.epoch, |p| p.epoch.max(r.epoch)),
                 payload: r.payload,
             })
             .collect();
@@ -747,6 +752,7 @@ pub(crate) async fn serve(
                 partition: r.partition,
                 epoch: r.epoch,
                 seq: r.seq,
+                sender_epoch: r.sender_epoch.max(r.epoch),
                 payload: r.payload.into(),
             })
             .collect();

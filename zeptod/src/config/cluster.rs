@@ -82,6 +82,12 @@ pub(crate) struct ClusterArgs {
     /// cluster metadata, not during the first election.
     #[arg(long, env = "ZEPTO_ACCEPT_PROXIED_PEERS")]
     accept_proxied_peers: bool,
+
+    /// A node DEAD for this long (since its last heartbeat) is replaced as a replica: every
+    /// partition it held a copy of gets a new replica on another node, copied from the
+    /// primary, so the cluster returns to two copies by itself. `0s` never replaces.
+    #[arg(long, env = "ZEPTO_REPLACE_AFTER", default_value = "60s")]
+    replace_after: String,
 }
 
 /// The same settings from the TOML file.
@@ -99,6 +105,7 @@ pub(crate) struct FileClusterConfig {
     pub(crate) cluster_secret_file: Option<PathBuf>,
     pub(crate) insecure_cluster: Option<bool>,
     pub(crate) accept_proxied_peers: Option<bool>,
+    pub(crate) replace_after: Option<String>,
 }
 
 /// The validated cluster settings.
@@ -116,6 +123,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) token: Option<String>,
     /// `--accept-proxied-peers`.
     pub(crate) accept_proxied_peers: bool,
+    /// `--replace-after` (`None` = never).
+    pub(crate) replace_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -222,6 +231,19 @@ pub(crate) fn resolve(
     };
     let accept_proxied_peers =
         cli.accept_proxied_peers || file.accept_proxied_peers.unwrap_or(false);
+    let replace_after = match file.replace_after {
+        Some(r) if !explicit("replace_after") => r,
+        _ => cli.replace_after,
+    };
+    let replace_after = parse_duration("replace_after", &replace_after)?;
+    if !replace_after.is_zero() && replace_after < timings.dead_after {
+        return Err(bad(format!(
+            "--replace-after ({replace_after:?}) must be 0 (never) or at least the dead time \
+             ({:?})",
+            timings.dead_after
+        )));
+    }
+    let replace_after = (!replace_after.is_zero()).then_some(replace_after);
     Ok(Some(ClusterConfig {
         node_id,
         grpc_addr,
@@ -231,6 +253,7 @@ pub(crate) fn resolve(
         timings,
         token,
         accept_proxied_peers,
+        replace_after,
     }))
 }
 

@@ -328,6 +328,7 @@ fn ship(recs: &[CommittedRecord]) -> Vec<ReplicatedRecord> {
             partition: r.partition,
             epoch: r.epoch,
             seq: r.seq,
+            sender_epoch: r.epoch,
             payload: r.payload.clone(),
         })
         .collect()

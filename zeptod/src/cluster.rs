@@ -298,6 +298,103 @@ impl Cluster {
         })
     }
 
+    /// Cluster figures in the Prometheus text format (appended to `/metrics`).
+    pub(crate) fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let v = self.view.borrow().clone();
+        let me = self.cfg.node_id;
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, rows: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        gauge(
+            "zepto_cluster_is_leader",
+            "1 when this node leads the metadata raft group.",
+            &[(String::new(), u64::from(v.leader == Some(me)))],
+        );
+        gauge(
+            "zepto_cluster_raft_term",
+            "The metadata raft term this node knows.",
+            &[(String::new(), v.term)],
+        );
+        gauge(
+            "zepto_cluster_metadata_version",
+            "The version of the applied cluster metadata.",
+            &[(String::new(), v.state.version)],
+        );
+        gauge(
+            "zepto_cluster_write_lease_valid",
+            "1 while this node holds a write lease (a primary without one refuses writes).",
+            &[(String::new(), u64::from(self.data.lease_valid()))],
+        );
+        let primary = v
+            .state
+            .partitions
+            .iter()
+            .filter(|p| p.primary == me)
+            .count() as u64;
+        let replica = v
+            .state
+            .partitions
+            .iter()
+            .filter(|p| p.replica == Some(me))
+            .count() as u64;
+        let alone = v
+            .state
+            .partitions
+            .iter()
+            .filter(|p| p.primary == me && p.replica.is_some() && p.in_sync.len() < 2)
+            .count() as u64;
+        gauge(
+            "zepto_cluster_partitions",
+            "Partitions this node holds a copy of, by role.",
+            &[
+                ("{role=\"primary\"}".into(), primary),
+                ("{role=\"replica\"}".into(), replica),
+            ],
+        );
+        gauge(
+            "zepto_cluster_partitions_alone",
+            "Partitions led here whose in-sync set is this node alone (one copy of new writes).",
+            &[(String::new(), alone)],
+        );
+        let lag: Vec<(String, u64)> = match self.data.node() {
+            Ok(node) => v
+                .state
+                .partitions
+                .iter()
+                .filter(|p| p.primary == me && p.replica.is_some())
+                .map(|p| {
+                    let next = node
+                        .storage()
+                        .partition_position(p.id)
+                        .map_or(0, |(_, n)| n);
+                    (
+                        format!("{{partition=\"{}\"}}", p.id),
+                        next.saturating_sub(self.data.repl.acked(p.id)),
+                    )
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        gauge(
+            "zepto_cluster_replica_lag_records",
+            "WAL records of a partition led here that its replica has not confirmed.",
+            &lag,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP zepto_cluster_full_copies_sent_total Whole-partition copies sent to replicas.\n\
+             # TYPE zepto_cluster_full_copies_sent_total counter\n\
+             zepto_cluster_full_copies_sent_total {}",
+            self.full_copies_sent()
+        );
+        out
+    }
+
     /// Whole-partition copies this node sent as a primary since it started.
     pub(crate) fn full_copies_sent(&self) -> u64 {
         self.data

@@ -624,7 +624,10 @@ async fn ping() -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let figures = state.node.get().map(|n| n.figures());
     let ready = state.phase.load(Ordering::SeqCst) == READY;
-    let text = state.metrics.render(figures.as_ref(), ready);
+    let mut text = state.metrics.render(figures.as_ref(), ready);
+    if let Some(c) = state.cluster.get() {
+        text.push_str(&c.metrics_text());
+    }
     let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -647,7 +650,7 @@ async fn admin_snapshot(
 
 /// `POST /admin/drain` (cluster mode): stop being ready, hand this node's primaries to their
 /// in-sync replicas (see `Cluster::drain`), answer what was handed over. The process keeps
-/// running (not ready) until it is stopped; a Kubernetes preStop hook calls this.
+/// running (not ready) until it is stopped (SIGTERM does the same handoff, then exits).
 async fn admin_drain(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
     state.auth.check_admin(&headers)?;
     let Some(c) = state.cluster.get() else {

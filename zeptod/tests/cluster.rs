@@ -1295,6 +1295,29 @@ fn a_replaced_node_with_an_empty_disk_gets_whole_copies_and_the_cluster_returns_
         "the WAL was recycled: the empty node needed whole copies"
     );
     println!("{copies} whole-partition copies sent");
+    // The same figures in /metrics (checked by promtool where it is installed).
+    let mut from_metrics = 0u64;
+    for n in c.live() {
+        let text = c.node(n).get("/metrics").text();
+        for needle in [
+            "zepto_cluster_partitions{role=\"primary\"}",
+            "zepto_cluster_write_lease_valid 1",
+            "zepto_cluster_replica_lag_records",
+        ] {
+            assert!(
+                text.contains(needle),
+                "node {n}: missing {needle} in:\n{text}"
+            );
+        }
+        from_metrics += text
+            .lines()
+            .find_map(|l| l.strip_prefix("zepto_cluster_full_copies_sent_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        promtool_check(&text);
+    }
+    assert_eq!(from_metrics, copies);
     // Every acknowledged row exactly once, through every node.
     for n in c.live() {
         let r = c
@@ -1534,4 +1557,32 @@ fn a_node_dead_past_the_replace_time_is_replaced_and_two_copies_return() {
             .then_some(())
     });
     assert_eq!(c.node(victim).count("g"), 2000);
+}
+
+/// `promtool check metrics` on a /metrics body; skipped (printed) where promtool is missing.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        println!("SKIPPED promtool check: promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

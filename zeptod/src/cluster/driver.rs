@@ -255,13 +255,15 @@ struct Driver {
 }
 
 impl Driver {
-    /// Leader: a heartbeat from `from` with its log end. A fresh store whose log ends before
-    /// what raft knows the node acknowledged means its disk was replaced; reported for two
-    /// heartbeat intervals in a row (not one late heartbeat from its first catch-up), the
-    /// voter is replaced ([`MetaNode::reconcile_membership`]).
+    /// Leader: a heartbeat from `from` with its log end. A log that ends before what raft
+    /// knows the node acknowledged means the node lost entries it had made durable (its disk
+    /// was replaced; `fresh` says so outright, but a node restarted again before it was
+    /// replaced no longer has a fresh store). Reported for two heartbeat intervals in a row
+    /// (not one heartbeat that raced an append), the voter is replaced
+    /// ([`MetaNode::reconcile_membership`]).
     fn note_log_report(&mut self, from: NodeId, log: Option<(u64, bool)>, now: MonoTime) {
         let lost = match (log, self.node.matched(from)) {
-            (Some((last, true)), Some(matched)) => from != self.cluster.node_id && matched > last,
+            (Some((last, _fresh)), Some(matched)) => from != self.cluster.node_id && matched > last,
             _ => false,
         };
         if lost {

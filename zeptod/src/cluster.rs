@@ -298,6 +298,30 @@ impl Cluster {
         })
     }
 
+    /// Partitions that would be left without a serving in-sync copy if this node went away
+    /// now (a drain refuses to start while there are any): one led here whose replica is not
+    /// in sync or cannot serve, or one replicated here whose primary cannot serve.
+    pub(crate) fn drain_blockers(&self) -> Vec<serde_json::Value> {
+        let state = self.view.borrow().state.clone();
+        let me = self.cfg.node_id;
+        let serving =
+            |n: zepto_cluster::NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
+        state
+            .partitions
+            .iter()
+            .filter(|p| p.primary == me || p.replica == Some(me))
+            .filter(|p| !p.in_sync.iter().any(|&n| n != me && serving(n)))
+            .map(|p| {
+                serde_json::json!({
+                    "partition": p.id,
+                    "primary": p.primary,
+                    "replica": p.replica,
+                    "in_sync": p.in_sync,
+                })
+            })
+            .collect()
+    }
+
     /// Cluster figures in the Prometheus text format (appended to `/metrics`).
     pub(crate) fn metrics_text(&self) -> String {
         use std::fmt::Write as _;

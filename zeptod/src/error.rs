@@ -25,11 +25,14 @@ pub(crate) enum Error {
     /// A table, column or route that does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The request carried an epoch older than the one this node knows.
-    /// Single-node mode has no epochs; cluster mode (zepto-cluster) will return it.
-    #[allow(dead_code)]
+    /// The request carried an epoch older than the one this node knows, or reached a primary
+    /// that may have been replaced (cluster mode): nothing was applied.
     #[error("{0}")]
     Fenced(String),
+    /// The request conflicts with the cluster's current state (e.g. a drain that would leave
+    /// a partition without an in-sync copy).
+    #[error("{0}")]
+    Conflict(String),
     /// Not ready, shutting down, or overloaded; `retry_after` seconds when known.
     #[error("{message}")]
     Unavailable {
@@ -75,6 +78,7 @@ impl Error {
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Error::Fenced(_) => (StatusCode::CONFLICT, "FENCED"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
             Error::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "TIMEOUT"),

@@ -661,6 +661,18 @@ async fn admin_drain(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         ));
     };
     let node = state.node()?;
+    // Refused while another node's absence (a drain or a failure) already leaves some of this
+    // node's partitions with this node as their only serving in-sync copy; the chart's PDB
+    // expresses the same rule for Kubernetes evictions.
+    let blockers = c.drain_blockers();
+    if !blockers.is_empty() {
+        return Err(Error::Conflict(format!(
+            "draining node {} now would leave partitions without a serving in-sync copy: {}; \
+             retry once the other copies are back in sync",
+            c.node_id(),
+            serde_json::Value::from(blockers)
+        )));
+    }
     state.set_draining();
     let report = c.drain(&node, state.cfg.drain_timeout).await;
     Ok(json_response(StatusCode::OK, report))

@@ -1477,6 +1477,14 @@ fn sigterm_hands_a_nodes_primaries_to_their_replicas_without_losing_a_write() {
     // Writes go on through the nodes that remain primaries.
     let r = csv_insert(c.node(leader), "d", &format!("9999999,{},1\n", keys[0]));
     assert_eq!(r.status, 200, "{}", r.text());
+    // A second drain that would leave partitions without a serving in-sync copy (their
+    // other copy is on the drained node) is refused, and changes nothing.
+    let msg = c
+        .node(leader)
+        .req("POST", "/admin/drain", b"")
+        .expect_error(409, "CONFLICT");
+    assert!(msg.contains("without a serving in-sync copy"), "{msg}");
+    assert_eq!(c.node(leader).get("/ready").status, 200);
 }
 
 #[test]

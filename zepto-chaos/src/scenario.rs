@@ -74,6 +74,11 @@ pub struct Report {
     pub nodes: u32,
     /// Cluster: the node the fault hit.
     pub victim: Option<u32>,
+    /// Cluster: the raft leader when the victim was chosen.
+    pub leader: Option<u32>,
+    /// Cluster: milliseconds from the fault until every query succeeds again (the first
+    /// successful query after the last failed one).
+    pub queries_all_back_ms: Option<u64>,
     /// Cluster: the partitions whose primary the victim was.
     pub affected_partitions: Vec<u32>,
     /// Cluster: milliseconds from the fault until the metadata (majority's leader) names a
@@ -273,6 +278,8 @@ fn finish(
         logs: cfg.dir.clone(),
         nodes: 1,
         victim: None,
+        leader: None,
+        queries_all_back_ms: None,
         affected_partitions: Vec::new(),
         failover_ms: None,
         lease_refusal_ms: None,

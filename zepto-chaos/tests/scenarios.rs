@@ -43,18 +43,20 @@ fn config(bin: PathBuf, scenario: &str, seed: u64, nodes: u32, dir: &std::path::
 
 fn show(r: &Report) {
     println!(
-        "{} on {} node(s), seed {}: victim {:?} (primary of {:?}); detection {:?} ms, failover {:?} ms, \
-         writes back {:?} ms, queries back {:?} ms, lease refusal {:?} ms; {} acked writes, {} rows \
-         stored, {} lost; diverged: {:?}; events {:?}",
+        "{} on {} node(s), seed {}: victim {:?} (leader {:?}, primary of {:?}); detection {:?} ms, \
+         failover {:?} ms, writes back {:?} ms, queries back {:?} ms (all {:?} ms), lease refusal \
+         {:?} ms; {} acked writes, {} rows stored, {} lost; diverged: {:?}; events {:?}",
         r.scenario,
         r.nodes,
         r.seed,
         r.victim,
+        r.leader,
         r.affected_partitions,
         r.detection_ms,
         r.failover_ms,
         r.writes_back_ms,
         r.queries_back_ms,
+        r.queries_all_back_ms,
         r.lease_refusal_ms,
         r.verdict.acked_writes,
         r.verdict.rows_stored,

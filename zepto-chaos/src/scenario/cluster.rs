@@ -164,6 +164,7 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
         }
     }
     let lost_rows = verdict.lost.len();
+    let queries_all_back_ms = all_back(&history, fault);
     Ok(Report {
         scenario: cfg.scenario.clone(),
         seed: cfg.seed,
@@ -176,6 +177,8 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
         logs: cfg.dir.clone(),
         nodes: 3,
         victim: Some(victim),
+        leader: Some(leader),
+        queries_all_back_ms,
         affected_partitions: affected,
         failover_ms: m.failover_ms.map(|d| d.saturating_sub(fault)),
         lease_refusal_ms: m.lease_refusal_ms,
@@ -479,6 +482,19 @@ fn first_ok_write(h: &History, p: u32, after: u64) -> Option<u64> {
         .filter(|op| p == u32::MAX || partition_of(&op.key) == p)
         .map(|op| op.completed_ms)
         .min()
+}
+
+/// Completion of the first successful query after the last failed one (of those sent at or
+/// after `fault`), relative to `fault`.
+fn all_back(h: &History, fault: u64) -> Option<u64> {
+    let last_failed = h
+        .reads
+        .iter()
+        .filter(|r| r.invoked_ms >= fault && r.outcome != Outcome::Ok)
+        .map(|r| r.completed_ms)
+        .max()
+        .unwrap_or(fault);
+    first_ok_read(h, u32::MAX, last_failed).map(|t| t.saturating_sub(fault))
 }
 
 /// The same for queries.

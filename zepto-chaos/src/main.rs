@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use zepto_chaos::scenario::{cleanup, run, RunConfig, SCENARIOS};
+use zepto_chaos::scenario::{cleanup, run, PartitionMode, RunConfig, SCENARIOS};
 use zepto_chaos::Error;
 
 #[derive(Debug, Parser)]
@@ -47,6 +47,10 @@ struct Cli {
     /// scale-out, random); 1: a single node (node-crash, storage-failure, spot-reclaim).
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// split-brain: how the victim is cut off: `cut` (both ways, connections closed),
+    /// `blackhole` (both ways, bytes swallowed), `outgoing` (only its own calls cut).
+    #[arg(long, default_value = "cut")]
+    partition: String,
     /// Keep the data, logs and history (history.json) of passing runs too.
     #[arg(long)]
     keep: bool,
@@ -87,14 +91,19 @@ fn main() {
         Some(Some(d)) => Some(d),
         None => None,
     };
+    let Some(partition) = PartitionMode::parse(&cli.partition) else {
+        eprintln!("--partition takes cut, blackhole or outgoing");
+        std::process::exit(2);
+    };
     let started = Instant::now();
     let mut seed = cli.seed;
     let mut failed = 0;
     let mut runs = 0;
     loop {
-        let dir = cli
-            .out
-            .join(format!("{}-n{}-seed{seed}", cli.scenario, cli.nodes));
+        let dir = cli.out.join(format!(
+            "{}-n{}-{}-seed{seed}",
+            cli.scenario, cli.nodes, cli.partition
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = RunConfig {
             scenario: cli.scenario.clone(),
@@ -105,10 +114,11 @@ fn main() {
             writers: cli.writers,
             readers: cli.readers,
             nodes: cli.nodes,
+            partition,
         };
         eprintln!(
-            "zepto-chaos: scenario {} seed {seed} on {} node(s) (replay: --scenario {} --nodes {} --seed {seed})",
-            cli.scenario, cli.nodes, cli.scenario, cli.nodes
+            "zepto-chaos: scenario {} seed {seed} on {} node(s) (replay: --scenario {} --nodes {} --partition {} --seed {seed})",
+            cli.scenario, cli.nodes, cli.scenario, cli.nodes, cli.partition
         );
         runs += 1;
         match run(&cfg) {

@@ -52,6 +52,32 @@ pub struct RunConfig {
     pub readers: usize,
     /// 1 (single node) or 3 (cluster).
     pub nodes: u32,
+    /// How split-brain cuts the victim off.
+    pub partition: PartitionMode,
+}
+
+/// How split-brain separates the victim from the majority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum PartitionMode {
+    /// Every link to and from the victim closed and refused.
+    #[default]
+    Cut,
+    /// Every link to and from the victim accepts and swallows bytes (calls time out).
+    Blackhole,
+    /// Only the victim's own calls to the others are cut; the others still reach it.
+    OutgoingOnly,
+}
+
+impl PartitionMode {
+    /// `cut`, `blackhole`, `outgoing`.
+    pub fn parse(s: &str) -> Option<PartitionMode> {
+        match s {
+            "cut" => Some(PartitionMode::Cut),
+            "blackhole" => Some(PartitionMode::Blackhole),
+            "outgoing" => Some(PartitionMode::OutgoingOnly),
+            _ => None,
+        }
+    }
 }
 
 /// What one run measured.

@@ -38,6 +38,7 @@ fn config(bin: PathBuf, scenario: &str, seed: u64, nodes: u32, dir: &std::path::
         writers: 3,
         readers: 1,
         nodes,
+        partition: Default::default(),
     }
 }
 

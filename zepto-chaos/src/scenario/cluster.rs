@@ -19,16 +19,24 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{create_table, wait_for_acks, Report, RunConfig};
+use super::{create_table, wait_for_acks, PartitionMode, Report, RunConfig};
 use crate::checker::{check_reads, check_rows, read_ids, Verdict};
 use crate::client::Http;
 use crate::cluster::{keys_per_partition, partition_of, AdminView, Cluster, ADMIN_KEY, PARTITIONS};
 use crate::history::{History, Outcome, Targets, Workload};
 use crate::net::NodeId;
+use crate::proxy::LinkMode;
 use crate::Error;
 
 /// Bound of every wait for the cluster to react (generous: a loaded 2-core machine).
 const REACT: Duration = Duration::from_secs(30);
+/// split-brain: how long the cut is held after the failover, at most.
+const HOLD: Duration = Duration::from_secs(3);
+/// The write lease, heartbeat interval at `--heartbeat-interval 200ms` (dead 2 s / 2), and a
+/// margin for the clocks of the harness and the node.
+const LEASE: Duration = Duration::from_secs(1);
+const HEARTBEAT: Duration = Duration::from_millis(200);
+const LEASE_SLACK: Duration = Duration::from_millis(300);
 
 /// Run `cfg.scenario` on three nodes.
 pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
@@ -196,6 +204,9 @@ struct Measured {
     detected_ms: Option<u64>,
     failover_ms: Option<u64>,
     lease_refusal_ms: Option<u64>,
+    /// When the harness last asked and the majority's metadata still named the victim
+    /// primary (so every acknowledgement completed before it came from the victim).
+    old_primary_seen_ms: Option<u64>,
     exit_code: Option<i32>,
     violations: Vec<String>,
 }
@@ -234,17 +245,30 @@ fn run_fault(
         }
         "split-brain" => {
             m.fault_ms = w.now_ms();
-            c.net.isolate(victim)?;
+            for &o in others {
+                match cfg.partition {
+                    PartitionMode::Cut => {
+                        c.net.set_mode(victim, o, LinkMode::Cut)?;
+                        c.net.set_mode(o, victim, LinkMode::Cut)?;
+                    }
+                    PartitionMode::Blackhole => {
+                        c.net.set_mode(victim, o, LinkMode::Blackhole)?;
+                        c.net.set_mode(o, victim, LinkMode::Blackhole)?;
+                    }
+                    PartitionMode::OutgoingOnly => c.net.set_mode(victim, o, LinkMode::Cut)?,
+                }
+            }
             w.event(format!(
-                "node {victim} (primary of {affected:?}) cut off from the majority, both ways"
+                "node {victim} (primary of {affected:?}) cut off from the majority ({:?})",
+                cfg.partition
             ));
             detect(c, w, &mut m, victim, others, false)?;
             failover(c, w, &mut m, victim, affected, others)?;
             writes_back(w, affected, m.fault_ms)?;
-            // Hold the partition until the cut-off primary refused a write (lease) or a
-            // while after the failover, so writes keep going to it.
+            // Hold the partition while writes keep going to the cut-off primary: until it
+            // refused one with 409 (its lease ended), at most `HOLD` after the failover.
             let victim_ix = victim as usize - 1;
-            let lease_at = poll_workload(w, REACT, |h| {
+            let lease_at = poll_workload(w, HOLD, |h| {
                 h.writes
                     .iter()
                     .filter(|op| op.node == victim_ix && op.invoked_ms >= m.fault_ms)
@@ -256,33 +280,46 @@ fn run_fault(
             let heal_ms = w.now_ms();
             c.net.heal();
             w.event("healed every link");
-            // The cut-off node must not acknowledge writes of its old partitions once they
-            // failed over (its lease ended before the promotion).
-            if let Some(f) = m.failover_ms {
-                let late = w
-                    .inspect(|h| {
-                        h.writes
-                            .iter()
-                            .filter(|op| {
-                                op.node == victim_ix
-                                    && op.outcome == Outcome::Ok
-                                    && op.invoked_ms >= f
-                                    && op.completed_ms <= heal_ms
-                                    && affected.contains(&partition_of(&op.key))
-                            })
-                            .count()
-                    })
-                    .unwrap_or(0);
-                if late > 0 {
-                    m.violations.push(format!(
-                        "the cut-off primary {victim} acknowledged {late} writes of its old \
-                         partitions after they failed over"
-                    ));
-                }
-            }
-            if m.lease_refusal_ms.is_none() {
+            // Nothing of the victim's partitions may be acknowledged once its lease has
+            // ended (the last heartbeat it could renew it with was sent before the cut), nor
+            // by the cut-off node after the failover.
+            let lease_end = m.fault_ms + ms(LEASE + HEARTBEAT + LEASE_SLACK);
+            let old_seen = m.old_primary_seen_ms.unwrap_or(m.fault_ms);
+            let failover_at = m.failover_ms.unwrap_or(heal_ms);
+            let (during_lease_gap, by_victim_after) = w
+                .inspect(|h| {
+                    let acked = |op: &&crate::history::WriteOp| {
+                        op.outcome == Outcome::Ok && affected.contains(&partition_of(&op.key))
+                    };
+                    let a = h
+                        .writes
+                        .iter()
+                        .filter(acked)
+                        .filter(|op| op.invoked_ms >= lease_end && op.completed_ms < old_seen)
+                        .count();
+                    let b = h
+                        .writes
+                        .iter()
+                        .filter(acked)
+                        .filter(|op| {
+                            op.node == victim_ix
+                                && op.invoked_ms >= failover_at
+                                && op.completed_ms <= heal_ms
+                        })
+                        .count();
+                    (a, b)
+                })
+                .unwrap_or((0, 0));
+            if during_lease_gap > 0 {
                 m.violations.push(format!(
-                    "the cut-off primary {victim} never refused a write with 409 within {REACT:?}"
+                    "{during_lease_gap} writes of partitions {affected:?} sent after the cut-off \
+                     primary's lease ended were acknowledged while it was still their primary"
+                ));
+            }
+            if by_victim_after > 0 {
+                m.violations.push(format!(
+                    "the cut-off primary {victim} acknowledged {by_victim_after} writes of its \
+                     old partitions after they failed over"
                 ));
             }
         }
@@ -399,15 +436,19 @@ fn failover(
     affected: &[u32],
     others: &[NodeId],
 ) -> Result<(), Error> {
+    let mut old_seen = None;
     c.poll("failover of the victim's partitions", REACT, |c| {
-        c.leader_view(others)
-            .filter(|v| {
-                v.partitions
-                    .iter()
-                    .filter(|p| affected.contains(&p.id))
-                    .all(|p| p.primary != victim)
-            })
-            .map(|_| ())
+        let asked = w.now_ms();
+        let view = c.leader_view(others)?;
+        let moved = view
+            .partitions
+            .iter()
+            .filter(|p| affected.contains(&p.id))
+            .all(|p| p.primary != victim);
+        if !moved {
+            old_seen = Some(asked);
+        }
+        moved.then_some(())
     })
     .map_err(|e| {
         // Say what the majority's metadata shows for the partitions that did not move.
@@ -436,6 +477,7 @@ fn failover(
         Error::Harness(format!("{e}; metadata of the majority: {state}"))
     })?;
     m.failover_ms = Some(w.now_ms());
+    m.old_primary_seen_ms = old_seen;
     w.event(format!("partitions {affected:?} failed over"));
     Ok(())
 }
@@ -482,6 +524,10 @@ fn first_ok_write(h: &History, p: u32, after: u64) -> Option<u64> {
         .filter(|op| p == u32::MAX || partition_of(&op.key) == p)
         .map(|op| op.completed_ms)
         .min()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Completion of the first successful query after the last failed one (of those sent at or

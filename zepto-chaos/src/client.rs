@@ -24,6 +24,8 @@ impl Answer {
 pub struct Http {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization: Bearer` key, when the server has keys configured.
+    key: Option<String>,
 }
 
 impl Http {
@@ -35,17 +37,24 @@ impl Http {
         Http {
             base: base.trim_end_matches('/').to_string(),
             agent: config.into(),
+            key: None,
         }
+    }
+
+    /// Send `Authorization: Bearer key` with every request.
+    pub fn with_key(mut self, key: Option<&str>) -> Http {
+        self.key = key.map(str::to_string);
+        self
     }
 
     /// POST; `Err` is a transport failure (refused, reset, timeout), with its text.
     pub fn post(&self, path: &str, body: &[u8]) -> Result<Answer, String> {
         let url = format!("{}{}", self.base, path);
-        let mut r = self
-            .agent
-            .post(&url)
-            .send(body)
-            .map_err(|e| e.to_string())?;
+        let mut req = self.agent.post(&url);
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", &format!("Bearer {k}"));
+        }
+        let mut r = req.send(body).map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
         Ok(Answer { status, body })
@@ -54,7 +63,11 @@ impl Http {
     /// GET.
     pub fn get(&self, path: &str) -> Result<Answer, String> {
         let url = format!("{}{}", self.base, path);
-        let mut r = self.agent.get(&url).call().map_err(|e| e.to_string())?;
+        let mut req = self.agent.get(&url);
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", &format!("Bearer {k}"));
+        }
+        let mut r = req.call().map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
         Ok(Answer { status, body })

@@ -31,15 +31,34 @@ pub struct WriteOp {
     pub completed_ms: u64,
     pub outcome: Outcome,
     pub node: usize,
+    /// The partition key of every row of the write (one key: one partition, so the write's
+    /// outcome is the outcome of each of its rows).
+    pub key: String,
 }
 
-/// One query.
+/// One query: the row count of one key.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadOp {
     pub invoked_ms: u64,
     pub completed_ms: u64,
     pub outcome: Outcome,
     pub node: usize,
+    pub key: String,
+    /// The count answered (when OK).
+    pub count: Option<u64>,
+}
+
+/// Where the workload sends its operations: the nodes' URLs (re-read every operation, so a
+/// scenario can redirect clients), the keys it writes, the API key, and in cluster mode which
+/// node is each key's partition primary (readers ask it: until queries are distributed, a
+/// node answers from its own data only).
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub urls: Arc<Mutex<Vec<String>>>,
+    pub keys: Vec<String>,
+    pub api_key: Option<String>,
+    /// Per key (same order as `keys`): the index in `urls` of its primary.
+    pub read_from: Option<Arc<Mutex<Vec<usize>>>>,
 }
 
 /// Everything that happened, in completion order per kind.
@@ -80,16 +99,11 @@ fn classify(answer: &Result<Answer, String>) -> Outcome {
 }
 
 impl Workload {
-    /// Start `writers` writer threads (batches of `batch` rows, over `symbols` symbols) and
-    /// `readers` reader threads, spread over the nodes' URLs (re-read from `urls` every
-    /// operation, so a scenario can redirect clients).
-    pub fn start(
-        urls: Arc<Mutex<Vec<String>>>,
-        writers: usize,
-        readers: usize,
-        batch: i64,
-        symbols: usize,
-    ) -> Workload {
+    /// Start `writers` writer threads (batches of `batch` rows, each batch with one key of
+    /// `targets.keys`, round robin) and `readers` reader threads (the row count of one key),
+    /// spread over `targets`.
+    pub fn start(targets: Targets, writers: usize, readers: usize, batch: i64) -> Workload {
+        let targets = Arc::new(targets);
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(History::default()));
@@ -97,19 +111,29 @@ impl Workload {
         let ms = move || started.elapsed().as_millis() as u64;
         let mut threads = Vec::new();
         for w in 0..writers {
-            let (stop, history, next_id, urls) =
-                (stop.clone(), history.clone(), next_id.clone(), urls.clone());
+            let (stop, history, next_id, targets) = (
+                stop.clone(),
+                history.clone(),
+                next_id.clone(),
+                targets.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let Some((node, url)) = pick(&urls, w + n) else {
+                    let Some((node, url)) = pick(&targets.urls, w + n) else {
                         break;
                     };
+                    let key = targets
+                        .keys
+                        .get((w + n * writers.max(1)) % targets.keys.len().max(1))
+                        .cloned()
+                        .unwrap_or_else(|| "S000".to_string());
                     n += 1;
                     let first = next_id.fetch_add(batch, Ordering::Relaxed);
-                    let body = rows_csv(first, batch, w, symbols);
+                    let body = rows_csv(first, batch, w, &key);
                     let invoked_ms = ms();
-                    let http = Http::new(&url, Duration::from_secs(10));
+                    let http = Http::new(&url, Duration::from_secs(10))
+                        .with_key(targets.api_key.as_deref());
                     let answer = http.post(
                         "/?query=INSERT%20INTO%20chaos%20FORMAT%20CSV",
                         body.as_bytes(),
@@ -122,29 +146,59 @@ impl Workload {
                         completed_ms: ms(),
                         outcome: classify(&answer),
                         node,
+                        key,
                     };
+                    let ok = op.outcome == Outcome::Ok;
                     if let Ok(mut h) = history.lock() {
                         h.writes.push(op);
+                    }
+                    if !ok {
+                        std::thread::sleep(Duration::from_millis(20)); // retry pacing after a failure
                     }
                 }
             }));
         }
         for r in 0..readers {
-            let (stop, history, urls) = (stop.clone(), history.clone(), urls.clone());
+            let (stop, history, targets) = (stop.clone(), history.clone(), targets.clone());
             threads.push(std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let Some((node, url)) = pick(&urls, r + n) else {
+                    let k = (r + n * readers.max(1)) % targets.keys.len().max(1);
+                    let Some(key) = targets.keys.get(k).cloned() else {
+                        break;
+                    };
+                    let routed = targets
+                        .read_from
+                        .as_ref()
+                        .and_then(|m| m.lock().ok().and_then(|m| m.get(k).copied()));
+                    let picked = match routed {
+                        Some(i) => targets
+                            .urls
+                            .lock()
+                            .ok()
+                            .and_then(|u| u.get(i).cloned())
+                            .map(|u| (i, u)),
+                        None => pick(&targets.urls, r + n),
+                    };
+                    let Some((node, url)) = picked else {
                         break;
                     };
                     n += 1;
                     let invoked_ms = ms();
-                    let http = Http::new(&url, Duration::from_secs(10));
-                    let answer =
-                        http.post("/", b"SELECT symbol, count(*) FROM chaos GROUP BY symbol");
-                    let outcome = match &answer {
-                        Ok(a) if a.status == 200 => Outcome::Ok,
-                        _ => classify(&answer),
+                    let http = Http::new(&url, Duration::from_secs(10))
+                        .with_key(targets.api_key.as_deref());
+                    let sql =
+                        format!("SELECT count(*) FROM chaos WHERE symbol = '{key}' FORMAT CSV");
+                    let answer = http.post("/", sql.as_bytes());
+                    let (outcome, count) = match &answer {
+                        Ok(a) if a.status == 200 => match a.body.trim().parse::<u64>() {
+                            Ok(c) => (Outcome::Ok, Some(c)),
+                            Err(_) => (
+                                Outcome::Unknown(format!("unparsable count '{}'", a.body.trim())),
+                                None,
+                            ),
+                        },
+                        _ => (classify(&answer), None),
                     };
                     if let Ok(mut h) = history.lock() {
                         h.reads.push(ReadOp {
@@ -152,7 +206,12 @@ impl Workload {
                             completed_ms: ms(),
                             outcome,
                             node,
+                            key,
+                            count,
                         });
+                    }
+                    if count.is_none() {
+                        std::thread::sleep(Duration::from_millis(20)); // retry pacing after a failure
                     }
                 }
             }));
@@ -184,6 +243,11 @@ impl Workload {
             .lock()
             .map(|h| h.writes.iter().filter(|w| w.outcome == Outcome::Ok).count())
             .unwrap_or(0)
+    }
+
+    /// Look at the history so far.
+    pub fn inspect<T>(&self, f: impl FnOnce(&History) -> T) -> Option<T> {
+        self.history.lock().ok().map(|h| f(&h))
     }
 
     /// First write acknowledged after `ms`, if any (its completion time).
@@ -225,15 +289,19 @@ fn pick(urls: &Mutex<Vec<String>>, i: usize) -> Option<(usize, String)> {
     list.get(node).map(|u| (node, u.clone()))
 }
 
-/// `count` rows with ids from `first`, as CSV.
-fn rows_csv(first: i64, count: i64, writer: usize, symbols: usize) -> String {
+/// `count` rows with ids from `first`, all with partition key `key`, as CSV.
+fn rows_csv(first: i64, count: i64, writer: usize, key: &str) -> String {
     let mut s = String::with_capacity(count as usize * 40);
     for id in first..first + count {
-        let sym = id.rem_euclid(symbols.max(1) as i64);
         s.push_str(&format!(
-            "{},S{sym:03},{id},{writer}\n",
+            "{},{key},{id},{writer}\n",
             1_704_187_800_000_000_000i64 + id * 1_000_000
         ));
     }
     s
+}
+
+/// The default keys of a single-node run: `S000..S019`.
+pub fn default_keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("S{i:03}")).collect()
 }

@@ -1,8 +1,9 @@
 //! `zepto-chaos`: run a recovery scenario against real zeptod processes and check it.
 //!
 //! ```text
-//! cargo run -p zepto-chaos -- --scenario node-crash --seed 7
-//! cargo run -p zepto-chaos -- --scenario storage-failure --seeds 5
+//! cargo run -p zepto-chaos -- --scenario node-crash --seed 7            # 3-node cluster
+//! cargo run -p zepto-chaos -- --scenario split-brain --seeds 5
+//! cargo run -p zepto-chaos -- --scenario storage-failure --nodes 1 --seeds 5
 //! cargo run -p zepto-chaos -- --scenario node-crash --soak 30m
 //! ```
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use zepto_chaos::scenario::{cleanup, run, RunConfig, SCENARIOS};
+use zepto_chaos::scenario::{cleanup, run, PartitionMode, RunConfig, SCENARIOS};
 use zepto_chaos::Error;
 
 #[derive(Debug, Parser)]
@@ -42,6 +43,14 @@ struct Cli {
     writers: usize,
     #[arg(long, default_value_t = 1)]
     readers: usize,
+    /// 3: a real 3-node cluster with proxied peer links (every scenario but drain,
+    /// scale-out, random); 1: a single node (node-crash, storage-failure, spot-reclaim).
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// split-brain: how the victim is cut off: `cut` (both ways, connections closed),
+    /// `blackhole` (both ways, bytes swallowed), `outgoing` (only its own calls cut).
+    #[arg(long, default_value = "cut")]
+    partition: String,
     /// Keep the data, logs and history (history.json) of passing runs too.
     #[arg(long)]
     keep: bool,
@@ -82,12 +91,19 @@ fn main() {
         Some(Some(d)) => Some(d),
         None => None,
     };
+    let Some(partition) = PartitionMode::parse(&cli.partition) else {
+        eprintln!("--partition takes cut, blackhole or outgoing");
+        std::process::exit(2);
+    };
     let started = Instant::now();
     let mut seed = cli.seed;
     let mut failed = 0;
     let mut runs = 0;
     loop {
-        let dir = cli.out.join(format!("{}-seed{seed}", cli.scenario));
+        let dir = cli.out.join(format!(
+            "{}-n{}-{}-seed{seed}",
+            cli.scenario, cli.nodes, cli.partition
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = RunConfig {
             scenario: cli.scenario.clone(),
@@ -97,10 +113,12 @@ fn main() {
             phase: Duration::from_secs(5),
             writers: cli.writers,
             readers: cli.readers,
+            nodes: cli.nodes,
+            partition,
         };
         eprintln!(
-            "zepto-chaos: scenario {} seed {seed} (replay: --scenario {} --seed {seed})",
-            cli.scenario, cli.scenario
+            "zepto-chaos: scenario {} seed {seed} on {} node(s) (replay: --scenario {} --nodes {} --partition {} --seed {seed})",
+            cli.scenario, cli.nodes, cli.scenario, cli.nodes, cli.partition
         );
         runs += 1;
         match run(&cfg) {

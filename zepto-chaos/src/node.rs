@@ -30,6 +30,7 @@ pub struct Node {
     pub spec: NodeSpec,
     child: Option<Child>,
     http: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
 }
 
 impl Node {
@@ -38,7 +39,19 @@ impl Node {
             spec,
             child: None,
             http: None,
+            grpc: None,
         }
+    }
+
+    /// The bound gRPC address of the running process (cluster mode; it changes on restart
+    /// when started with `--grpc-addr 127.0.0.1:0`).
+    pub fn grpc(&self) -> Option<SocketAddr> {
+        self.grpc
+    }
+
+    /// The process id of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The HTTP address (known after the first start).
@@ -105,23 +118,38 @@ impl Node {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("zeptod listening on http=") {
-                    let _ = tx.send(a.to_string());
+                    let _ = tx.send((true, a.to_string()));
+                }
+                if let Some(a) = line.strip_prefix("zeptod listening on grpc=") {
+                    let _ = tx.send((false, a.to_string()));
                 }
                 let _ = writeln!(log, "{line}");
             }
         });
         self.child = Some(child);
-        let addr = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-            Error::Harness(format!(
-                "node {} did not print its address within 60 s (log: {})",
-                self.spec.id,
-                self.spec.log.display()
-            ))
-        })?;
-        self.http = Some(
-            addr.parse()
-                .map_err(|e| Error::Harness(format!("bad address '{addr}': {e}")))?,
-        );
+        self.grpc = None;
+        let cluster = self.spec.args.iter().any(|a| a == "--peers");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut http = None;
+        while http.is_none() || (cluster && self.grpc.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (is_http, addr) = rx.recv_timeout(left).map_err(|_| {
+                Error::Harness(format!(
+                    "node {} did not print its addresses within 60 s (log: {})",
+                    self.spec.id,
+                    self.spec.log.display()
+                ))
+            })?;
+            let parsed: SocketAddr = addr
+                .parse()
+                .map_err(|e| Error::Harness(format!("bad address '{addr}': {e}")))?;
+            if is_http {
+                http = Some(parsed);
+            } else {
+                self.grpc = Some(parsed);
+            }
+        }
+        self.http = http;
         Ok(())
     }
 
@@ -151,6 +179,7 @@ impl Node {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
+        self.grpc = None;
         Ok(())
     }
 
@@ -184,6 +213,7 @@ impl Node {
                 .map_err(|e| Error::Io("wait for zeptod".into(), e))?
             {
                 self.child = None;
+                self.grpc = None;
                 return Ok(Some(status));
             }
             if Instant::now() >= deadline {

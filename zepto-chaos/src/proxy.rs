@@ -5,7 +5,7 @@
 //! Mode changes apply at once to new and to open connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +29,16 @@ pub enum LinkMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct State {
-    mode: LinkMode,
-    delay_ms: u64,
+pub(crate) struct State {
+    pub(crate) mode: LinkMode,
+    pub(crate) delay_ms: u64,
+}
+
+impl State {
+    pub(crate) const PASS: State = State {
+        mode: LinkMode::Pass,
+        delay_ms: 0,
+    };
 }
 
 /// One proxied link. Dropping the handle does not stop it; dropping the runtime does.
@@ -112,7 +119,10 @@ impl LinkProxy {
     }
 }
 
-async fn serve(
+/// Forward one accepted connection to `target` under the link's state. Returns when either
+/// side closes, the link is cut, or the link heals after bytes were dropped (the byte stream
+/// is then broken, so the connection is closed and the peer reconnects cleanly).
+pub(crate) async fn serve(
     client: TcpStream,
     target: SocketAddr,
     mut state: watch::Receiver<State>,
@@ -125,17 +135,23 @@ async fn serve(
         _ => {}
     }
     let server = TcpStream::connect(target).await?;
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = pump(cr, sw, state.clone(), bytes.clone(), true);
-    let down = pump(sr, cw, state.clone(), bytes, false);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let up = pump(cr, sw, state.clone(), bytes.clone(), true, dropped.clone());
+    let down = pump(sr, cw, state.clone(), bytes, false, dropped.clone());
     tokio::select! {
         _ = up => {}
         _ = down => {}
         _ = async {
-            // A cut closes open connections too.
             while state.changed().await.is_ok() {
-                if state.borrow().mode == LinkMode::Cut {
+                let mode = state.borrow().mode;
+                // A cut closes open connections too; so does healing a stream with holes.
+                if mode == LinkMode::Cut
+                    || (mode == LinkMode::Pass && dropped.load(Ordering::Relaxed))
+                {
                     break;
                 }
             }
@@ -169,6 +185,7 @@ async fn pump(
     state: watch::Receiver<State>,
     bytes: Arc<AtomicU64>,
     upstream: bool,
+    dropped: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -185,11 +202,12 @@ async fn pump(
             LinkMode::Pass => false,
             LinkMode::Cut => return Ok(()),
             LinkMode::DropReplies => !upstream,
-            LinkMode::DropRequests | LinkMode::Blackhole => {
-                upstream || s.mode == LinkMode::Blackhole
-            }
+            LinkMode::DropRequests => upstream,
+            LinkMode::Blackhole => true,
         };
-        if !drop_it {
+        if drop_it {
+            dropped.store(true, Ordering::Relaxed);
+        } else {
             to.write_all(&buf[..n]).await?;
             bytes.fetch_add(n as u64, Ordering::Relaxed);
         }

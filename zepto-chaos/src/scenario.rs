@@ -1,12 +1,16 @@
 //! Scenarios from the recovery guide, each a schedule of faults against real processes while
 //! the workload runs, followed by healing, the checker, and measurements.
 //!
-//! Single-node scenarios run today: `node-crash` (SIGKILL during ingest, restart),
-//! `storage-failure` (fdatasync starts failing: the node must stop acknowledging and fail
-//! `/health`), `spot-reclaim` (SIGTERM, SIGKILL after the grace period). The multi-node ones
-//! (`coordinator-crash`, `drain`, `split-brain`, `scale-out`, `random`) need cluster mode and
-//! are refused with that reason until it exists: a run never reports success on something it
-//! could not check.
+//! On a 3-node cluster (`nodes = 3`, the default; see [`cluster`]): `node-crash`,
+//! `coordinator-crash`, `split-brain`, `storage-failure`, `spot-reclaim`. On one node
+//! (`nodes = 1`): `node-crash` (SIGKILL during ingest, restart), `storage-failure` (fdatasync
+//! starts failing: the node must stop acknowledging and fail `/health`), `spot-reclaim`
+//! (SIGTERM, SIGKILL after the grace period). `drain` and `scale-out` need node drain and
+//! partition moves (issue #6), `random` needs them too: they are refused with that reason, as
+//! is any scenario that cannot run with the asked node count; a run never reports success on
+//! something it could not check.
+
+mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +22,7 @@ use serde::Serialize;
 
 use crate::checker::{check, Verdict};
 use crate::client::Http;
-use crate::history::{Workload, TABLE_DDL};
+use crate::history::{default_keys, Targets, Workload, TABLE_DDL};
 use crate::node::{Node, NodeSpec};
 use crate::Error;
 
@@ -46,6 +50,34 @@ pub struct RunConfig {
     pub phase: Duration,
     pub writers: usize,
     pub readers: usize,
+    /// 1 (single node) or 3 (cluster).
+    pub nodes: u32,
+    /// How split-brain cuts the victim off.
+    pub partition: PartitionMode,
+}
+
+/// How split-brain separates the victim from the majority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum PartitionMode {
+    /// Every link to and from the victim closed and refused.
+    #[default]
+    Cut,
+    /// Every link to and from the victim accepts and swallows bytes (calls time out).
+    Blackhole,
+    /// Only the victim's own calls to the others are cut; the others still reach it.
+    OutgoingOnly,
+}
+
+impl PartitionMode {
+    /// `cut`, `blackhole`, `outgoing`.
+    pub fn parse(s: &str) -> Option<PartitionMode> {
+        match s {
+            "cut" => Some(PartitionMode::Cut),
+            "blackhole" => Some(PartitionMode::Blackhole),
+            "outgoing" => Some(PartitionMode::OutgoingOnly),
+            _ => None,
+        }
+    }
 }
 
 /// What one run measured.
@@ -64,6 +96,29 @@ pub struct Report {
     pub verdict: Verdict,
     pub events: Vec<(u64, String)>,
     pub logs: PathBuf,
+    /// 1 or 3.
+    pub nodes: u32,
+    /// Cluster: the node the fault hit.
+    pub victim: Option<u32>,
+    /// Cluster: the raft leader when the victim was chosen.
+    pub leader: Option<u32>,
+    /// Cluster: milliseconds from the fault until every query succeeds again (the first
+    /// successful query after the last failed one).
+    pub queries_all_back_ms: Option<u64>,
+    /// Cluster: the partitions whose primary the victim was.
+    pub affected_partitions: Vec<u32>,
+    /// Cluster: milliseconds from the fault until the metadata (majority's leader) names a
+    /// new primary for every affected partition.
+    pub failover_ms: Option<u64>,
+    /// Cluster split-brain: milliseconds from the cut until the cut-off primary first refused
+    /// a write (409, lease expired).
+    pub lease_refusal_ms: Option<u64>,
+    /// Cluster: how long convergence took after the workload stopped.
+    pub converged_ms: Option<u64>,
+    /// Acknowledged rows missing at the end.
+    pub lost_rows: usize,
+    /// Cluster: peer connections the proxies could not attribute to a node process (closed).
+    pub unattributed_connections: u64,
 }
 
 impl Report {
@@ -94,8 +149,7 @@ fn ready(node: &Node, timeout: Duration) -> Result<Duration, Error> {
     })
 }
 
-fn create_table(node: &Node) -> Result<(), Error> {
-    let http = Http::new(&node.url()?, Duration::from_secs(30));
+fn create_table(http: &Http) -> Result<(), Error> {
     let a = http
         .post("/", TABLE_DDL.as_bytes())
         .map_err(|e| Error::Harness(format!("create table: {e}")))?;
@@ -113,9 +167,14 @@ fn create_table(node: &Node) -> Result<(), Error> {
 fn boot(cfg: &RunConfig, node: &mut Node) -> Result<Workload, Error> {
     node.start()?;
     ready(node, Duration::from_secs(60))?;
-    create_table(node)?;
-    let urls = Arc::new(Mutex::new(vec![node.url()?]));
-    Ok(Workload::start(urls, cfg.writers, cfg.readers, 50, 20))
+    create_table(&Http::new(&node.url()?, Duration::from_secs(30)))?;
+    let targets = Targets {
+        urls: Arc::new(Mutex::new(vec![node.url()?])),
+        keys: default_keys(20),
+        api_key: None,
+        read_from: None,
+    };
+    Ok(Workload::start(targets, cfg.writers, cfg.readers, 50))
 }
 
 /// Wait until the workload has `n` more acknowledged writes than now (the load is really
@@ -136,22 +195,44 @@ fn wait_for_acks(w: &Workload, n: usize, timeout: Duration) -> Result<(), Error>
 
 /// Run one scenario with one seed.
 pub fn run(cfg: &RunConfig) -> Result<Report, Error> {
-    std::fs::create_dir_all(&cfg.dir)
-        .map_err(|e| Error::Io(format!("create {}", cfg.dir.display()), e))?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    match cfg.scenario.as_str() {
-        "node-crash" => node_crash(cfg, &mut rng),
-        "storage-failure" => storage_failure(cfg, &mut rng),
-        "spot-reclaim" => spot_reclaim(cfg, &mut rng),
-        s if SCENARIOS.contains(&s) => Err(Error::Unsupported(format!(
-            "scenario '{s}' needs a multi-node cluster, which zeptod does not run yet (issue \
-             'Cluster mode'); nothing was checked"
-        ))),
-        s => Err(Error::Harness(format!(
+    let s = cfg.scenario.as_str();
+    if !SCENARIOS.contains(&s) {
+        return Err(Error::Harness(format!(
             "unknown scenario '{s}' (known: {})",
             SCENARIOS.join(", ")
+        )));
+    }
+    if matches!(s, "drain" | "scale-out" | "random") {
+        return Err(Error::Unsupported(format!(
+            "scenario '{s}' needs node drain / partition moves with a full partition copy \
+             (issue #6), which zeptod does not have yet; nothing was checked"
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    match (cfg.nodes, s) {
+        (1, "node-crash" | "storage-failure" | "spot-reclaim") => {
+            create_dir(&cfg.dir)?;
+            match s {
+                "node-crash" => node_crash(cfg, &mut rng),
+                "storage-failure" => storage_failure(cfg, &mut rng),
+                _ => spot_reclaim(cfg, &mut rng),
+            }
+        }
+        (3, _) => {
+            create_dir(&cfg.dir)?;
+            cluster::run(cfg, &mut rng)
+        }
+        (1, _) => Err(Error::Unsupported(format!(
+            "scenario '{s}' needs a cluster (--nodes 3); nothing was checked"
+        ))),
+        (n, _) => Err(Error::Unsupported(format!(
+            "{n} nodes: zepto-chaos runs 1 or 3; nothing was checked"
         ))),
     }
+}
+
+fn create_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("create {}", dir.display()), e))
 }
 
 /// When the fault happened: a known moment, or (for faults that fire by themselves, like a
@@ -204,6 +285,7 @@ fn finish(
         .min()
         .and_then(after);
     let verdict = check(&history, &[node.url()?])?;
+    let lost_rows = verdict.lost.len();
     if verdict.acked_writes == 0 {
         return Err(Error::Harness(format!(
             "no write was ever acknowledged: nothing was checked (logs: {})",
@@ -220,6 +302,16 @@ fn finish(
         verdict,
         events: history.events,
         logs: cfg.dir.clone(),
+        nodes: 1,
+        victim: None,
+        leader: None,
+        queries_all_back_ms: None,
+        affected_partitions: Vec::new(),
+        failover_ms: None,
+        lease_refusal_ms: None,
+        converged_ms: None,
+        lost_rows,
+        unattributed_connections: 0,
     })
 }
 

@@ -1,37 +1,77 @@
-//! A fixed-seed run of every scenario that this build can run, against the real `zeptod`
-//! built by the same `cargo test --workspace`. Each must pass the checker; the multi-node
-//! ones must refuse to run (and say why) rather than pass without checking.
+//! Fixed-seed runs of every scenario this build can run, against the real `zeptod` built by
+//! the same `cargo test`: the single-node ones and, on a real 3-node cluster whose peer links
+//! pass through the harness's proxies, node-crash, coordinator-crash and spot-reclaim
+//! (split-brain and storage-failure are here too but ignored: each fails on a zeptod bug,
+//! described at the test). Each must pass the checker with its measurements present; the ones that
+//! cannot run must refuse (and say why) rather than pass without checking. The runs are
+//! serialised: each starts up to three servers on a small machine.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use zepto_chaos::scenario::{run, RunConfig};
+use zepto_chaos::scenario::{run, Report, RunConfig};
 use zepto_chaos::Error;
 
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `zeptod` next to this test's directory (`$CARGO_TARGET_DIR/debug/zeptod`).
 fn zeptod() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let bin = exe.parent()?.parent()?.join("zeptod");
     bin.is_file().then_some(bin)
 }
 
-fn config(bin: PathBuf, scenario: &str, seed: u64, dir: &std::path::Path) -> RunConfig {
+fn config(bin: PathBuf, scenario: &str, seed: u64, nodes: u32, dir: &std::path::Path) -> RunConfig {
     RunConfig {
         scenario: scenario.into(),
         seed,
         bin,
-        dir: dir.join(scenario),
+        dir: dir.join(format!("{scenario}-n{nodes}")),
         phase: Duration::from_secs(5),
         writers: 3,
         readers: 1,
+        nodes,
+        partition: Default::default(),
     }
+}
+
+fn show(r: &Report) {
+    println!(
+        "{} on {} node(s), seed {}: victim {:?} (leader {:?}, primary of {:?}); detection {:?} ms, \
+         failover {:?} ms, writes back {:?} ms, queries back {:?} ms (all {:?} ms), lease refusal \
+         {:?} ms; {} acked writes, {} rows stored, {} lost; diverged: {:?}; events {:?}",
+        r.scenario,
+        r.nodes,
+        r.seed,
+        r.victim,
+        r.leader,
+        r.affected_partitions,
+        r.detection_ms,
+        r.failover_ms,
+        r.writes_back_ms,
+        r.queries_back_ms,
+        r.queries_all_back_ms,
+        r.lease_refusal_ms,
+        r.verdict.acked_writes,
+        r.verdict.rows_stored,
+        r.lost_rows,
+        r.verdict.diverged,
+        r.events
+    );
 }
 
 #[test]
 fn single_node_scenarios_pass_the_checker() {
+    let _g = serial();
     let Some(bin) = zeptod() else {
-        println!("SKIPPED: no zeptod binary next to this test (run `cargo test --workspace`, which builds it)");
+        println!("SKIPPED: no zeptod binary next to this test (run `cargo build -p zeptod` or `cargo test --workspace`, which builds it)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -40,11 +80,8 @@ fn single_node_scenarios_pass_the_checker() {
         ("storage-failure", 3),
         ("spot-reclaim", 3),
     ] {
-        let report = run(&config(bin.clone(), scenario, seed, dir.path())).unwrap();
-        println!(
-            "{scenario} seed {seed}: detection {:?} ms, writes back after {:?} ms, {} acked writes, {} rows stored",
-            report.detection_ms, report.writes_back_ms, report.verdict.acked_writes, report.verdict.rows_stored
-        );
+        let report = run(&config(bin.clone(), scenario, seed, 1, dir.path())).unwrap();
+        show(&report);
         assert!(
             report.passed(),
             "{scenario} seed {seed}: {:?}",
@@ -64,22 +101,138 @@ fn single_node_scenarios_pass_the_checker() {
     }
 }
 
+/// Run one cluster scenario and hold it to what every cluster run must show.
+fn cluster_run(scenario: &str, seed: u64) -> Option<Report> {
+    let bin = zeptod().or_else(|| {
+        println!("SKIPPED: no zeptod binary next to this test (run `cargo build -p zeptod` or `cargo test --workspace`, which builds it)");
+        None
+    })?;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(bin, scenario, seed, 3, dir.path());
+    // Keep the logs and history of a failed run (printed with the failure).
+    let keep = || {
+        let to = std::env::temp_dir().join(format!("zepto-chaos-failed-{scenario}-{seed}"));
+        let _ = std::fs::remove_dir_all(&to);
+        let _ = std::fs::rename(dir.path(), &to);
+        to
+    };
+    let report = match run(&cfg) {
+        Ok(r) => r,
+        Err(e) => panic!("{scenario} seed {seed}: {e} (logs in {})", keep().display()),
+    };
+    show(&report);
+    if !report.passed() {
+        panic!(
+            "{scenario} seed {seed}: {:?} (logs in {})",
+            report.verdict.problems(),
+            keep().display()
+        );
+    }
+    assert_eq!(report.nodes, 3);
+    assert!(report.verdict.acked_writes > 0);
+    assert_eq!(report.lost_rows, 0);
+    let victim = report.victim.expect("a victim");
+    assert!((1..=3).contains(&victim));
+    assert!(
+        report.detection_ms.is_some(),
+        "{scenario}: no detection measured"
+    );
+    assert!(
+        report.writes_back_ms.is_some(),
+        "{scenario}: writes never came back"
+    );
+    assert!(
+        report.queries_back_ms.is_some(),
+        "{scenario}: queries never came back"
+    );
+    assert!(report.converged_ms.is_some(), "{scenario}: no convergence");
+    if !report.affected_partitions.is_empty() {
+        assert!(
+            report.failover_ms.is_some(),
+            "{scenario}: no failover measured"
+        );
+    }
+    // The fault really hit the cluster: some operation did not succeed.
+    assert!(
+        report.verdict.refused_writes + report.verdict.unknown_writes + report.verdict.failed_reads
+            > 0
+            || scenario == "split-brain",
+        "{scenario}: the fault changed nothing"
+    );
+    Some(report)
+}
+
 #[test]
-fn multi_node_scenarios_refuse_instead_of_passing() {
+fn cluster_node_crash_fails_over_and_the_node_rejoins() {
+    let _g = serial();
+    if let Some(r) = cluster_run("node-crash", 1) {
+        assert!(!r.affected_partitions.is_empty());
+    }
+}
+
+#[test]
+fn cluster_coordinator_crash_elects_a_new_leader_and_fails_over() {
+    let _g = serial();
+    cluster_run("coordinator-crash", 1);
+}
+
+/// Fails against this zeptod in about 2 runs of 5 (any seed; the victim's timing decides):
+/// after the heal, the deposed primary (now replica) keeps its unreplicated epoch-1 record and
+/// misses the new primary's epoch-2 record of the same sequence number, with equal
+/// `next_seq` / rows on both, and is taken back into the in-sync set: a silent divergence
+/// the checker reports as "primary and replica disagree: partition P (epoch 2): ... 50 only on
+/// the primary, 50 only on the replica". Run with `--ignored` once fixed.
+#[test]
+#[ignore = "zeptod bug: a deposed primary's tail can silently diverge from the new primary"]
+fn cluster_split_brain_the_cut_off_primary_stops_acking_by_its_lease() {
+    let _g = serial();
+    if let Some(r) = cluster_run("split-brain", 1) {
+        assert!(
+            r.lease_refusal_ms.is_some(),
+            "no 409 from the cut-off primary"
+        );
+    }
+}
+
+#[test]
+fn cluster_spot_reclaim_exits_cleanly_and_fails_over() {
+    let _g = serial();
+    if let Some(r) = cluster_run("spot-reclaim", 1) {
+        assert_eq!(r.exit_code, Some(0));
+    }
+}
+
+/// Fails against this zeptod: a primary whose fdatasync failed proposes `ShrinkInSync` for its
+/// own partitions (~0.5 s after the fault, before it is declared dead), so the in-sync set is
+/// the broken primary alone and failover refuses to promote the replica
+/// (`replica_not_in_sync`); its partitions stay unwritable. Run with `--ignored` once fixed.
+#[test]
+#[ignore = "zeptod bug: a storage-failed primary shrinks its in-sync set, blocking failover"]
+fn cluster_storage_failure_fails_the_node_over() {
+    let _g = serial();
+    cluster_run("storage-failure", 2);
+}
+
+#[test]
+fn scenarios_that_cannot_run_refuse_instead_of_passing() {
     let dir = tempfile::tempdir().unwrap();
     let bin = zeptod().unwrap_or_else(|| PathBuf::from("zeptod"));
-    for scenario in [
-        "coordinator-crash",
-        "split-brain",
-        "drain",
-        "scale-out",
-        "random",
+    for (scenario, nodes) in [
+        ("drain", 3),
+        ("scale-out", 3),
+        ("random", 3),
+        ("coordinator-crash", 1),
+        ("split-brain", 1),
+        ("node-crash", 2),
     ] {
-        let e = run(&config(bin.clone(), scenario, 1, dir.path())).unwrap_err();
-        assert!(matches!(e, Error::Unsupported(_)), "{scenario}: {e}");
+        let e = run(&config(bin.clone(), scenario, 1, nodes, dir.path())).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(_)),
+            "{scenario} on {nodes}: {e}"
+        );
     }
     assert!(matches!(
-        run(&config(bin, "no-such-thing", 1, dir.path())).unwrap_err(),
+        run(&config(bin, "no-such-thing", 1, 3, dir.path())).unwrap_err(),
         Error::Harness(_)
     ));
 }

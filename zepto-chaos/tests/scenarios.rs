@@ -1,8 +1,8 @@
 //! Fixed-seed runs of every scenario this build can run, against the real `zeptod` built by
 //! the same `cargo test`: the single-node ones and, on a real 3-node cluster whose peer links
-//! pass through the harness's proxies, node-crash, coordinator-crash and spot-reclaim
-//! (split-brain and storage-failure are here too but ignored: each fails on a zeptod bug,
-//! described at the test). Each must pass the checker with its measurements present; the ones that
+//! pass through the harness's proxies, node-crash, coordinator-crash, split-brain,
+//! storage-failure and spot-reclaim. Each must pass the checker with its measurements present;
+//! the ones that
 //! cannot run must refuse (and say why) rather than pass without checking. The runs are
 //! serialised: each starts up to three servers on a small machine.
 
@@ -176,14 +176,12 @@ fn cluster_coordinator_crash_elects_a_new_leader_and_fails_over() {
     cluster_run("coordinator-crash", 1);
 }
 
-/// Fails against this zeptod in about 2 runs of 5 (any seed; the victim's timing decides):
-/// after the heal, the deposed primary (now replica) keeps its unreplicated epoch-1 record and
-/// misses the new primary's epoch-2 record of the same sequence number, with equal
-/// `next_seq` / rows on both, and is taken back into the in-sync set: a silent divergence
-/// the checker reports as "primary and replica disagree: partition P (epoch 2): ... 50 only on
-/// the primary, 50 only on the replica". Run with `--ignored` once fixed.
+/// Found a zeptod bug (fixed 2026-11-26): after the heal, the deposed primary (now replica)
+/// kept its unreplicated epoch-1 record under the new primary's epoch-2 record of the next
+/// sequence number, with equal positions: a silent divergence the checker reports as
+/// "primary and replica disagree". The primary now checks a replica's log end before it
+/// appends anything to it.
 #[test]
-#[ignore = "zeptod bug: a deposed primary's tail can silently diverge from the new primary"]
 fn cluster_split_brain_the_cut_off_primary_stops_acking_by_its_lease() {
     let _g = serial();
     if let Some(r) = cluster_run("split-brain", 1) {
@@ -202,12 +200,11 @@ fn cluster_spot_reclaim_exits_cleanly_and_fails_over() {
     }
 }
 
-/// Fails against this zeptod: a primary whose fdatasync failed proposes `ShrinkInSync` for its
-/// own partitions (~0.5 s after the fault, before it is declared dead), so the in-sync set is
-/// the broken primary alone and failover refuses to promote the replica
-/// (`replica_not_in_sync`); its partitions stay unwritable. Run with `--ignored` once fixed.
+/// Found a zeptod bug (fixed 2026-11-26): a primary whose fdatasync failed proposed
+/// `ShrinkInSync` for its own partitions before it was declared dead, so failover could not
+/// promote the replica (`replica_not_in_sync`). A node whose storage failed now proposes
+/// nothing, and a storage-failed metadata leader hands the leadership over.
 #[test]
-#[ignore = "zeptod bug: a storage-failed primary shrinks its in-sync set, blocking failover"]
 fn cluster_storage_failure_fails_the_node_over() {
     let _g = serial();
     cluster_run("storage-failure", 2);

@@ -390,6 +390,22 @@ impl MetaNode {
         Ok(None)
     }
 
+    /// On the leader: hand leadership to the voter whose log is the most complete (not this
+    /// node). Returns the transferee, if any. Used when this node can no longer serve.
+    pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = self.id();
+        let (voters, _) = self.membership();
+        let to = voters
+            .into_iter()
+            .filter(|&v| v != me)
+            .max_by_key(|&v| (self.matched(v).unwrap_or(0), std::cmp::Reverse(v)))?;
+        self.raw.transfer_leader(to);
+        Some(to)
+    }
+
     /// Propose making the learner `node` a voter.
     pub fn propose_promote_learner(&mut self, node: NodeId) -> Result<()> {
         self.propose_conf(node, ConfChangeType::AddNode)

@@ -886,6 +886,14 @@ async fn insync_loop(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>)
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        // A node whose storage failed proposes nothing: a shrink to "this node alone" would
+        // make it the only in-sync copy just before it goes silent, and the cluster could
+        // then not promote the replica that holds every acknowledged write.
+        if let Ok(node) = cluster.data.node() {
+            if node.storage().health().is_err() {
+                continue;
+            }
+        }
         for cmd in cluster.data.repl.poll_trackers(cluster.data.now()) {
             tracing::info!(?cmd, "in-sync change proposed");
             let c = cluster.clone();

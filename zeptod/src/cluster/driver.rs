@@ -196,6 +196,7 @@ pub(crate) fn start(
         init_proposed_at: None,
         fresh,
         lost_reports: BTreeMap::new(),
+        stepped_down_at: None,
     };
     std::thread::Builder::new()
         .name("zepto-meta".into())
@@ -252,6 +253,8 @@ struct Driver {
     /// Leader: voters whose heartbeats report a log shorter than what they acknowledged
     /// (since when), see [`Driver::note_log_report`].
     lost_reports: BTreeMap<NodeId, MonoTime>,
+    /// When a storage-failed leader last tried to hand the leadership over.
+    stepped_down_at: Option<MonoTime>,
 }
 
 impl Driver {
@@ -270,6 +273,31 @@ impl Driver {
             self.lost_reports.entry(from).or_insert(now);
         } else {
             self.lost_reports.remove(&from);
+        }
+    }
+
+    /// A leader whose storage failed (its WAL is poisoned; it stopped heartbeating and will be
+    /// declared dead) hands the metadata leadership to a healthy voter, so the cluster's
+    /// decisions are taken by a node that can serve. At most once per election timeout.
+    fn step_down_if_storage_failed(&mut self, now: MonoTime) {
+        if !self.node.is_leader() {
+            return;
+        }
+        let failed = self
+            .db
+            .as_ref()
+            .is_some_and(|db| db.storage().health().is_err());
+        if !failed {
+            return;
+        }
+        let due = self.stepped_down_at.is_none_or(|at| {
+            now.saturating_since(at) >= self.cluster.timings.max_election_timeout()
+        });
+        if due {
+            self.stepped_down_at = Some(now);
+            if let Some(to) = self.node.transfer_leadership() {
+                tracing::warn!(to, "storage failed: handing the metadata leadership over");
+            }
         }
     }
 
@@ -372,6 +400,7 @@ impl Driver {
     /// initial partition map.
     fn coordinate(&mut self) {
         let now = self.now();
+        self.step_down_if_storage_failed(now);
         self.reconcile_membership(now);
         let cmds = self.coordinator.tick(self.node.state(), now);
         for cmd in cmds {

@@ -395,6 +395,7 @@ async fn sender(
         dp,
         peer,
         known: HashMap::new(),
+        known_at: HashMap::new(),
         diverged: BTreeSet::new(),
         failing: false,
     };
@@ -450,6 +451,9 @@ struct Sender {
     peer: NodeId,
     /// Per partition: the replica's next expected sequence number, as last answered.
     known: HashMap<u32, u64>,
+    /// The partition's epoch when `known` was learned: a position learned at another epoch
+    /// (the partition changed hands since) is forgotten and probed again.
+    known_at: HashMap<u32, u64>,
     /// Partitions whose replica holds records this node's log does not (a deposed
     /// primary's tail): nothing is shipped to them; they need a full copy.
     diverged: BTreeSet<u32>,
@@ -457,6 +461,20 @@ struct Sender {
 }
 
 impl Sender {
+    /// Forget positions learned at another epoch of their partition.
+    fn forget_stale_positions(&mut self, state: &ClusterState) {
+        let stale: Vec<u32> = self
+            .known_at
+            .iter()
+            .filter(|(p, e)| state.partition(**p).is_none_or(|i| i.epoch != **e))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            self.known.remove(&p);
+            self.known_at.remove(&p);
+        }
+    }
+
     /// Partitions this node is primary of whose replica is the peer.
     fn served(&self) -> BTreeSet<u32> {
         let state = self.dp.view.borrow().state.clone();
@@ -539,6 +557,9 @@ impl Sender {
                     .set_note(pos.partition, |n| n.needs_full_copy = None);
             }
             self.known.insert(pos.partition, pos.next_seq);
+            if let Some(info) = self.dp.view.borrow().state.partition(pos.partition) {
+                self.known_at.insert(pos.partition, info.epoch);
+            }
             self.dp.repl.set_acked(pos.partition, pos.next_seq);
             self.dp
                 .repl
@@ -551,6 +572,7 @@ impl Sender {
     /// catch up from the WAL first.
     async fn ship(&mut self, records: Vec<CommittedRecord>) -> Result<(), Status> {
         let state = self.dp.view.borrow().state.clone();
+        self.forget_stale_positions(&state);
         let served = self.served();
         let mut pending: Vec<ReplicatedRecord> = records
             .into_iter()
@@ -565,10 +587,28 @@ impl Sender {
                 payload: r.payload,
             })
             .collect();
+        // Never append to a replica whose log end we have not checked (a new replica, a
+        // deposed primary, or after a failed call): a record that fits its position could
+        // sit on top of a foreign tail (ADR 0008). Probe those partitions first.
+        let unknown: BTreeSet<u32> = pending
+            .iter()
+            .map(|r| r.partition)
+            .filter(|p| !self.known.contains_key(p))
+            .collect();
+        if !unknown.is_empty() {
+            self.call(Vec::new(), unknown.into_iter().collect()).await?;
+            for p in self.diverged.clone() {
+                if pending.iter().any(|r| r.partition == p) {
+                    self.full_copy(p).await?;
+                    self.catch_up(p).await?;
+                }
+            }
+        }
         for _ in 0..3 {
             pending.retain(|r| {
                 !self.diverged.contains(&r.partition)
-                    && self.known.get(&r.partition).is_none_or(|&k| r.seq >= k)
+                    && self.known.contains_key(&r.partition)
+                    && self.known.get(&r.partition).is_some_and(|&k| r.seq >= k)
             });
             if pending.is_empty() {
                 return Ok(());
@@ -595,6 +635,8 @@ impl Sender {
     /// Ask the replica where it is for every served partition that is unknown or behind,
     /// then catch up those behind.
     async fn probe_and_catch_up(&mut self) -> Result<(), Status> {
+        let state = self.dp.view.borrow().state.clone();
+        self.forget_stale_positions(&state);
         let node = self
             .dp
             .node()
@@ -659,6 +701,9 @@ impl Sender {
         );
         self.diverged.remove(&p);
         self.known.insert(p, copied.position.next_seq);
+        if let Some(info) = self.dp.view.borrow().state.partition(p) {
+            self.known_at.insert(p, info.epoch);
+        }
         self.dp.repl.set_acked(p, copied.position.next_seq);
         self.dp.repl.set_note(p, |n| {
             n.needs_full_copy = None;

@@ -43,7 +43,7 @@ struct Cli {
     writers: usize,
     #[arg(long, default_value_t = 1)]
     readers: usize,
-    /// 3: a real 3-node cluster with proxied peer links (every scenario but drain,
+    /// 3: a real 3-node cluster with proxied peer links (every scenario but
     /// scale-out, random); 1: a single node (node-crash, storage-failure, spot-reclaim).
     #[arg(long, default_value_t = 3)]
     nodes: u32,

@@ -1,6 +1,6 @@
 //! Fixed-seed runs of every scenario this build can run, against the real `zeptod` built by
 //! the same `cargo test`: the single-node ones and, on a real 3-node cluster whose peer links
-//! pass through the harness's proxies, node-crash, coordinator-crash, split-brain,
+//! pass through the harness's proxies, node-crash, coordinator-crash, drain, split-brain,
 //! storage-failure and spot-reclaim. Each must pass the checker with its measurements present;
 //! the ones that
 //! cannot run must refuse (and say why) rather than pass without checking. The runs are
@@ -192,6 +192,16 @@ fn cluster_split_brain_the_cut_off_primary_stops_acking_by_its_lease() {
     }
 }
 
+/// Guide scenario 3: SIGTERM hands the node's primaries to their in-sync replicas before it
+/// exits (the harness checks the map moved while the node was DRAINING, not after its death).
+#[test]
+fn cluster_drain_hands_primaries_over_before_exiting() {
+    let _g = serial();
+    if let Some(r) = cluster_run("drain", 1) {
+        assert_eq!(r.exit_code, Some(0));
+    }
+}
+
 #[test]
 fn cluster_spot_reclaim_exits_cleanly_and_fails_over() {
     let _g = serial();
@@ -215,7 +225,7 @@ fn scenarios_that_cannot_run_refuse_instead_of_passing() {
     let dir = tempfile::tempdir().unwrap();
     let bin = zeptod().unwrap_or_else(|| PathBuf::from("zeptod"));
     for (scenario, nodes) in [
-        ("drain", 3),
+        ("drain", 1),
         ("scale-out", 3),
         ("random", 3),
         ("coordinator-crash", 1),

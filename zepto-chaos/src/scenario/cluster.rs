@@ -357,6 +357,49 @@ fn run_fault(
             c.start_node(victim)?;
             w.event(format!("node {victim} restarted on a good disk"));
         }
+        "drain" => {
+            // Guide scenario 3: the node is drained (eviction, rolling update): SIGTERM, and
+            // it hands every partition it leads to that partition's in-sync replica before it
+            // exits, so the handoff shows in the majority's map while it still runs.
+            m.fault_ms = w.now_ms();
+            c.node_mut(victim)?.terminate()?;
+            w.event(format!(
+                "SIGTERM node {victim} (drain; primary of {affected:?})"
+            ));
+            failover(c, w, &mut m, victim, affected, others)?;
+            m.detected_ms = m.failover_ms;
+            // Handed over, not failed over after its death: the map moved while the node was
+            // DRAINING (it is declared DEAD only once it has exited and gone silent).
+            let state = c
+                .leader_view(others)
+                .and_then(|v| v.node_state(victim).map(str::to_string));
+            if state.as_deref() != Some("DRAINING") {
+                m.violations.push(format!(
+                    "partitions {affected:?} moved while node {victim} was {state:?}, not \
+                     DRAINING: failed over after death rather than handed over"
+                ));
+            }
+            let grace = Duration::from_secs(30);
+            m.exit_code = match c.node_mut(victim)?.wait_exit(grace)? {
+                Some(status) => status.code(),
+                None => {
+                    c.kill(victim)?;
+                    w.event("SIGKILL after the grace period");
+                    None
+                }
+            };
+            c.net.set_node(victim, None);
+            w.event(format!("node {victim} exited: {:?}", m.exit_code));
+            if m.exit_code != Some(0) {
+                m.violations.push(format!(
+                    "SIGTERM: exit code {:?} within {grace:?}, expected 0",
+                    m.exit_code
+                ));
+            }
+            writes_back(w, affected, m.fault_ms)?;
+            c.start_node(victim)?;
+            w.event(format!("node {victim} restarted"));
+        }
         "spot-reclaim" => {
             m.fault_ms = w.now_ms();
             c.node_mut(victim)?.terminate()?;

@@ -1435,6 +1435,13 @@ fn sigterm_hands_a_nodes_primaries_to_their_replicas_without_losing_a_write() {
          partitions {gap:?}; {acked} acknowledged writes all present once, {unknown} unknown \
          ({unknown_present} present)"
     );
+    // The client saw no failed write: writes reaching the draining node's partitions wait
+    // for the handoff and go to the new primary.
+    let failed: Vec<&Op> = ops.iter().filter(|o| o.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "writes failed during the drain: {failed:?}"
+    );
 
     // It comes back, serves again (not DRAINING) and is taken back into the in-sync sets.
     let peers = c.peers.clone();

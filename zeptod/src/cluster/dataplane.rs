@@ -116,6 +116,11 @@ impl DataPlane {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether a drain began on this node.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Primary writes admitted and not answered yet.
     pub(crate) fn inflight_writes(&self) -> usize {
         self.inflight.load(std::sync::atomic::Ordering::Acquire)

@@ -92,6 +92,9 @@ pub(crate) fn from_ipc(bytes: &[u8]) -> std::result::Result<Vec<RecordBatch>, St
         .map_err(|e| format!("bad Arrow IPC: {e}"))
 }
 
+/// Tries of a write's part that reached a node that is not (or no longer) its primary.
+const ATTEMPTS: usize = 3;
+
 /// How one node's share of a write ended.
 enum PartResult {
     Written(u64),
@@ -116,7 +119,7 @@ pub(crate) async fn write(
     let mut rows = 0u64;
     let mut written: BTreeSet<u32> = BTreeSet::new();
     let mut failed: Vec<(Vec<u32>, Error)> = Vec::new();
-    for attempt in 0..2 {
+    for attempt in 0..ATTEMPTS {
         let state = dp.view.borrow().state.clone();
         let mut by_node: BTreeMap<NodeId, Vec<(u32, u64, RecordBatch)>> = BTreeMap::new();
         for (p, b) in std::mem::take(&mut pending) {
@@ -156,7 +159,7 @@ pub(crate) async fn write(
                     rows += n;
                     written.extend(ids);
                 }
-                PartResult::Stale(e) if attempt == 0 => {
+                PartResult::Stale(e) if attempt + 1 < ATTEMPTS => {
                     tracing::debug!(partitions = ?ids, error = %e, "stale partition map; refreshing and retrying");
                     pending.extend(kept);
                 }
@@ -166,12 +169,20 @@ pub(crate) async fn write(
         if pending.is_empty() {
             break;
         }
-        // Wait (bounded) for a newer committed map before the one retry.
+        // Wait (bounded) until the map moved for the refused partitions (a new primary or
+        // epoch: a failover, a drain's handoff, or this node catching up), then retry there.
         let mut view = dp.view.clone();
-        let version = state.version;
+        let before: Vec<(u32, Option<(NodeId, u64)>)> = pending
+            .keys()
+            .map(|p| (*p, state.partition(*p).map(|i| (i.primary, i.epoch))))
+            .collect();
         let _ = tokio::time::timeout(
-            dp.timings.election_timeout() * 2,
-            view.wait_for(|v| v.state.version > version),
+            ack_wait_bound(&dp.timings),
+            view.wait_for(|v| {
+                before
+                    .iter()
+                    .all(|(p, was)| v.state.partition(*p).map(|i| (i.primary, i.epoch)) != *was)
+            }),
         )
         .await;
     }
@@ -223,6 +234,13 @@ async fn write_local(
     parts: Vec<(u32, u64, RecordBatch)>,
 ) -> PartResult {
     let ids: Vec<u32> = parts.iter().map(|(p, _, _)| *p).collect();
+    // Admission first: a refusal here means nothing was written.
+    let admitted = match dp.admit_write(&ids) {
+        Ok(guard) => guard,
+        // Draining: the partitions are being handed over; retry on their new primary.
+        Err(e) if dp.is_draining() => return PartResult::Stale(e),
+        Err(e) => return PartResult::Failed(e),
+    };
     let result = async {
         let batches: Vec<RecordBatch> = parts.into_iter().map(|(_, _, b)| b).collect();
         let batch = match batches.as_slice() {
@@ -236,7 +254,6 @@ async fn write_local(
                     .map_err(|e| Error::Internal(format!("join parts: {e}")))?
             }
         };
-        let _admitted = dp.admit_write(&ids)?;
         let (rows, records) = node.write_with_records(table, batch).await?;
         if dp.ack == AckPolicy::Replicated {
             dp.repl
@@ -246,6 +263,7 @@ async fn write_local(
         Ok((rows, records))
     }
     .await;
+    drop(admitted);
     match result {
         Ok((rows, _)) => PartResult::Written(rows),
         Err(e) => PartResult::Failed(e),

@@ -359,6 +359,11 @@ async fn gather(
     let mut pending: BTreeSet<u32> = parts.iter().copied().collect();
     let mut answers = Vec::new();
     let mut failed: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    // A node whose storage failed reads last: it is about to be failed over, and while its
+    // map lags the failover it would answer as a primary without the new primary's writes.
+    if node.storage().health().is_err() {
+        failed.insert(dp.me, Instant::now());
+    }
     let mut last_error = String::new();
     let mut view = dp.view.clone();
     let mut first = true;

@@ -53,6 +53,10 @@ pub struct ReplicatedRecord {
     /// the record's own epoch, so a primary can ship history written under older epochs
     /// (catching up a new replica) while a deposed primary is refused. At least `epoch`.
     pub sender_epoch: u64,
+    /// The epoch of the sender's record `seq - 1`, when the sender knows it (raft's
+    /// prevLogTerm): a replica appending this record refuses it as `Diverged` when its own
+    /// record `seq - 1` has another epoch. `None`: not checked.
+    pub prev_epoch: Option<u64>,
     /// The encoded rows, exactly as in the primary's WAL.
     pub payload: bytes::Bytes,
 }
@@ -78,9 +82,9 @@ pub(crate) struct WritePiece {
     pub(crate) batch: RecordBatch,
     /// The encoded rows inside the request's payload.
     pub(crate) range: Range<usize>,
-    /// `(epoch, seq, sender_epoch)` fixed by the primary for a replicated record; `None` for
-    /// a local write.
-    pub(crate) replicated: Option<(u64, u64, u64)>,
+    /// `(epoch, seq, sender_epoch, prev_epoch)` fixed by the primary for a replicated record;
+    /// `None` for a local write.
+    pub(crate) replicated: Option<(u64, u64, u64, Option<u64>)>,
 }
 
 /// A write waiting in the ring or being made durable.
@@ -306,7 +310,7 @@ pub(crate) fn prepare_replicated(
             table,
             batch,
             range: start..payload.len(),
-            replicated: Some((r.epoch, r.seq, r.sender_epoch.max(r.epoch))),
+            replicated: Some((r.epoch, r.seq, r.sender_epoch.max(r.epoch), r.prev_epoch)),
         });
     }
     let (done, _) = oneshot::channel();

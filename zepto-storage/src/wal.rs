@@ -785,6 +785,7 @@ pub(crate) fn read_partition(
                     seq: meta.seq,
                     // The caller (the primary) sets its current epoch.
                     sender_epoch: meta.epoch,
+                    prev_epoch: None,
                     payload: bytes::Bytes::copy_from_slice(payload),
                 });
                 if bytes >= max_bytes {

@@ -1465,6 +1465,17 @@ fn sigterm_hands_a_nodes_primaries_to_their_replicas_without_losing_a_write() {
         },
     );
 
+    // Every partition back to two in-sync copies (those the victim replicated were shrunk
+    // while it was away), or a drain is refused.
+    wait_until(
+        "two in-sync copies everywhere",
+        Duration::from_secs(30),
+        || {
+            (0..PARTITIONS as usize)
+                .all(|p| in_sync(c.node(leader), p).len() == 2)
+                .then_some(())
+        },
+    );
     // POST /admin/drain hands another node's primaries over and leaves it not ready.
     let other = (1..=3u64).find(|&n| n != victim && n != leader).unwrap();
     let r = c.node(other).req("POST", "/admin/drain", b"");

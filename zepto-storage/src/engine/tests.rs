@@ -544,6 +544,7 @@ mod replication {
                 epoch: r.epoch,
                 seq: r.seq,
                 sender_epoch: r.epoch,
+                prev_epoch: None,
                 payload: r.payload.clone(),
             })
             .collect()
@@ -655,6 +656,73 @@ mod replication {
             replica.partition_position(p).unwrap().0,
             3,
             "epoch kept by the checkpoint"
+        );
+    }
+
+    #[test]
+    fn a_record_whose_predecessor_differs_is_refused_as_divergent() {
+        let dir = tempfile::tempdir().unwrap();
+        // `old` led at epoch 1 and wrote one record nobody else got; `new` leads at epoch 2.
+        let (old, new, rx) = pair(dir.path());
+        let p = old.partition_of("trades", "S1");
+        let one = |ids: std::ops::Range<i64>| {
+            let b = rows(ids);
+            let keep: Vec<u32> = (0..b.num_rows() as u32)
+                .filter(|&i| {
+                    let d = b.column(1).as_dictionary::<Int32Type>();
+                    d.values()
+                        .as_string::<i32>()
+                        .value(d.keys().value(i as usize) as usize)
+                        == "S1"
+                })
+                .collect();
+            arrow::compute::take_record_batch(&b, &arrow::array::UInt32Array::from(keep)).unwrap()
+        };
+        old.set_partition_epoch(p, 1).unwrap();
+        old.insert("trades", one(0..50)).unwrap();
+        let tail = rx.recv().unwrap();
+        assert_eq!(tail[0].seq, 0);
+        new.set_partition_epoch(p, 2).unwrap();
+        old.set_partition_epoch(p, 2).unwrap();
+        let (tx2, rx2) = crossbeam_channel::unbounded();
+        new.set_commit_listener(Arc::new(move |recs: &[CommittedRecord]| {
+            let _ = tx2.send(recs.to_vec());
+        }));
+        new.insert("trades", one(50..100)).unwrap();
+        new.insert("trades", one(100..150)).unwrap();
+        let first = rx2.recv().unwrap();
+        let second = rx2.recv().unwrap();
+        // The new primary's second record (seq 1) would fit the old log's position; its
+        // predecessor (seq 0, epoch 2) is not the old node's (seq 0, epoch 1).
+        let mut next = ship(&second);
+        next[0].prev_epoch = Some(first[0].epoch);
+        let e = old
+            .write_replicated(next.clone())
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Diverged {
+                    seq: 0,
+                    epoch: 2,
+                    local_epoch: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A replica that holds the right predecessor takes it.
+        let fresh = Db::open(config(&dir.path().join("fresh"))).unwrap();
+        fresh.create_table_with_id(trades_schema(), 7).unwrap();
+        fresh.set_partition_epoch(p, 2).unwrap();
+        let mut both = ship(&first);
+        both.extend(next);
+        fresh.write_replicated(both).unwrap().wait().unwrap();
+        assert_eq!(
+            fresh.partition_log(p).unwrap(),
+            new.partition_log(p).unwrap()
         );
     }
 

@@ -121,7 +121,7 @@ fn place(shared: &Shared, w: &WriteRequest, state: &mut Sequences) -> Result<Pla
                 }));
                 seqs.push((p, expected + 1));
             }
-            Some((epoch, seq, sender_epoch)) => {
+            Some((epoch, seq, sender_epoch, prev_epoch)) => {
                 if sender_epoch < current {
                     return Err(Error::Fenced {
                         partition: p,
@@ -149,6 +149,24 @@ fn place(shared: &Shared, w: &WriteRequest, state: &mut Sequences) -> Result<Pla
                         epoch,
                         local_epoch,
                     });
+                }
+                if let (Some(prev), true) = (prev_epoch, seq == expected && seq > 0) {
+                    // Our record `seq - 1` (the last one of this request for the partition,
+                    // else our log's last) must be the sender's: same epoch.
+                    let ours = out
+                        .iter()
+                        .rev()
+                        .flatten()
+                        .find(|m| m.partition == p)
+                        .map_or(local_epoch, |m| m.epoch);
+                    if ours != prev {
+                        return Err(Error::Diverged {
+                            partition: p,
+                            seq: seq - 1,
+                            epoch: prev,
+                            local_epoch: ours,
+                        });
+                    }
                 }
                 if seq < expected {
                     out.push(None); // already durable here

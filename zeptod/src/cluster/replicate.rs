@@ -369,6 +369,27 @@ fn unknown_outcome(me: NodeId, why: &str) -> Error {
     }
 }
 
+/// Set each record's `prev_epoch` (the epoch of this node's record `seq - 1`) where it is
+/// known: from the record before it in the same batch, or from this node's log end when
+/// `seq - 1` lies in the newest epoch's run. Unknown (older epochs) stays `None`.
+fn fill_prev_epochs(node: &Node, records: &mut [ReplicatedRecord]) {
+    let mut last: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut logs: HashMap<u32, Option<zepto_storage::PartitionLog>> = HashMap::new();
+    for r in records.iter_mut() {
+        let p = r.partition;
+        r.prev_epoch = match (last.get(&p), r.seq.checked_sub(1)) {
+            (_, None) => None,
+            (Some(&(seq, epoch)), Some(prev)) if seq == prev => Some(epoch),
+            (_, Some(prev)) => logs
+                .entry(p)
+                .or_insert_with(|| node.storage().partition_log(p).ok())
+                .filter(|l| prev >= l.last_epoch_start && prev < l.next_seq)
+                .map(|l| l.last_epoch),
+        };
+        last.insert(p, (r.seq, r.epoch));
+    }
+}
+
 /// How long a replicated-ack write may wait for its acknowledgement decision: the replica lag
 /// bound (until a silent replica counts as lagging), then room for the shrink to commit
 /// through a leader election.
@@ -397,6 +418,7 @@ async fn sender(
         known: HashMap::new(),
         known_at: HashMap::new(),
         diverged: BTreeSet::new(),
+        must_copy: BTreeSet::new(),
         failing: false,
     };
     let mut tick = tokio::time::interval(s.dp.timings.heartbeat_interval);
@@ -457,6 +479,8 @@ struct Sender {
     /// Partitions whose replica holds records this node's log does not (a deposed
     /// primary's tail): nothing is shipped to them; they need a full copy.
     diverged: BTreeSet<u32>,
+    /// Of those, the ones the replica itself refused records of: only a copy clears them.
+    must_copy: BTreeSet<u32>,
     failing: bool,
 }
 
@@ -506,6 +530,7 @@ impl Sender {
                     seq: r.seq,
                     payload: r.payload.to_vec(),
                     sender_epoch: r.sender_epoch,
+                    prev_epoch: r.prev_epoch,
                 })
                 .collect(),
             probe,
@@ -551,7 +576,7 @@ impl Sender {
                 self.known.remove(&pos.partition);
                 continue;
             }
-            if self.diverged.remove(&pos.partition) {
+            if !self.must_copy.contains(&pos.partition) && self.diverged.remove(&pos.partition) {
                 self.dp
                     .repl
                     .set_note(pos.partition, |n| n.needs_full_copy = None);
@@ -564,6 +589,25 @@ impl Sender {
             self.dp
                 .repl
                 .set_note(pos.partition, |n| n.last_error = None);
+        }
+        for &p in &resp.diverged {
+            if served.contains(&p) {
+                tracing::error!(
+                    partition = p,
+                    peer = self.peer,
+                    "the replica refused records as divergent; copying the partition whole"
+                );
+                self.must_copy.insert(p);
+                self.diverged.insert(p);
+                self.known.remove(&p);
+                let peer = self.peer;
+                self.dp.repl.set_note(p, |n| {
+                    n.needs_full_copy = Some(format!(
+                        "replica node {peer} refused records: its log holds a tail this \
+                         primary's does not"
+                    ));
+                });
+            }
         }
         Ok(resp.gap)
     }
@@ -584,9 +628,13 @@ impl Sender {
                 sender_epoch: state
                     .partition(r.partition)
                     .map_or(r.epoch, |p| p.epoch.max(r.epoch)),
+                prev_epoch: None,
                 payload: r.payload,
             })
             .collect();
+        if let Ok(node) = self.dp.node() {
+            fill_prev_epochs(&node, &mut pending);
+        }
         // Never append to a replica whose log end we have not checked (a new replica, a
         // deposed primary, or after a failed call): a record that fits its position could
         // sit on top of a foreign tail (ADR 0008). Probe those partitions first.
@@ -700,6 +748,7 @@ impl Sender {
             "full copy done; the replica continues from the copy's cut"
         );
         self.diverged.remove(&p);
+        self.must_copy.remove(&p);
         self.known.insert(p, copied.position.next_seq);
         if let Some(info) = self.dp.view.borrow().state.partition(p) {
             self.known_at.insert(p, info.epoch);
@@ -730,7 +779,7 @@ impl Sender {
             })
             .await
             .map_err(|e| Status::internal(format!("WAL read task failed: {e}")))?;
-            let records = match read {
+            let mut records = match read {
                 Ok(r) => r,
                 Err(e @ zepto_storage::Error::WalTruncated { .. }) => {
                     // The WAL no longer reaches back to the replica: copy the partition whole,
@@ -744,6 +793,7 @@ impl Sender {
             if records.is_empty() {
                 return Ok(());
             }
+            fill_prev_epochs(&node, &mut records);
             tracing::info!(
                 partition = p,
                 peer = self.peer,
@@ -789,6 +839,7 @@ pub(crate) async fn serve(
         }
     }
     let mut gap = false;
+    let mut diverged = Vec::new();
     if !req.records.is_empty() {
         let records: Vec<ReplicatedRecord> = req
             .records
@@ -798,6 +849,7 @@ pub(crate) async fn serve(
                 epoch: r.epoch,
                 seq: r.seq,
                 sender_epoch: r.sender_epoch.max(r.epoch),
+                prev_epoch: r.prev_epoch,
                 payload: r.payload.into(),
             })
             .collect();
@@ -811,12 +863,12 @@ pub(crate) async fn serve(
             Err(e @ zepto_storage::Error::Fenced { .. }) => {
                 return Err(Status::aborted(format!("FENCED {e}")))
             }
-            Err(e @ zepto_storage::Error::Diverged { .. }) => {
+            Err(e @ zepto_storage::Error::Diverged { partition, .. }) => {
                 // This node was a primary whose last writes never reached its replica: its
-                // tail differs from the new primary's and must be replaced by a full copy
-                // (partition migration), never merged.
+                // tail differs from the new primary's and must be replaced by a whole copy,
+                // never merged. Nothing was applied; the sender is told which partition.
                 tracing::error!(error = %e, "replica holds a divergent tail; it needs a full copy of the partition");
-                return Err(Status::failed_precondition(format!("DIVERGED {e}")));
+                diverged.push(partition);
             }
             Err(e) => return Err(Status::unavailable(e.to_string())),
         }
@@ -838,5 +890,9 @@ pub(crate) async fn serve(
             last_record_epoch: log.last_epoch,
         });
     }
-    Ok(ReplicateResponse { positions, gap })
+    Ok(ReplicateResponse {
+        positions,
+        gap,
+        diverged,
+    })
 }

@@ -329,6 +329,7 @@ fn ship(recs: &[CommittedRecord]) -> Vec<ReplicatedRecord> {
             epoch: r.epoch,
             seq: r.seq,
             sender_epoch: r.epoch,
+            prev_epoch: None,
             payload: r.payload.clone(),
         })
         .collect()

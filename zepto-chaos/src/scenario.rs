@@ -6,9 +6,10 @@
 //! before it exits), `split-brain`, `storage-failure`, `spot-reclaim`. On one node
 //! (`nodes = 1`): `node-crash` (SIGKILL during ingest, restart), `storage-failure` (fdatasync
 //! starts failing: the node must stop acknowledging and fail `/health`), `spot-reclaim`
-//! (SIGTERM, SIGKILL after the grace period). `scale-out` needs nodes outside the raft voters
-//! and partition moves to them (issue #6), `random` is a schedule over all of them: both are
-//! refused with that reason, as
+//! (SIGTERM, SIGKILL after the grace period). `random` picks one of the cluster scenarios (and
+//! a split-brain mode) from the seed, so `--soak` is a seeded random schedule of all of them.
+//! `scale-out` needs nodes outside the raft voters and partition moves to them (issue #6): it
+//! is refused with that reason, as
 //! is any scenario that cannot run with the asked node count; a run never reports success on
 //! something it could not check.
 
@@ -38,6 +39,16 @@ pub const SCENARIOS: &[&str] = &[
     "scale-out",
     "spot-reclaim",
     "random",
+];
+
+/// What `random` picks from: every scenario a 3-node cluster runs.
+const RANDOM_POOL: &[&str] = &[
+    "node-crash",
+    "coordinator-crash",
+    "drain",
+    "split-brain",
+    "storage-failure",
+    "spot-reclaim",
 ];
 
 /// Settings of one run.
@@ -204,13 +215,37 @@ pub fn run(cfg: &RunConfig) -> Result<Report, Error> {
             SCENARIOS.join(", ")
         )));
     }
-    if matches!(s, "scale-out" | "random") {
+    if s == "scale-out" {
         return Err(Error::Unsupported(format!(
             "scenario '{s}' needs nodes outside the raft voters and partition moves to them \
              (issue #6, scale-out), which zeptod does not have yet; nothing was checked"
         )));
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    if s == "random" {
+        // A seeded random schedule: each seed picks one fault (and, for split-brain, how
+        // the victim is cut off); `--soak` walks the seeds for as long as asked.
+        if cfg.nodes != 3 {
+            return Err(Error::Unsupported(format!(
+                "scenario 'random' runs on a 3-node cluster, not {} node(s); nothing was checked",
+                cfg.nodes
+            )));
+        }
+        let pick = RANDOM_POOL[rng.random_range(0..RANDOM_POOL.len())];
+        let partition = [
+            PartitionMode::Cut,
+            PartitionMode::Blackhole,
+            PartitionMode::OutgoingOnly,
+        ][rng.random_range(0..3)];
+        let concrete = RunConfig {
+            scenario: pick.to_string(),
+            partition,
+            ..cfg.clone()
+        };
+        let mut report = run(&concrete)?;
+        report.scenario = format!("random:{pick}");
+        return Ok(report);
+    }
     match (cfg.nodes, s) {
         (1, "node-crash" | "storage-failure" | "spot-reclaim") => {
             create_dir(&cfg.dir)?;

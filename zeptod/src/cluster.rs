@@ -213,12 +213,24 @@ impl Cluster {
                 .iter()
                 .filter(|p| p.primary == me)
                 .collect();
-            if mine.is_empty() || Instant::now() >= deadline {
+            // Nothing left that can be handed over (e.g. every node is being stopped at once,
+            // so no replica can serve): stop waiting; these fail over once the node is gone.
+            let serving = |n: NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
+            // (A serving replica that is not in sync yet may still catch up: keep waiting.)
+            let possible = mine.iter().any(|p| p.replica.is_some_and(serving));
+            if mine.is_empty() || !possible || Instant::now() >= deadline {
                 break mine
                     .iter()
                     .map(|p| {
                         let why = match p.replica {
                             None => "no replica".to_string(),
+                            Some(r) if !serving(r) => format!(
+                                "replica {r} cannot serve ({})",
+                                state
+                                    .nodes
+                                    .get(&r)
+                                    .map_or("unknown".to_string(), |n| n.state.to_string())
+                            ),
                             Some(r) if !p.in_sync.contains(&r) => {
                                 format!("replica {r} is not in the in-sync set")
                             }

@@ -541,10 +541,12 @@ impl Sender {
             .dp
             .node()
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        // A partition whose records the replica refused as divergent: its position says
+        // nothing about holding our records; it is never counted (handled below).
         for pos in resp
             .positions
             .iter()
-            .filter(|p| served.contains(&p.partition))
+            .filter(|p| served.contains(&p.partition) && !resp.diverged.contains(&p.partition))
         {
             let replica_log = zepto_storage::PartitionLog {
                 next_seq: pos.next_seq,

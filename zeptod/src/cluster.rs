@@ -180,9 +180,7 @@ impl Cluster {
         let deadline = started + timeout;
         let me = self.cfg.node_id;
         self.data.start_draining();
-        while self.data.inflight_writes() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
-        }
+        self.data.writes_idle(deadline).await;
         let mut errors: Vec<String> = Vec::new();
         let state = self.view.borrow().state.clone();
         if state

@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+#[path = "support/cluster.rs"]
+mod cluster_support;
 #[path = "support/harness.rs"]
 mod harness;
 
@@ -17,165 +19,8 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use harness::{enc, wait_until, Server};
-
-const ADMIN_KEY: &str = "cluster-test-admin-key";
-const SECRET: &str = "cluster-test-secret-0123456789";
-const PARTITIONS: u32 = 8;
-/// `--heartbeat-interval` of the tests: raft tick 20 ms, election timeout 200..400 ms,
-/// suspect 600 ms, dead 2 s (zepto_cluster::timing).
-const HEARTBEAT: &str = "200ms";
-const MAX_ELECTION_TIMEOUT: Duration = Duration::from_millis(400);
-const STARTUP: Duration = Duration::from_secs(60);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    peers: String,
-    grpc: Vec<u16>,
-    nodes: Vec<Option<Server>>,
-}
-
-impl Cluster {
-    /// Start nodes 1..=n (secret file `secret` in the cluster dir) without waiting.
-    fn start(n: u64) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let peers = grpc
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = Cluster {
-            dir,
-            peers,
-            grpc,
-            nodes: Vec::new(),
-        };
-        for id in 1..=n {
-            let s = c.spawn(id, &c.peers.clone(), "secret", &[]);
-            c.nodes.push(Some(s));
-        }
-        c
-    }
-
-    /// Start nodes 1..=n with extra flags.
-    fn start_with(n: u64, extra: &[&str]) -> Cluster {
-        let mut c = Cluster::start(0);
-        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        c.peers = grpc
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        c.grpc = grpc;
-        for id in 1..=n {
-            let s = c.spawn(id, &c.peers.clone(), "secret", extra);
-            c.nodes.push(Some(s));
-        }
-        c
-    }
-
-    fn spawn(&self, id: u64, peers: &str, secret: &str, extra: &[&str]) -> Server {
-        let data = self.dir.path().join(format!("node{id}"));
-        let grpc = match extra.iter().position(|a| *a == "--grpc-addr") {
-            Some(_) => String::new(),
-            None => format!("127.0.0.1:{}", self.grpc[usize::try_from(id).unwrap() - 1]),
-        };
-        let secret = self.dir.path().join(secret);
-        let id_s = id.to_string();
-        let mut args: Vec<&str> = vec![
-            "--node-id",
-            &id_s,
-            "--peers",
-            peers,
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--heartbeat-interval",
-            HEARTBEAT,
-            "--partitions",
-            "8",
-            "--admin-key",
-            ADMIN_KEY,
-        ];
-        if !grpc.is_empty() {
-            args.extend(["--grpc-addr", &grpc]);
-        }
-        args.extend(extra.iter().copied());
-        let mut s = Server::start(&data, &args);
-        s.auth = Some(ADMIN_KEY.to_string());
-        s
-    }
-
-    fn node(&self, id: u64) -> &Server {
-        self.nodes[usize::try_from(id).unwrap() - 1]
-            .as_ref()
-            .expect("node is running")
-    }
-
-    fn live(&self) -> Vec<u64> {
-        (1..=self.nodes.len() as u64)
-            .filter(|id| self.nodes[usize::try_from(*id).unwrap() - 1].is_some())
-            .collect()
-    }
-
-    fn wait_ready(&self) {
-        for id in self.live() {
-            self.node(id).wait_ready();
-        }
-    }
-
-    fn kill9(&mut self, id: u64) {
-        let mut s = self.nodes[usize::try_from(id).unwrap() - 1].take().unwrap();
-        s.kill9();
-    }
-
-    /// The leader every live node agrees on (same leader and term everywhere), or `None`.
-    fn agreed_leader(&self) -> Option<(u64, u64)> {
-        let mut seen = BTreeSet::new();
-        for id in self.live() {
-            let r = self.node(id).get("/admin/cluster");
-            if r.status != 200 {
-                return None;
-            }
-            let v = r.json();
-            let leader = v["raft_leader"].as_u64()?;
-            seen.insert((leader, v["raft_term"].as_u64()?));
-        }
-        (seen.len() == 1).then(|| seen.into_iter().next()).flatten()
-    }
-}
-
-fn admin(s: &Server) -> serde_json::Value {
-    let r = s.get("/admin/cluster");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
-fn show_tables(s: &Server) -> Vec<String> {
-    let r = s.get(&format!("/?query={}", enc("SHOW TABLES FORMAT CSV")));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-        .lines()
-        .map(|l| l.trim_matches('"').to_string())
-        .collect()
-}
+use cluster_support::*;
+use harness::{enc, promtool_check, wait_until, Server};
 
 /// `(metadata id, local id)` of a table as one node sees it.
 fn table_ids(s: &Server, table: &str) -> (Option<u64>, Option<u64>) {
@@ -188,34 +33,6 @@ fn table_ids(s: &Server, table: &str) -> (Option<u64>, Option<u64>) {
         })
     };
     (find("tables"), find("local_tables"))
-}
-
-/// `INSERT INTO table FORMAT CSV` with `body`.
-fn csv_insert(s: &Server, table: &str, body: &str) -> harness::Resp {
-    s.req(
-        "POST",
-        &format!(
-            "/?query={}",
-            enc(&format!("INSERT INTO {table} FORMAT CSV"))
-        ),
-        body.as_bytes(),
-    )
-}
-
-/// The node's own data per partition (`/admin/cluster` `local_partitions`).
-fn local_partitions(s: &Server) -> Vec<serde_json::Value> {
-    admin(s)["local_partitions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// A partition key value of `table` that hashes to `partition`.
-fn key_for(table: &str, partition: u32) -> String {
-    (0..)
-        .map(|i| format!("K{i}"))
-        .find(|k| zepto_storage::partition_for(table, k, PARTITIONS) == partition)
-        .unwrap()
 }
 
 #[test]
@@ -1583,34 +1400,6 @@ fn a_node_dead_past_the_replace_time_is_replaced_and_two_copies_return() {
             .then_some(())
     });
     assert_eq!(c.node(victim).count("g"), 2000);
-}
-
-/// `promtool check metrics` on a /metrics body; skipped (printed) where promtool is missing.
-fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        println!("SKIPPED promtool check: promtool not installed (apt-get install prometheus)");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -7,146 +7,17 @@
 //! Ports as in `tests/cluster.rs` (whose helpers are copied here: the files evolve
 //! independently). Every wait polls with a deadline; the tests run one at a time.
 
+#[path = "support/cluster.rs"]
+mod cluster_support;
 #[path = "support/harness.rs"]
 mod harness;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{enc, wait_until, Server};
-
-const ADMIN_KEY: &str = "cluster-query-admin-key";
-const SECRET: &str = "cluster-query-secret-0123456789";
-const HEARTBEAT: &str = "200ms";
-const STARTUP: Duration = Duration::from_secs(60);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    nodes: Vec<Option<Server>>,
-}
-
-impl Cluster {
-    /// Start nodes 1..=n with extra flags and wait until they are ready.
-    fn start_with(n: u64, extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let peers = grpc
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let secret = dir.path().join("secret");
-        let nodes = (1..=n)
-            .map(|id| {
-                let data = dir.path().join(format!("node{id}"));
-                let grpc_addr = format!("127.0.0.1:{}", grpc[usize::try_from(id).unwrap() - 1]);
-                let id_s = id.to_string();
-                let mut args = vec![
-                    "--node-id",
-                    &id_s,
-                    "--peers",
-                    &peers,
-                    "--grpc-addr",
-                    &grpc_addr,
-                    "--cluster-secret-file",
-                    secret.to_str().unwrap(),
-                    "--heartbeat-interval",
-                    HEARTBEAT,
-                    "--partitions",
-                    "8",
-                    "--admin-key",
-                    ADMIN_KEY,
-                ];
-                args.extend(extra.iter().copied());
-                let mut s = Server::start(&data, &args);
-                s.auth = Some(ADMIN_KEY.to_string());
-                Some(s)
-            })
-            .collect();
-        let c = Cluster { _dir: dir, nodes };
-        for id in c.live() {
-            c.node(id).wait_ready();
-        }
-        c
-    }
-
-    fn node(&self, id: u64) -> &Server {
-        self.nodes[usize::try_from(id).unwrap() - 1]
-            .as_ref()
-            .expect("node is running")
-    }
-
-    fn live(&self) -> Vec<u64> {
-        (1..=self.nodes.len() as u64)
-            .filter(|id| self.nodes[usize::try_from(*id).unwrap() - 1].is_some())
-            .collect()
-    }
-
-    fn kill9(&mut self, id: u64) {
-        let mut s = self.nodes[usize::try_from(id).unwrap() - 1].take().unwrap();
-        s.kill9();
-    }
-
-    /// The leader every live node agrees on, or `None`.
-    fn agreed_leader(&self) -> Option<u64> {
-        let mut seen = BTreeSet::new();
-        for id in self.live() {
-            let r = self.node(id).get("/admin/cluster");
-            if r.status != 200 {
-                return None;
-            }
-            let v = r.json();
-            seen.insert((v["raft_leader"].as_u64()?, v["raft_term"].as_u64()?));
-        }
-        (seen.len() == 1)
-            .then(|| seen.into_iter().next().map(|(l, _)| l))
-            .flatten()
-    }
-}
-
-fn admin(s: &Server) -> serde_json::Value {
-    let r = s.get("/admin/cluster");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
-fn show_tables(s: &Server) -> Vec<String> {
-    let r = s.get(&format!("/?query={}", enc("SHOW TABLES FORMAT CSV")));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-        .lines()
-        .map(|l| l.trim_matches('"').to_string())
-        .collect()
-}
-
-fn csv_insert(s: &Server, table: &str, body: &str) -> harness::Resp {
-    s.req(
-        "POST",
-        &format!(
-            "/?query={}",
-            enc(&format!("INSERT INTO {table} FORMAT CSV"))
-        ),
-        body.as_bytes(),
-    )
-}
+use cluster_support::{admin, csv_insert, serial, show_tables, Cluster, ADMIN_KEY, STARTUP};
+use harness::{wait_until, Server};
 
 const TRADES: &str = "CREATE TABLE trades (ts TIMESTAMP, symbol SYMBOL, price DOUBLE, size BIGINT)";
 const QUOTES: &str = "CREATE TABLE quotes (ts TIMESTAMP, symbol SYMBOL, bid DOUBLE)";
@@ -181,6 +52,7 @@ fn loaded() -> (Cluster, Server, tempfile::TempDir) {
 
 fn loaded_with(extra: &[&str]) -> (Cluster, Server, tempfile::TempDir) {
     let c = Cluster::start_with(3, extra);
+    c.wait_ready();
     let dir = tempfile::tempdir().unwrap();
     let single = Server::start_ready(dir.path(), &["--partitions", "8"]);
     for sql in [TRADES, QUOTES] {
@@ -430,7 +302,7 @@ fn a_killed_data_node_fails_no_query() {
     let _g = serial();
     let (mut c, single, _dir) = loaded();
     let want = csv(&single, LOOPED);
-    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader().map(|(l, _)| l));
     let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let (victim, via) = (others[0], others[1]);
     assert_eq!(csv(c.node(via), LOOPED), want);
@@ -447,11 +319,11 @@ fn a_killed_raft_leader_fails_no_query_and_metadata_changes_work_again() {
     let _g = serial();
     let (mut c, single, _dir) = loaded();
     let want = csv(&single, LOOPED);
-    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader().map(|(l, _)| l));
     let via = (1..=3).find(|id| *id != leader).unwrap();
     kill_during_queries(&mut c, leader, via, &want);
     let new = wait_until("a new leader", Duration::from_secs(30), || {
-        c.agreed_leader().filter(|l| *l != leader)
+        c.agreed_leader().map(|(l, _)| l).filter(|l| *l != leader)
     });
     assert_ne!(new, leader);
     let out = c
@@ -530,6 +402,7 @@ fn a_partition_with_no_reachable_copy_fails_the_query_with_unavailable_never_par
 fn partials_larger_than_a_grpc_message_stream_in_chunks() {
     let _g = serial();
     let c = Cluster::start_with(3, &[]);
+    c.wait_ready();
     c.node(1)
         .sql_ok("CREATE TABLE big (ts TIMESTAMP, symbol SYMBOL, n BIGINT, note STRING)");
     for id in 1..=3 {
@@ -583,7 +456,7 @@ fn a_hung_node_is_read_around_once_the_map_says_so() {
     let _g = serial();
     let (c, single, _dir) = loaded();
     let want = csv(&single, LOOPED);
-    let leader = wait_until("a leader", STARTUP, || c.agreed_leader());
+    let leader = wait_until("a leader", STARTUP, || c.agreed_leader().map(|(l, _)| l));
     let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let (victim, via) = (others[0], others[1]);
     assert_eq!(csv(c.node(via), LOOPED), want);

@@ -44,6 +44,8 @@ pub(crate) struct DataPlane {
     draining: std::sync::atomic::AtomicBool,
     /// Local primary writes between their admission and their answer.
     inflight: std::sync::atomic::AtomicUsize,
+    /// Woken when `inflight` drops to zero.
+    idle: tokio::sync::Notify,
 }
 
 /// Counts a local primary write while it runs (see [`DataPlane::admit_write`]).
@@ -51,9 +53,14 @@ pub(crate) struct InflightWrite<'a>(&'a DataPlane);
 
 impl Drop for InflightWrite<'_> {
     fn drop(&mut self) {
-        self.0
+        if self
+            .0
             .inflight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -86,6 +93,7 @@ impl DataPlane {
             lease: Mutex::new(WriteLease::new(&timings)),
             draining: std::sync::atomic::AtomicBool::new(false),
             inflight: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
         })
     }
 
@@ -121,9 +129,18 @@ impl DataPlane {
         self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Primary writes admitted and not answered yet.
-    pub(crate) fn inflight_writes(&self) -> usize {
-        self.inflight.load(std::sync::atomic::Ordering::Acquire)
+    /// Wait until no admitted primary write is running, at most until `deadline`.
+    pub(crate) async fn writes_idle(&self, deadline: std::time::Instant) {
+        loop {
+            let woken = self.idle.notified();
+            if self.inflight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, woken).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Monotonic time of this process (the clock of the lease and the in-sync trackers).

@@ -573,6 +573,44 @@ fn writes_are_routed_to_primaries_replicated_and_caught_up() {
     }
 }
 
+/// The load tests' cast: the agreed raft leader, a victim that leads partitions but not the
+/// metadata group (the leader's loss is its own test), the partitions it leads, one key per
+/// partition of `table`, and the HTTP addresses of the other nodes.
+struct Cast {
+    leader: u64,
+    victim: u64,
+    affected: Vec<u32>,
+    keys: std::sync::Arc<Vec<String>>,
+    others: Vec<std::net::SocketAddr>,
+}
+
+fn cast(c: &Cluster, table: &str) -> Cast {
+    let map = placement(c);
+    let (leader, _) = wait_until("an agreed leader", Duration::from_secs(10), || {
+        c.agreed_leader()
+    });
+    let victim = (1..=3u64)
+        .find(|&n| n != leader && map.iter().any(|(p, _)| *p == n))
+        .unwrap();
+    let affected = (0..PARTITIONS)
+        .filter(|&p| map[p as usize].0 == victim)
+        .collect();
+    let keys = std::sync::Arc::new((0..PARTITIONS).map(|p| key_for(table, p)).collect());
+    let others = c
+        .live()
+        .into_iter()
+        .filter(|&n| n != victim)
+        .map(|n| c.node(n).addr)
+        .collect();
+    Cast {
+        leader,
+        victim,
+        affected,
+        keys,
+        others,
+    }
+}
+
 /// One write of the load tests: a single row with a unique id into one partition.
 #[derive(Debug, Clone)]
 struct Op {
@@ -712,24 +750,14 @@ fn sigkill_of_a_primary_under_write_load_fails_over_without_losing_acknowledged_
                 .then_some(())
         });
     }
-    let map = placement(&c);
-    let (leader, _) = wait_until("an agreed leader", Duration::from_secs(10), || {
-        c.agreed_leader()
-    });
-    // A primary that is not the metadata leader (the leader's loss is its own test).
-    let victim = (1..=3u64)
-        .find(|&n| n != leader && map.iter().any(|(p, _)| *p == n))
-        .unwrap();
-    let affected: BTreeSet<u32> = (0..PARTITIONS)
-        .filter(|&p| map[p as usize].0 == victim)
-        .collect();
-    let keys: Arc<Vec<String>> = Arc::new((0..PARTITIONS).map(|p| key_for("f", p)).collect());
-    let targets: Vec<_> = c
-        .live()
-        .into_iter()
-        .filter(|&n| n != victim)
-        .map(|n| c.node(n).addr)
-        .collect();
+    let Cast {
+        leader,
+        victim,
+        affected,
+        keys,
+        others: targets,
+    } = cast(&c, "f");
+    let affected: BTreeSet<u32> = affected.into_iter().collect();
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(Mutex::new(Vec::new()));
     let writers = start_writers(targets, 4, "f", keys.clone(), stop.clone(), ops.clone());
@@ -887,25 +915,16 @@ fn a_stopped_primary_is_fenced_after_failover_and_rejoins_as_a_replica() {
     let c = Cluster::start_with(3, &[]);
     c.wait_ready();
     create_id_table(&c, "z");
-    let map = placement(&c);
-    let (leader, _) = wait_until("an agreed leader", Duration::from_secs(10), || {
-        c.agreed_leader()
-    });
-    let victim = (1..=3u64)
-        .find(|&n| n != leader && map.iter().any(|(p, _)| *p == n))
-        .unwrap();
-    let affected: Vec<usize> = (0..PARTITIONS as usize)
-        .filter(|&p| map[p].0 == victim)
-        .collect();
-    let keys: Arc<Vec<String>> = Arc::new((0..PARTITIONS).map(|p| key_for("z", p)).collect());
+    let Cast {
+        leader,
+        victim,
+        affected,
+        keys,
+        others,
+    } = cast(&c, "z");
+    let affected: Vec<usize> = affected.into_iter().map(|p| p as usize).collect();
     // Writers go through every node, the zombie included (its own writers hang while it is
     // stopped).
-    let others: Vec<_> = c
-        .live()
-        .into_iter()
-        .filter(|&n| n != victim)
-        .map(|n| c.node(n).addr)
-        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(Mutex::new(Vec::new()));
     let mut writers = start_writers(others, 4, "z", keys.clone(), stop.clone(), ops.clone());
@@ -1169,23 +1188,14 @@ fn sigterm_hands_a_nodes_primaries_to_their_replicas_without_losing_a_write() {
     let mut c = Cluster::start_with(3, &[]);
     c.wait_ready();
     create_id_table(&c, "d");
-    let map = placement(&c);
-    let (leader, _) = wait_until("an agreed leader", Duration::from_secs(10), || {
-        c.agreed_leader()
-    });
-    let victim = (1..=3u64)
-        .find(|&n| n != leader && map.iter().any(|(p, _)| *p == n))
-        .unwrap();
-    let affected: Vec<usize> = (0..PARTITIONS as usize)
-        .filter(|&p| map[p].0 == victim)
-        .collect();
-    let keys: Arc<Vec<String>> = Arc::new((0..PARTITIONS).map(|p| key_for("d", p)).collect());
-    let others: Vec<_> = c
-        .live()
-        .into_iter()
-        .filter(|&n| n != victim)
-        .map(|n| c.node(n).addr)
-        .collect();
+    let Cast {
+        leader,
+        victim,
+        affected,
+        keys,
+        others,
+    } = cast(&c, "d");
+    let affected: Vec<usize> = affected.into_iter().map(|p| p as usize).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(Mutex::new(Vec::new()));
     let writers = start_writers(others, 4, "d", keys.clone(), stop.clone(), ops.clone());

@@ -379,23 +379,7 @@ fn run_fault(
                      DRAINING: failed over after death rather than handed over"
                 ));
             }
-            let grace = Duration::from_secs(30);
-            m.exit_code = match c.node_mut(victim)?.wait_exit(grace)? {
-                Some(status) => status.code(),
-                None => {
-                    c.kill(victim)?;
-                    w.event("SIGKILL after the grace period");
-                    None
-                }
-            };
-            c.net.set_node(victim, None);
-            w.event(format!("node {victim} exited: {:?}", m.exit_code));
-            if m.exit_code != Some(0) {
-                m.violations.push(format!(
-                    "SIGTERM: exit code {:?} within {grace:?}, expected 0",
-                    m.exit_code
-                ));
-            }
+            wait_terminated(c, w, &mut m, victim)?;
             writes_back(w, affected, m.fault_ms)?;
             c.start_node(victim)?;
             w.event(format!("node {victim} restarted"));
@@ -404,23 +388,7 @@ fn run_fault(
             m.fault_ms = w.now_ms();
             c.node_mut(victim)?.terminate()?;
             w.event(format!("SIGTERM node {victim} (primary of {affected:?})"));
-            let grace = Duration::from_secs(30);
-            m.exit_code = match c.node_mut(victim)?.wait_exit(grace)? {
-                Some(status) => status.code(),
-                None => {
-                    c.kill(victim)?;
-                    w.event("SIGKILL after the grace period");
-                    None
-                }
-            };
-            c.net.set_node(victim, None);
-            w.event(format!("node {victim} exited: {:?}", m.exit_code));
-            if m.exit_code != Some(0) {
-                m.violations.push(format!(
-                    "SIGTERM: exit code {:?} within {grace:?}, expected 0",
-                    m.exit_code
-                ));
-            }
+            wait_terminated(c, w, &mut m, victim)?;
             detect(c, w, &mut m, victim, others, false)?;
             failover(c, w, &mut m, victim, affected, others)?;
             writes_back(w, affected, m.fault_ms)?;
@@ -437,6 +405,34 @@ fn run_fault(
     w.event(format!("node {victim} ready again"));
     wait_for_acks(w, 20, warmup)?;
     Ok(m)
+}
+
+/// After SIGTERM: wait for the victim's exit (SIGKILL after a 30 s grace period, as a
+/// spot reclaim would); an exit code other than 0 is a violation.
+fn wait_terminated(
+    c: &mut Cluster,
+    w: &Workload,
+    m: &mut Measured,
+    victim: NodeId,
+) -> Result<(), Error> {
+    let grace = Duration::from_secs(30);
+    m.exit_code = match c.node_mut(victim)?.wait_exit(grace)? {
+        Some(status) => status.code(),
+        None => {
+            c.kill(victim)?;
+            w.event("SIGKILL after the grace period");
+            None
+        }
+    };
+    c.net.set_node(victim, None);
+    w.event(format!("node {victim} exited: {:?}", m.exit_code));
+    if m.exit_code != Some(0) {
+        m.violations.push(format!(
+            "SIGTERM: exit code {:?} within {grace:?}, expected 0",
+            m.exit_code
+        ));
+    }
+    Ok(())
 }
 
 /// Detection: the majority's leader marks the victim SUSPECT or DEAD (`new_leader`: the

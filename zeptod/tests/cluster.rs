@@ -230,7 +230,7 @@ fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
     c.dir = dir;
     std::fs::write(c.dir.path().join("secret"), SECRET).unwrap();
     std::fs::write(c.dir.path().join("other"), "another-secret-0123456789").unwrap();
-    c.grpc = (0..3).map(|_| free_port()).collect();
+    c.grpc = free_ports(3);
     c.peers = c
         .grpc
         .iter()
@@ -281,7 +281,7 @@ fn a_second_process_with_a_node_id_in_use_is_refused() {
     c.wait_ready();
     let (leader, _) = wait_until("a leader", STARTUP, || c.agreed_leader());
     // An imposter claims id 2 at another address (its own --peers entry for 2).
-    let imposter_port = free_port();
+    let imposter_port = free_ports(1)[0];
     let peers = format!(
         "1=127.0.0.1:{},2=127.0.0.1:{imposter_port},3=127.0.0.1:{}",
         c.grpc[0], c.grpc[2]

@@ -30,12 +30,15 @@ pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: every listener is held until all are chosen, so the kernel cannot
+/// hand the same port out twice (it did, once, in CI).
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 pub(crate) struct Cluster {
@@ -50,7 +53,7 @@ impl Cluster {
     pub(crate) fn start(n: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let grpc = free_ports(usize::try_from(n).unwrap());
         let peers = grpc
             .iter()
             .enumerate()
@@ -73,7 +76,7 @@ impl Cluster {
     /// Start nodes 1..=n with extra flags.
     pub(crate) fn start_with(n: u64, extra: &[&str]) -> Cluster {
         let mut c = Cluster::start(0);
-        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let grpc = free_ports(usize::try_from(n).unwrap());
         c.peers = grpc
             .iter()
             .enumerate()

@@ -14,16 +14,15 @@ use crate::client::Http;
 use crate::net::{Network, NodeId};
 use crate::node::{Node, NodeSpec};
 use crate::Error;
+use zepto_cluster::{TimingOverrides, Timings};
 
 /// The API key every request of a cluster run carries (zeptod needs one for /admin/cluster).
 pub const ADMIN_KEY: &str = "zepto-chaos-admin-key";
 const SECRET: &str = "zepto-chaos-cluster-secret-0123456789";
 /// Partitions of the workload's table space.
 pub const PARTITIONS: u32 = 8;
-/// `--heartbeat-interval` of cluster runs.
-pub const HEARTBEAT: &str = "200ms";
-/// How long convergence waits for a caught-up replica to be back in the in-sync set
-/// (5 x the dead time at this heartbeat).
+/// How long convergence waits at least for a caught-up replica to be back in the in-sync set
+/// (5 x the dead time at a 200 ms heartbeat).
 pub const IN_SYNC_GRACE: Duration = Duration::from_secs(10);
 
 /// A node as the metadata says.
@@ -99,6 +98,8 @@ impl AdminView {
 #[derive(Debug)]
 pub struct Cluster {
     pub net: Network,
+    /// What zeptod derives from the nodes' `--heartbeat-interval` (the same function).
+    pub timings: Timings,
     /// Node `id` is `nodes[id - 1]`.
     nodes: Vec<Node>,
 }
@@ -125,8 +126,11 @@ impl Cluster {
         bin: &std::path::Path,
         dir: &std::path::Path,
         n: u32,
+        heartbeat: Duration,
         env: &dyn Fn(NodeId) -> Vec<(String, String)>,
     ) -> Result<Cluster, Error> {
+        let timings = Timings::derive(heartbeat, &TimingOverrides::default())
+            .map_err(|e| Error::Harness(format!("--heartbeat-interval {heartbeat:?}: {e}")))?;
         let secret = dir.join("cluster-secret");
         std::fs::write(&secret, SECRET)
             .map_err(|e| Error::Io(format!("write {}", secret.display()), e))?;
@@ -146,7 +150,7 @@ impl Cluster {
                 "--cluster-secret-file".into(),
                 path_str(&secret)?,
                 "--heartbeat-interval".into(),
-                HEARTBEAT.into(),
+                format!("{}ms", heartbeat.as_millis()),
                 "--partitions".into(),
                 PARTITIONS.to_string(),
                 "--admin-key".into(),
@@ -163,7 +167,11 @@ impl Cluster {
                 env: env(id),
             }));
         }
-        let mut c = Cluster { net, nodes };
+        let mut c = Cluster {
+            net,
+            timings,
+            nodes,
+        };
         for id in 1..=n {
             c.start_node(id)?;
         }
@@ -174,6 +182,18 @@ impl Cluster {
             |c| c.agreed_leader(),
         )?;
         Ok(c)
+    }
+
+    /// How long a caught-up replica may take to be back in the in-sync set: [`IN_SYNC_GRACE`],
+    /// or ten heartbeats when that is longer.
+    pub fn in_sync_grace(&self) -> Duration {
+        IN_SYNC_GRACE.max(self.timings.heartbeat_interval * 10)
+    }
+
+    /// Bound of every wait for the cluster to react: 30 s (generous: a loaded 2-core
+    /// machine), or three dead times when that is longer.
+    pub fn react(&self) -> Duration {
+        Duration::from_secs(30).max(self.timings.dead_after * 3)
     }
 
     /// Node ids `1..=n`.
@@ -330,9 +350,9 @@ impl Cluster {
         loop {
             let last = match self.convergence_step() {
                 // A caught-up replica should be back in the in-sync set within a few
-                // heartbeats; give zeptod `IN_SYNC_GRACE`, then report it.
+                // heartbeats; give zeptod `in_sync_grace()`, then report it.
                 Ok((diverged, not_in_sync))
-                    if not_in_sync.is_empty() || t.elapsed() >= IN_SYNC_GRACE =>
+                    if not_in_sync.is_empty() || t.elapsed() >= self.in_sync_grace() =>
                 {
                     return Convergence {
                         after_ms: Some(ms(t.elapsed())),

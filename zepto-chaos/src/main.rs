@@ -51,6 +51,10 @@ struct Cli {
     /// `blackhole` (both ways, bytes swallowed), `outgoing` (only its own calls cut).
     #[arg(long, default_value = "cut")]
     partition: String,
+    /// Cluster runs: zeptod's `--heartbeat-interval` (its default, 1s, is the guide's; suspect,
+    /// dead and write-lease times derive from it: 3x, 10x, 5x). E.g. 200ms for fast runs.
+    #[arg(long, default_value = "1s")]
+    heartbeat_interval: String,
     /// Keep the data, logs and history (history.json) of passing runs too.
     #[arg(long)]
     keep: bool,
@@ -60,6 +64,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
     let n: u64 = n.parse().ok()?;
     Some(match unit {
+        "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
@@ -91,6 +96,10 @@ fn main() {
         Some(Some(d)) => Some(d),
         None => None,
     };
+    let Some(heartbeat) = parse_duration(&cli.heartbeat_interval) else {
+        eprintln!("--heartbeat-interval takes a duration like 200ms or 1s");
+        std::process::exit(2);
+    };
     let Some(partition) = PartitionMode::parse(&cli.partition) else {
         eprintln!("--partition takes cut, blackhole or outgoing");
         std::process::exit(2);
@@ -115,10 +124,11 @@ fn main() {
             readers: cli.readers,
             nodes: cli.nodes,
             partition,
+            heartbeat,
         };
         eprintln!(
-            "zepto-chaos: scenario {} seed {seed} on {} node(s) (replay: --scenario {} --nodes {} --partition {} --seed {seed})",
-            cli.scenario, cli.nodes, cli.scenario, cli.nodes, cli.partition
+            "zepto-chaos: scenario {} seed {seed} on {} node(s) (replay: --scenario {} --nodes {} --partition {} --heartbeat-interval {} --seed {seed})",
+            cli.scenario, cli.nodes, cli.scenario, cli.nodes, cli.partition, cli.heartbeat_interval
         );
         runs += 1;
         match run(&cfg) {

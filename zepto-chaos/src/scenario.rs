@@ -67,6 +67,9 @@ pub struct RunConfig {
     pub nodes: u32,
     /// How split-brain cuts the victim off.
     pub partition: PartitionMode,
+    /// Cluster runs: zeptod's `--heartbeat-interval` (suspect, dead and lease times derive
+    /// from it as in zeptod: 3x, 10x, 5x).
+    pub heartbeat: Duration,
 }
 
 /// How split-brain separates the victim from the majority.
@@ -132,6 +135,8 @@ pub struct Report {
     pub lost_rows: usize,
     /// Cluster: peer connections the proxies could not attribute to a node process (closed).
     pub unattributed_connections: u64,
+    /// Cluster: the `--heartbeat-interval` the nodes ran with, in milliseconds.
+    pub heartbeat_ms: Option<u64>,
 }
 
 impl Report {
@@ -349,6 +354,7 @@ fn finish(
         converged_ms: None,
         lost_rows,
         unattributed_connections: 0,
+        heartbeat_ms: None,
     })
 }
 

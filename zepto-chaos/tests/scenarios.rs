@@ -39,6 +39,8 @@ fn config(bin: PathBuf, scenario: &str, seed: u64, nodes: u32, dir: &std::path::
         readers: 1,
         nodes,
         partition: Default::default(),
+        // The process tests' setting: failover in about 2 s instead of 10-12 s.
+        heartbeat: Duration::from_millis(200),
     }
 }
 

@@ -28,14 +28,9 @@ use crate::net::NodeId;
 use crate::proxy::LinkMode;
 use crate::Error;
 
-/// Bound of every wait for the cluster to react (generous: a loaded 2-core machine).
-const REACT: Duration = Duration::from_secs(30);
 /// split-brain: how long the cut is held after the failover, at most.
 const HOLD: Duration = Duration::from_secs(3);
-/// The write lease, heartbeat interval at `--heartbeat-interval 200ms` (dead 2 s / 2), and a
-/// margin for the clocks of the harness and the node.
-const LEASE: Duration = Duration::from_secs(1);
-const HEARTBEAT: Duration = Duration::from_millis(200);
+/// A margin for the clocks of the harness and the node around the write lease.
 const LEASE_SLACK: Duration = Duration::from_millis(300);
 
 /// Run `cfg.scenario` on three nodes.
@@ -55,9 +50,9 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
             Vec::new()
         }
     };
-    let mut c = Cluster::start(&cfg.bin, &cfg.dir, 3, &env)?;
+    let mut c = Cluster::start(&cfg.bin, &cfg.dir, 3, cfg.heartbeat, &env)?;
     create_table(&c.http(1, Duration::from_secs(30))?)?;
-    c.poll("the table on every node", REACT, |c| {
+    c.poll("the table on every node", c.react(), |c| {
         c.ids()
             .iter()
             .all(|&id| {
@@ -68,7 +63,7 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
             })
             .then_some(())
     })?;
-    let (leader, _) = c.poll("an agreed leader", REACT, Cluster::agreed_leader)?;
+    let (leader, _) = c.poll("an agreed leader", c.react(), Cluster::agreed_leader)?;
     let view = c
         .leader_view(&c.ids())
         .ok_or_else(|| Error::Harness("no leader view".into()))?;
@@ -194,6 +189,7 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
         lost_rows,
         // Closed, never let through: they cannot hide a fault, only add one.
         unattributed_connections: c.net.unattributed(),
+        heartbeat_ms: Some(ms(c.timings.heartbeat_interval)),
     })
 }
 
@@ -239,7 +235,7 @@ fn run_fault(
                 cfg.scenario == "coordinator-crash",
             )?;
             failover(c, w, &mut m, victim, affected, others)?;
-            writes_back(w, affected, m.fault_ms)?;
+            writes_back(w, affected, m.fault_ms, c.react())?;
             c.start_node(victim)?;
             w.event(format!("node {victim} restarted"));
         }
@@ -264,7 +260,7 @@ fn run_fault(
             ));
             detect(c, w, &mut m, victim, others, false)?;
             failover(c, w, &mut m, victim, affected, others)?;
-            writes_back(w, affected, m.fault_ms)?;
+            writes_back(w, affected, m.fault_ms, c.react())?;
             // Hold the partition while writes keep going to the cut-off primary: until it
             // refused one with 409 (its lease ended), at most `HOLD` after the failover.
             let victim_ix = victim as usize - 1;
@@ -283,7 +279,8 @@ fn run_fault(
             // Nothing of the victim's partitions may be acknowledged once its lease has
             // ended (the last heartbeat it could renew it with was sent before the cut), nor
             // by the cut-off node after the failover.
-            let lease_end = m.fault_ms + ms(LEASE + HEARTBEAT + LEASE_SLACK);
+            let t = c.timings;
+            let lease_end = m.fault_ms + ms(t.write_lease + t.heartbeat_interval + LEASE_SLACK);
             let old_seen = m.old_primary_seen_ms.unwrap_or(m.fault_ms);
             let failover_at = m.failover_ms.unwrap_or(heal_ms);
             let (during_lease_gap, by_victim_after) = w
@@ -351,7 +348,7 @@ fn run_fault(
                 .min(health_bad);
             m.detected_ms = Some(health_bad);
             failover(c, w, &mut m, victim, affected, others)?;
-            writes_back(w, affected, m.fault_ms)?;
+            writes_back(w, affected, m.fault_ms, c.react())?;
             c.kill(victim)?;
             c.node_mut(victim)?.spec.env.clear();
             c.start_node(victim)?;
@@ -380,7 +377,7 @@ fn run_fault(
                 ));
             }
             wait_terminated(c, w, &mut m, victim)?;
-            writes_back(w, affected, m.fault_ms)?;
+            writes_back(w, affected, m.fault_ms, c.react())?;
             c.start_node(victim)?;
             w.event(format!("node {victim} restarted"));
         }
@@ -391,7 +388,7 @@ fn run_fault(
             wait_terminated(c, w, &mut m, victim)?;
             detect(c, w, &mut m, victim, others, false)?;
             failover(c, w, &mut m, victim, affected, others)?;
-            writes_back(w, affected, m.fault_ms)?;
+            writes_back(w, affected, m.fault_ms, c.react())?;
             c.start_node(victim)?;
             w.event(format!("node {victim} restarted"));
         }
@@ -450,7 +447,7 @@ fn detect(
     } else {
         "the victim marked SUSPECT or DEAD"
     };
-    c.poll(what, REACT, |c| {
+    c.poll(what, c.react(), |c| {
         if new_leader {
             c.agreed_leader_among(others)
                 .filter(|(l, _)| *l != victim)
@@ -476,7 +473,7 @@ fn failover(
     others: &[NodeId],
 ) -> Result<(), Error> {
     let mut old_seen = None;
-    c.poll("failover of the victim's partitions", REACT, |c| {
+    c.poll("failover of the victim's partitions", c.react(), |c| {
         let asked = w.now_ms();
         let view = c.leader_view(others)?;
         let moved = view
@@ -522,8 +519,13 @@ fn failover(
 }
 
 /// Wait until every affected partition took a write sent after the fault.
-fn writes_back(w: &Workload, affected: &[u32], fault_ms: u64) -> Result<(), Error> {
-    poll_workload(w, REACT, |h| {
+fn writes_back(
+    w: &Workload,
+    affected: &[u32],
+    fault_ms: u64,
+    react: Duration,
+) -> Result<(), Error> {
+    poll_workload(w, react, |h| {
         affected
             .iter()
             .all(|&p| first_ok_write(h, p, fault_ms).is_some())
@@ -531,7 +533,7 @@ fn writes_back(w: &Workload, affected: &[u32], fault_ms: u64) -> Result<(), Erro
     })
     .ok_or_else(|| {
         Error::Harness(format!(
-            "writes to partitions {affected:?} did not succeed within {REACT:?} of the fault"
+            "writes to partitions {affected:?} did not succeed within {react:?} of the fault"
         ))
     })
 }

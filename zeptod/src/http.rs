@@ -299,9 +299,36 @@ async fn run_sql(
 ) -> Result<Response> {
     state.auth.check(headers, peer, Role::Reader)?;
     let start = Instant::now();
-    let result = run_sql_inner(state, headers, peer, sql, default_format, get_only, start).await;
+    let mut result = run_sql_inner(
+        state,
+        headers,
+        peer,
+        sql.clone(),
+        default_format,
+        get_only,
+        start,
+    )
+    .await;
+    if behind_the_leader(state, is_not_found(&result)).await {
+        result = run_sql_inner(state, headers, peer, sql, default_format, get_only, start).await;
+    }
     state.metrics.query(result.is_ok(), start.elapsed());
     result
+}
+
+/// Cluster mode: whether a statement that failed NOT_FOUND (`not_found`) may have failed only
+/// because this node had not applied a table change another node already acknowledged, and
+/// this node has now caught up with the metadata leader (so running it again can succeed). A
+/// statement that failed NOT_FOUND changed nothing, so the retry is safe.
+async fn behind_the_leader(state: &AppState, not_found: bool) -> bool {
+    match state.cluster.get() {
+        Some(c) if not_found => c.catch_up_with_leader().await,
+        _ => false,
+    }
+}
+
+fn is_not_found<T>(result: &Result<T>) -> bool {
+    matches!(result, Err(Error::NotFound(_)))
 }
 
 async fn run_sql_inner(
@@ -476,7 +503,10 @@ async fn bulk_insert(
     data: Bytes,
 ) -> Result<Response> {
     state.auth.check(headers, peer, Role::Writer)?;
-    let result = bulk_insert_inner(state, h, data).await;
+    let mut result = bulk_insert_inner(state, h.clone(), data.clone()).await;
+    if behind_the_leader(state, is_not_found(&result)).await {
+        result = bulk_insert_inner(state, h, data).await;
+    }
     if result.is_err() {
         state.metrics.ingest_failed();
     }

@@ -146,6 +146,23 @@ fn ddl_through_one_node_reaches_every_node_with_the_same_table_id() {
         .sql("DROP TABLE trades")
         .expect_error(404, "NOT_FOUND");
     c.node(1).sql_ok("DROP TABLE IF EXISTS trades");
+
+    // Read your own DDL anywhere: a table acknowledged through one node is usable through
+    // every other at once, with no wait (a follower that had not heard of the commit yet
+    // catches up with the leader instead of answering NOT_FOUND).
+    for i in 0..6u64 {
+        let via = i % 3 + 1;
+        let table = format!("fresh{i}");
+        c.node(via).sql_ok(&format!(
+            "CREATE TABLE {table} (ts TIMESTAMP, symbol SYMBOL, v DOUBLE)"
+        ));
+        for other in (1..=3).filter(|&n| n != via) {
+            let r = csv_insert(c.node(other), &table, &format!("{other},K{other},1.0\n"));
+            assert_eq!(r.status, 200, "insert through node {other}: {}", r.text());
+        }
+        let other = via % 3 + 1;
+        assert_eq!(c.node(other).count(&table), 2, "count through node {other}");
+    }
 }
 
 #[test]

@@ -158,6 +158,46 @@ impl DataPlane {
         self.lease.lock().may_accept_writes(self.now())
     }
 
+    /// Resolves once the write lease has run out (at once when there is none).
+    async fn lease_lost(&self) {
+        loop {
+            let until = self.lease.lock().valid_until();
+            let now = self.now();
+            match until {
+                Some(u) if now < u => tokio::time::sleep(u.saturating_since(now)).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Wait until this primary may acknowledge `records` in `--ack replicated` mode (see
+    /// [`Replication::wait_replicated`]). When the write lease runs out first the answer is
+    /// an unknown outcome at once instead of at the end of the bound: a primary cut off
+    /// from the metadata majority cannot commit an in-sync shrink, and its partitions are
+    /// about to fail over, so waiting longer would only hold the client.
+    pub(crate) async fn wait_acknowledgeable(&self, records: &[(u32, u64)]) -> Result<()> {
+        let bound = super::replicate::ack_wait_bound(&self.timings);
+        tokio::select! {
+            // A write confirmed just as the lease ends is acknowledged.
+            biased;
+            r = self.repl.wait_replicated(&self.view, records, bound) => r,
+            () = self.lease_lost() => {
+                let partitions: std::collections::BTreeSet<u32> =
+                    records.iter().map(|&(p, _)| p).collect();
+                Err(Error::Unavailable {
+                    message: format!(
+                        "the write is durable on node {} but its write lease ran out (no \
+                         contact with the metadata majority) before the replica confirmed it \
+                         for partitions {partitions:?}; the outcome is unknown (it may or may \
+                         not survive a failover)",
+                        self.me
+                    ),
+                    retry_after: Some(1),
+                })
+            }
+        }
+    }
+
     /// `FENCED` unless the write lease is valid: the write is not applied.
     pub(crate) fn check_lease(&self, partitions: &[u32]) -> Result<()> {
         if self.lease_valid() {

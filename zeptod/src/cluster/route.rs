@@ -256,9 +256,7 @@ async fn write_local(
         };
         let (rows, records) = node.write_with_records(table, batch).await?;
         if dp.ack == AckPolicy::Replicated {
-            dp.repl
-                .wait_replicated(&dp.view, &records, ack_wait_bound(&dp.timings))
-                .await?;
+            dp.wait_acknowledgeable(&records).await?;
         }
         Ok((rows, records))
     }
@@ -408,8 +406,7 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| status_of(&e))?;
     if req.ack_replicated {
-        dp.repl
-            .wait_replicated(&dp.view, &records, ack_wait_bound(&dp.timings))
+        dp.wait_acknowledgeable(&records)
             .await
             .map_err(|e| status_of(&e))?;
     }

@@ -50,6 +50,11 @@ pub struct Verdict {
     pub not_in_sync: Vec<String>,
     pub failed_reads: usize,
     pub ok_reads: usize,
+    /// Queries sent like a client behind a load balancer (any node; the next one when a node
+    /// refuses the connection): how many, and why those that failed failed (first 10).
+    pub any_node_reads: usize,
+    pub any_node_failed_reads: usize,
+    pub any_node_failures: Vec<String>,
     /// Other failed expectations of the scenario (e.g. a non-zero exit code).
     pub other: Vec<String>,
 }
@@ -244,11 +249,26 @@ pub fn check_reads(history: &History, v: &mut Verdict) {
         prefix.insert(k, (times, sums));
     }
     for r in &history.reads {
+        if r.any_node {
+            v.any_node_reads += 1;
+        }
         if r.outcome != Outcome::Ok {
-            v.failed_reads += 1;
+            if r.any_node {
+                v.any_node_failed_reads += 1;
+                if v.any_node_failures.len() < 10 {
+                    v.any_node_failures.push(format!(
+                        "key {} at node index {} (sent at {} ms): {:?}",
+                        r.key, r.node, r.invoked_ms, r.outcome
+                    ));
+                }
+            } else {
+                v.failed_reads += 1;
+            }
             continue;
         }
-        v.ok_reads += 1;
+        if !r.any_node {
+            v.ok_reads += 1;
+        }
         let Some(count) = r.count else { continue };
         let before = prefix.get(r.key.as_str()).map_or(0, |(times, sums)| {
             // Acknowledged strictly before the query was sent.

@@ -1,6 +1,8 @@
 //! The workload and its history: concurrent writers whose every row carries a unique id,
 //! each operation recorded as invoked and then ok / failed (definitely not applied) /
-//! unknown; and readers whose queries are recorded the same way.
+//! unknown; and readers whose queries are recorded the same way. Writers and "any node"
+//! readers behave like clients behind a Kubernetes Service: a node whose process is gone
+//! (connection refused) is skipped for the next one.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,9 @@ pub struct ReadOp {
     pub key: String,
     /// The count answered (when OK).
     pub count: Option<u64>,
+    /// Sent like a client behind a load balancer: to any node, the next one when a node
+    /// refuses the connection (its process is gone), rather than to the key's primary.
+    pub any_node: bool,
 }
 
 /// Where the workload sends its operations: the nodes' URLs (re-read every operation, so a
@@ -59,6 +64,10 @@ pub struct Targets {
     pub api_key: Option<String>,
     /// Per key (same order as `keys`): the index in `urls` of its primary.
     pub read_from: Option<Arc<Mutex<Vec<usize>>>>,
+    /// Per node (same order as `urls`): whether its `/ready` answered 200 when last polled.
+    /// "Any node" readers send only to ready nodes, as a Kubernetes Service does (all nodes
+    /// when none is ready).
+    pub ready: Option<Arc<Mutex<Vec<bool>>>>,
 }
 
 /// Everything that happened, in completion order per kind.
@@ -93,16 +102,48 @@ fn classify(answer: &Result<Answer, String>) -> Outcome {
             Outcome::Failed(format!("HTTP {}: {}", a.status, a.code()))
         }
         Ok(a) => Outcome::Unknown(format!("HTTP {}: {}", a.status, a.code())),
-        Err(e) if e.contains("Connection refused") => Outcome::Failed(e.clone()),
+        Err(e) if refused(answer) => Outcome::Failed(e.clone()),
         Err(e) => Outcome::Unknown(e.clone()),
+    }
+}
+
+/// The node refused the connection: its process is gone, nothing reached zeptod.
+fn refused(answer: &Result<Answer, String>) -> bool {
+    matches!(answer, Err(e) if e.contains("Connection refused"))
+}
+
+/// The connection broke before an answer (e.g. the process was killed mid-request).
+fn cut_off(answer: &Result<Answer, String>) -> bool {
+    matches!(answer, Err(e) if e.contains("reset") || e.contains("disconnected"))
+}
+
+/// The outcome of a count query and the count it answered.
+fn read_outcome(answer: &Result<Answer, String>) -> (Outcome, Option<u64>) {
+    match answer {
+        Ok(a) if a.status == 200 => match a.body.trim().parse::<u64>() {
+            Ok(c) => (Outcome::Ok, Some(c)),
+            Err(_) => (
+                Outcome::Unknown(format!("unparsable count '{}'", a.body.trim())),
+                None,
+            ),
+        },
+        _ => (classify(answer), None),
     }
 }
 
 impl Workload {
     /// Start `writers` writer threads (batches of `batch` rows, each batch with one key of
-    /// `targets.keys`, round robin) and `readers` reader threads (the row count of one key),
-    /// spread over `targets`.
-    pub fn start(targets: Targets, writers: usize, readers: usize, batch: i64) -> Workload {
+    /// `targets.keys`, round robin), `readers` reader threads (the row count of one key, from
+    /// its primary when `targets.read_from` names it) and `any_node_readers` reader threads
+    /// that ask any node, the way a client behind a Kubernetes Service does (see
+    /// [`ReadOp::any_node`]), spread over `targets`.
+    pub fn start(
+        targets: Targets,
+        writers: usize,
+        readers: usize,
+        any_node_readers: usize,
+        batch: i64,
+    ) -> Workload {
         let targets = Arc::new(targets);
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -120,9 +161,11 @@ impl Workload {
             threads.push(std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let Some((node, url)) = pick(&targets.urls, w + n) else {
+                    let urls = targets.urls.lock().map(|u| u.clone()).unwrap_or_default();
+                    if urls.is_empty() {
                         break;
-                    };
+                    }
+                    let start = (w + n) % urls.len();
                     let key = targets
                         .keys
                         .get((w + n * writers.max(1)) % targets.keys.len().max(1))
@@ -132,12 +175,22 @@ impl Workload {
                     let first = next_id.fetch_add(batch, Ordering::Relaxed);
                     let body = rows_csv(first, batch, w, &key);
                     let invoked_ms = ms();
-                    let http = Http::new(&url, Duration::from_secs(10))
-                        .with_key(targets.api_key.as_deref());
-                    let answer = http.post(
-                        "/?query=INSERT%20INTO%20chaos%20FORMAT%20CSV",
-                        body.as_bytes(),
-                    );
+                    // Like a client behind a Kubernetes Service: a node that refuses the
+                    // connection (its process is gone: nothing was applied) is skipped.
+                    let mut node = start;
+                    let mut answer = Err(String::new());
+                    for i in 0..urls.len() {
+                        node = (start + i) % urls.len();
+                        let http = Http::new(&urls[node], Duration::from_secs(10))
+                            .with_key(targets.api_key.as_deref());
+                        answer = http.post(
+                            "/?query=INSERT%20INTO%20chaos%20FORMAT%20CSV",
+                            body.as_bytes(),
+                        );
+                        if !refused(&answer) {
+                            break;
+                        }
+                    }
                     let op = WriteOp {
                         writer: w,
                         first,
@@ -190,16 +243,7 @@ impl Workload {
                     let sql =
                         format!("SELECT count(*) FROM chaos WHERE symbol = '{key}' FORMAT CSV");
                     let answer = http.post("/", sql.as_bytes());
-                    let (outcome, count) = match &answer {
-                        Ok(a) if a.status == 200 => match a.body.trim().parse::<u64>() {
-                            Ok(c) => (Outcome::Ok, Some(c)),
-                            Err(_) => (
-                                Outcome::Unknown(format!("unparsable count '{}'", a.body.trim())),
-                                None,
-                            ),
-                        },
-                        _ => (classify(&answer), None),
-                    };
+                    let (outcome, count) = read_outcome(&answer);
                     if let Ok(mut h) = history.lock() {
                         h.reads.push(ReadOp {
                             invoked_ms,
@@ -208,6 +252,68 @@ impl Workload {
                             node,
                             key,
                             count,
+                            any_node: false,
+                        });
+                    }
+                    if count.is_none() {
+                        std::thread::sleep(Duration::from_millis(20)); // retry pacing after a failure
+                    }
+                }
+            }));
+        }
+        for r in 0..any_node_readers {
+            let (stop, history, targets) = (stop.clone(), history.clone(), targets.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = (r + n * any_node_readers) % targets.keys.len().max(1);
+                    let Some(key) = targets.keys.get(k).cloned() else {
+                        break;
+                    };
+                    let urls = targets.urls.lock().map(|u| u.clone()).unwrap_or_default();
+                    if urls.is_empty() {
+                        break;
+                    }
+                    let start = r + n;
+                    n += 1;
+                    let ready = targets
+                        .ready
+                        .as_ref()
+                        .and_then(|m| m.lock().ok().map(|m| m.clone()))
+                        .unwrap_or_default();
+                    let mut order: Vec<usize> = (0..urls.len())
+                        .map(|i| (start + i) % urls.len())
+                        .filter(|&i| ready.get(i).copied().unwrap_or(true))
+                        .collect();
+                    if order.is_empty() {
+                        order = (0..urls.len()).collect();
+                    }
+                    let sql =
+                        format!("SELECT count(*) FROM chaos WHERE symbol = '{key}' FORMAT CSV");
+                    let invoked_ms = ms();
+                    let mut node = order[0];
+                    let mut answer = Err(String::new());
+                    for i in order {
+                        node = i;
+                        let http = Http::new(&urls[node], Duration::from_secs(10))
+                            .with_key(targets.api_key.as_deref());
+                        answer = http.post("/", sql.as_bytes());
+                        // A read is idempotent: a refused connection (the process is gone)
+                        // or one cut before the answer (killed mid-query) moves on.
+                        if !refused(&answer) && !cut_off(&answer) {
+                            break;
+                        }
+                    }
+                    let (outcome, count) = read_outcome(&answer);
+                    if let Ok(mut h) = history.lock() {
+                        h.reads.push(ReadOp {
+                            invoked_ms,
+                            completed_ms: ms(),
+                            outcome,
+                            node,
+                            key,
+                            count,
+                            any_node: true,
                         });
                     }
                     if count.is_none() {

@@ -191,8 +191,9 @@ fn boot(cfg: &RunConfig, node: &mut Node) -> Result<Workload, Error> {
         keys: default_keys(20),
         api_key: None,
         read_from: None,
+        ready: None,
     };
-    Ok(Workload::start(targets, cfg.writers, cfg.readers, 50))
+    Ok(Workload::start(targets, cfg.writers, cfg.readers, 0, 50))
 }
 
 /// Wait until the workload has `n` more acknowledged writes than now (the load is really

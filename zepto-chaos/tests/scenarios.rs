@@ -48,7 +48,8 @@ fn show(r: &Report) {
     println!(
         "{} on {} node(s), seed {}: victim {:?} (leader {:?}, primary of {:?}); detection {:?} ms, \
          failover {:?} ms, writes back {:?} ms, queries back {:?} ms (all {:?} ms), lease refusal \
-         {:?} ms; {} acked writes, {} rows stored, {} lost; diverged: {:?}; events {:?}",
+         {:?} ms; {} acked writes, {} rows stored, {} lost; queries through any node: {} of {} \
+         failed; diverged: {:?}; events {:?}",
         r.scenario,
         r.nodes,
         r.seed,
@@ -64,6 +65,8 @@ fn show(r: &Report) {
         r.verdict.acked_writes,
         r.verdict.rows_stored,
         r.lost_rows,
+        r.verdict.any_node_failed_reads,
+        r.verdict.any_node_reads,
         r.verdict.diverged,
         r.events
     );

@@ -929,51 +929,9 @@ async fn insync_loop(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>)
 }
 
 impl Cluster {
-    /// Bring this node's metadata (and its local catalog) up to what the metadata leader has
-    /// applied now: one heartbeat round trip, then a bounded wait for the local apply. A
-    /// statement that failed with NOT_FOUND calls this before the answer goes out, so a table
-    /// created and acknowledged through another node a moment ago is never "not found" here
-    /// (followers learn a commit only with the leader's next raft message). Returns whether
-    /// this node was behind and has caught up, i.e. whether retrying can change the answer.
+    /// See [`DataPlane::catch_up_with_leader`].
     pub(crate) async fn catch_up_with_leader(&self) -> bool {
-        let me = self.cfg.node_id;
-        let (leader, req, version) = {
-            let v = self.view.borrow();
-            (
-                v.leader,
-                crate::rpc::pb::HeartbeatRequest {
-                    meta_last_index: v.last_index,
-                    meta_fresh: v.fresh,
-                },
-                v.state.version,
-            )
-        };
-        let Some(leader) = leader.filter(|l| *l != me) else {
-            return false; // the leader applies what it commits before anyone else hears of it
-        };
-        let Some(client) = self.peers.get(leader).cloned() else {
-            return false;
-        };
-        let sent_at = self.data.now();
-        let leader_version = match client.heartbeat(req).await {
-            Ok(r) if r.acknowledged => r.version,
-            _ => return false,
-        };
-        if leader_version <= version {
-            return false;
-        }
-        let mut view = self.view.clone();
-        let caught_up = tokio::time::timeout(
-            self.cfg.timings.peer_call_timeout(),
-            view.wait_for(|v| v.state.version >= leader_version && v.catalog_applied >= v.applied),
-        )
-        .await;
-        let caught_up = matches!(caught_up, Ok(Ok(_)));
-        if caught_up {
-            // It was a heartbeat the leader counted, answered at a version now applied here.
-            self.data.renew_lease(sent_at);
-        }
-        caught_up
+        self.data.catch_up_with_leader().await
     }
 
     /// The leader acknowledged a heartbeat sent at `sent_at` while at metadata `version`:

@@ -158,6 +158,84 @@ impl DataPlane {
         self.lease.lock().may_accept_writes(self.now())
     }
 
+    /// Bring this node's metadata (and its local catalog) up to what the metadata leader has
+    /// applied now: one heartbeat round trip, then a bounded wait for the local apply (the
+    /// heartbeat renews the write lease like any other). A statement that failed with
+    /// NOT_FOUND calls this before the answer goes out, so a table created and acknowledged
+    /// through another node a moment ago is never "not found" here (followers learn a commit
+    /// only with the leader's next raft message); a node without a lease calls it before it
+    /// answers a query from its own copy. Returns whether this node was behind and has caught
+    /// up.
+    pub(crate) async fn catch_up_with_leader(&self) -> bool {
+        // A node whose storage failed stays silent (see the heartbeat loop): the leader must
+        // declare it dead and fail its partitions over, and this heartbeat would count.
+        if self
+            .node
+            .get()
+            .is_some_and(|n| n.storage().health().is_err())
+        {
+            return false;
+        }
+        let (leader, req, version) = {
+            let v = self.view.borrow();
+            (
+                v.leader,
+                crate::rpc::pb::HeartbeatRequest {
+                    meta_last_index: v.last_index,
+                    meta_fresh: v.fresh,
+                },
+                v.state.version,
+            )
+        };
+        let Some(leader) = leader.filter(|l| *l != self.me) else {
+            return false; // the leader applies what it commits before anyone else hears of it
+        };
+        let Some(client) = self.peers.get(leader).cloned() else {
+            return false;
+        };
+        let sent_at = self.now();
+        let leader_version = match client.heartbeat(req).await {
+            Ok(r) if r.acknowledged => r.version,
+            _ => return false,
+        };
+        let mut view = self.view.clone();
+        let caught_up = tokio::time::timeout(
+            self.timings.peer_call_timeout(),
+            view.wait_for(|v| v.state.version >= leader_version && v.catalog_applied >= v.applied),
+        )
+        .await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            return false;
+        }
+        // The leader counted the heartbeat and this node applied the version it answered.
+        self.renew_lease(sent_at);
+        leader_version > version
+    }
+
+    /// Whether this node may answer reads of its partitions from its own copy: only while
+    /// it holds the write lease, i.e. it applied the metadata leader's map within the lease
+    /// (shorter than the dead time), so no failover it has not heard of can have moved a
+    /// partition away from it. A node without the lease (just restarted, or cut off from the
+    /// majority) first tries to catch up with the leader; until it can, the query reads
+    /// another copy, and a partial answer from a stale map is never returned.
+    pub(crate) async fn may_serve_reads(&self) -> Result<()> {
+        if self.lease_valid() {
+            return Ok(());
+        }
+        self.catch_up_with_leader().await;
+        if self.lease_valid() {
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            message: format!(
+                "node {} has no contact with the metadata majority, so its partition map may \
+                 be stale; it does not answer from its own copy",
+                self.me
+            ),
+            retry_after: Some(1),
+        })
+    }
+
     /// Resolves once the write lease has run out (at once when there is none).
     async fn lease_lost(&self) {
         loop {

@@ -506,6 +506,9 @@ async fn run_on(
     }
     let ids: Vec<u32> = list.iter().map(|pe| pe.partition).collect();
     if to == dp.me {
+        dp.may_serve_reads()
+            .await
+            .map_err(|e| Failure::Retry(e.to_string()))?;
         let settings = QuerySettings {
             timeout: remaining,
             ..node.engine().settings().clone()
@@ -762,6 +765,10 @@ pub(crate) async fn serve(
     if req.timeout_ms == 0 {
         return Err(Status::deadline_exceeded("no time left for the query"));
     }
+    // A map this node may not trust is not checked against (see `may_serve_reads`).
+    dp.may_serve_reads()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let state = dp.view.borrow().state.clone();
     // Ownership and fencing first: a stale sender learns it before anything runs.
     let partitions = u32::try_from(state.partitions.len()).unwrap_or(u32::MAX);

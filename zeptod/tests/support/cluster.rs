@@ -145,6 +145,12 @@ impl Cluster {
         s.kill9();
     }
 
+    /// Start node `id` again from its data directory (with `extra` flags), not waiting.
+    pub(crate) fn restart(&mut self, id: u64, extra: &[&str]) {
+        let s = self.spawn(id, &self.peers.clone(), "secret", extra);
+        self.nodes[usize::try_from(id).unwrap() - 1] = Some(s);
+    }
+
     /// The leader every live node agrees on (same leader and term everywhere), or `None`.
     pub(crate) fn agreed_leader(&self) -> Option<(u64, u64)> {
         let mut seen = BTreeSet::new();

@@ -17,6 +17,19 @@ impl Answer {
             .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
             .unwrap_or_else(|| self.body.chars().take(120).collect())
     }
+
+    /// The error code and the start of the message, for the history.
+    pub fn summary(&self) -> String {
+        let message = serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        format!(
+            "{}: {}",
+            self.code(),
+            message.chars().take(200).collect::<String>()
+        )
+    }
 }
 
 /// One server.

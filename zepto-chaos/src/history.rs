@@ -66,8 +66,33 @@ pub struct Targets {
     pub read_from: Option<Arc<Mutex<Vec<usize>>>>,
     /// Per node (same order as `urls`): whether its `/ready` answered 200 when last polled.
     /// "Any node" readers send only to ready nodes, as a Kubernetes Service does (all nodes
-    /// when none is ready).
+    /// when none is ready); writers too when `writers_follow_ready`.
     pub ready: Option<Arc<Mutex<Vec<bool>>>>,
+    /// Writers skip nodes that are not ready (split-brain keeps writing to the cut-off node
+    /// on purpose, so it does not set this).
+    pub writers_follow_ready: bool,
+}
+
+impl Targets {
+    /// The node indexes to try, in order, for the operation numbered `start`: round robin,
+    /// only ready nodes when `follow_ready` (all when none is ready).
+    fn order(&self, urls: usize, start: usize, follow_ready: bool) -> Vec<usize> {
+        let ready = match (&self.ready, follow_ready) {
+            (Some(r), true) => r.lock().map(|r| r.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let all: Vec<usize> = (0..urls).map(|i| (start + i) % urls).collect();
+        let ready_only: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| ready.get(i).copied().unwrap_or(true))
+            .collect();
+        if ready_only.is_empty() {
+            all
+        } else {
+            ready_only
+        }
+    }
 }
 
 /// Everything that happened, in completion order per kind.
@@ -99,9 +124,9 @@ fn classify(answer: &Result<Answer, String>) -> Outcome {
         // Refused before anything was applied: bad input, auth, fenced (409), too large.
         // A 503 is not definite: a write whose fsync failed answers 503 and may be on disk.
         Ok(a) if (400..500).contains(&a.status) => {
-            Outcome::Failed(format!("HTTP {}: {}", a.status, a.code()))
+            Outcome::Failed(format!("HTTP {}: {}", a.status, a.summary()))
         }
-        Ok(a) => Outcome::Unknown(format!("HTTP {}: {}", a.status, a.code())),
+        Ok(a) => Outcome::Unknown(format!("HTTP {}: {}", a.status, a.summary())),
         Err(e) if refused(answer) => Outcome::Failed(e.clone()),
         Err(e) => Outcome::Unknown(e.clone()),
     }
@@ -165,7 +190,7 @@ impl Workload {
                     if urls.is_empty() {
                         break;
                     }
-                    let start = (w + n) % urls.len();
+                    let order = targets.order(urls.len(), w + n, targets.writers_follow_ready);
                     let key = targets
                         .keys
                         .get((w + n * writers.max(1)) % targets.keys.len().max(1))
@@ -177,10 +202,10 @@ impl Workload {
                     let invoked_ms = ms();
                     // Like a client behind a Kubernetes Service: a node that refuses the
                     // connection (its process is gone: nothing was applied) is skipped.
-                    let mut node = start;
+                    let mut node = order[0];
                     let mut answer = Err(String::new());
-                    for i in 0..urls.len() {
-                        node = (start + i) % urls.len();
+                    for i in order {
+                        node = i;
                         let http = Http::new(&urls[node], Duration::from_secs(10))
                             .with_key(targets.api_key.as_deref());
                         answer = http.post(
@@ -274,20 +299,8 @@ impl Workload {
                     if urls.is_empty() {
                         break;
                     }
-                    let start = r + n;
+                    let order = targets.order(urls.len(), r + n, true);
                     n += 1;
-                    let ready = targets
-                        .ready
-                        .as_ref()
-                        .and_then(|m| m.lock().ok().map(|m| m.clone()))
-                        .unwrap_or_default();
-                    let mut order: Vec<usize> = (0..urls.len())
-                        .map(|i| (start + i) % urls.len())
-                        .filter(|&i| ready.get(i).copied().unwrap_or(true))
-                        .collect();
-                    if order.is_empty() {
-                        order = (0..urls.len()).collect();
-                    }
                     let sql =
                         format!("SELECT count(*) FROM chaos WHERE symbol = '{key}' FORMAT CSV");
                     let invoked_ms = ms();

@@ -192,6 +192,7 @@ fn boot(cfg: &RunConfig, node: &mut Node) -> Result<Workload, Error> {
         api_key: None,
         read_from: None,
         ready: None,
+        writers_follow_ready: false,
     };
     Ok(Workload::start(targets, cfg.writers, cfg.readers, 0, 50))
 }

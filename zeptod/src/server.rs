@@ -172,8 +172,11 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         }
     }
     state.set_draining();
-    let _ = shutdown_tx.send(true);
     drop(listener);
+    // In-flight requests finish with the cluster machinery still running: a write routed
+    // to a partition's new primary, or waiting for its replica, needs this node's peer
+    // server (raft messages: the new map), heartbeats and replication. Stopping them first
+    // held such a request until its bound (10 s at the default heartbeat).
     let drain = cfg.shutdown_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -181,6 +184,7 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     {
         tracing::warn!(timeout = ?drain, "in-flight requests did not finish in time; cutting them");
     }
+    let _ = shutdown_tx.send(true);
     if let Some(e) = fatal {
         return Err(e);
     }

@@ -100,6 +100,7 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
         api_key: Some(ADMIN_KEY.into()),
         read_from: Some(read_from.clone()),
         ready: Some(ready.clone()),
+        writers_follow_ready: cfg.scenario != "split-brain",
     };
     let stop_map = Arc::new(AtomicBool::new(false));
     let refresher =
@@ -280,7 +281,9 @@ fn run_fault(
                 h.writes
                     .iter()
                     .filter(|op| op.node == victim_ix && op.invoked_ms >= m.fault_ms)
-                    .filter(|op| matches!(&op.outcome, Outcome::Failed(e) if e.contains("409")))
+                    .filter(
+                        |op| matches!(&op.outcome, Outcome::Failed(e) if e.starts_with("HTTP 409")),
+                    )
                     .map(|op| op.completed_ms)
                     .min()
             });

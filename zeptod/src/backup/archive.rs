@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::http::AppState;
 
 /// Most payload bytes read from the WAL per object.
-const OBJECT_BYTES: usize = 8 << 20;
+const OBJECT_BYTES: usize = 4 << 20;
 /// Partitions uploaded at the same time (object store requests are latency-bound).
 const PARALLEL_UPLOADS: usize = 16;
 /// Longest wait between retries after failures.

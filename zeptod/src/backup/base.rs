@@ -72,20 +72,24 @@ pub(crate) async fn upload_partitions(
     let mut parts = Vec::with_capacity(partitions.len());
     for &p in partitions {
         let n = node.clone();
-        let (export, pieces) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let e = n.storage().export_partition(p).map_err(storage_error)?;
-            let mut pieces = Vec::new();
-            for t in &e.tables {
-                for b in &t.batches {
-                    pieces.push((t.id, b.num_rows() as u64, format::encode_batch(b)?));
-                }
-            }
-            Ok((e, pieces))
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("backup export task failed: {e}")))??;
-        let uploads: Vec<Result<(ObjectRef, bool)>> = futures_util::stream::iter(
-            pieces.into_iter().map(|(table_id, rows, data)| async move {
+        // The export shares the engine's batches (RDB pieces, mapped HDB files): nothing is
+        // copied until a piece is encoded, and at most PARALLEL_UPLOADS pieces are encoded
+        // at a time, so memory stays bounded whatever the partition's size.
+        let export = tokio::task::spawn_blocking(move || n.storage().export_partition(p))
+            .await
+            .map_err(|e| Error::Internal(format!("backup export task failed: {e}")))?
+            .map_err(storage_error)?;
+        let pieces: Vec<(u32, arrow::record_batch::RecordBatch)> = export
+            .tables
+            .iter()
+            .flat_map(|t| t.batches.iter().map(move |b| (t.id, b.clone())))
+            .collect();
+        let uploads: Vec<Result<(ObjectRef, bool)>> =
+            futures_util::stream::iter(pieces.into_iter().map(|(table_id, batch)| async move {
+                let rows = batch.num_rows() as u64;
+                let data = tokio::task::spawn_blocking(move || format::encode_batch(&batch))
+                    .await
+                    .map_err(|e| Error::Internal(format!("backup encode task failed: {e}")))??;
                 let hash = format::hash_hex(&data);
                 let key = format::content_key(&hash);
                 let bytes = data.len() as u64;
@@ -101,11 +105,10 @@ pub(crate) async fn upload_partitions(
                     xxh3: hash,
                 };
                 Ok((o, fresh))
-            }),
-        )
-        .buffered(PARALLEL_UPLOADS)
-        .collect()
-        .await;
+            }))
+            .buffered(PARALLEL_UPLOADS)
+            .collect()
+            .await;
         let mut objects = Vec::with_capacity(uploads.len());
         for u in uploads {
             let (o, fresh) = u?;
@@ -118,7 +121,7 @@ pub(crate) async fn upload_partitions(
             stats.rows += o.rows;
             objects.push(o);
         }
-        tracing::debug!(
+        tracing::info!(
             partition = p,
             next_seq = export.next_seq,
             objects = objects.len(),

@@ -376,7 +376,10 @@ fn bad_locations() {
         &creds,
     );
     assert!(!ok);
-    assert!(err.contains("s3://b/p") && err.contains("list"), "{err}");
+    assert!(
+        err.contains("s3://b/p") && err.contains("list") && err.contains("unreachable"),
+        "{err}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 
     let (ok, _, err) = tool(&["backup", "list", "--from", "ftp://x/y"], &[]);
@@ -451,11 +454,33 @@ fn bad_locations() {
         );
         assert!(!ok);
         assert!(
-            err.contains("no-such-bucket") || err.contains("NoSuchBucket"),
+            err.contains("no-such-bucket") && err.contains("the bucket does not exist"),
             "{err}"
         );
     } else {
         println!("SKIPPED (missing bucket on S3): moto is not installed");
+    }
+    // Credentials the store does not know.
+    if let Ok(moto) = Moto::start_with(true) {
+        let (ok, _, err) = tool(
+            &[
+                "backup",
+                "list",
+                "--from",
+                "s3://some-bucket/p",
+                "--s3-endpoint",
+                &moto.endpoint(),
+            ],
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG"),
+                ("AWS_SECRET_ACCESS_KEY", "wrong"),
+                ("AWS_REGION", "us-east-1"),
+            ],
+        );
+        assert!(!ok);
+        assert!(err.contains("refused the credentials"), "{err}");
+    } else {
+        println!("SKIPPED (wrong credentials on S3): moto is not installed");
     }
     let got: BTreeSet<u64> = ids(&s).into_iter().collect();
     assert_eq!(got.len(), 200);

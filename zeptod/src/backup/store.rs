@@ -141,7 +141,7 @@ impl Store {
             }
             _ => "",
         };
-        let mut msg = format!("{verb} {key} at {}: {e}{hint}", self.url);
+        let mut msg = format!("{verb} {key} at {}: {e}", self.url);
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
             let t = s.to_string();
@@ -150,6 +150,33 @@ impl Store {
             }
             src = s.source();
         }
+        // Most stores' refusals come back as generic HTTP errors: say what they mean.
+        let said = |needles: &[&str]| needles.iter().any(|n| msg.contains(n));
+        let hint = if !hint.is_empty() {
+            hint
+        } else if said(&[
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403 Forbidden",
+            "401 Unauthorized",
+            "AuthenticationFailed",
+        ]) {
+            " (the store refused the credentials: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_*, AZURE_*)"
+        } else if said(&["NoSuchBucket", "ContainerNotFound", "bucket does not exist"]) {
+            " (the bucket does not exist)"
+        } else if said(&[
+            "error sending request",
+            "Connection refused",
+            "dns error",
+            "timed out",
+            "connect",
+        ]) {
+            " (the endpoint is unreachable: check the URL, --s3-endpoint and the network)"
+        } else {
+            ""
+        };
+        msg.push_str(hint);
         Error::Backup(msg)
     }
 

@@ -19,12 +19,22 @@ pub(crate) struct Moto {
 impl Moto {
     /// Start moto, or `Err(reason)` when it is not installed.
     pub(crate) fn start() -> Result<Moto, String> {
+        Moto::start_with(false)
+    }
+
+    /// With `check_credentials`, moto refuses keys its IAM does not know (every key).
+    pub(crate) fn start_with(check_credentials: bool) -> Result<Moto, String> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
         let p = port.to_string();
-        let spawn = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        let spawn = |cmd: &mut Command| {
+            if check_credentials {
+                cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
+            }
+            cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+        };
         let child = match spawn(Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &p])) {
             Ok(c) => c,
             Err(_) => {

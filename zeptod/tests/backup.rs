@@ -219,6 +219,38 @@ fn round_trip(loc: &Location) {
     let (ok, out, _) = tool(&list, &env);
     assert!(ok);
     assert_eq!(out.matches("created").count(), 1, "{out}");
+    if let Some(bucket) = &loc.dir {
+        // What is left is exactly what the kept backup and the archive after it need (an
+        // archived object that reaches past the kept cut stays whole).
+        let manifests = walk(&bucket.join("backups"));
+        assert_eq!(manifests.len(), 1, "{manifests:?}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifests[0]).unwrap()).unwrap();
+        let named: BTreeSet<String> = m["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["objects"].as_array().unwrap().iter())
+            .map(|o| o["key"].as_str().unwrap().to_string())
+            .collect();
+        let left: BTreeSet<String> = walk(&bucket.join("objects"))
+            .iter()
+            .map(|p| p.strip_prefix(bucket).unwrap().display().to_string())
+            .collect();
+        assert_eq!(left, named);
+        for w in walk(&bucket.join("wal")) {
+            let name = w.file_name().unwrap().to_str().unwrap().to_string();
+            let partition: usize = w.parent().unwrap().file_name().unwrap().to_str().unwrap()[1..]
+                .parse()
+                .unwrap();
+            let end: u64 = name.split('-').nth(1).unwrap().parse().unwrap();
+            let cut = m["parts"][partition]["next_seq"].as_u64().unwrap();
+            assert!(
+                end > cut,
+                "{name} is older than the kept backup's cut {cut}"
+            );
+        }
+    }
     let again = dir.path().join("again");
     let (ok, _, err) = tool(
         &restore_args(loc, &["--data-dir", again.to_str().unwrap()]),

@@ -18,7 +18,11 @@ use crate::error::{Error, Result};
 
 /// zeptod backup: take a base backup through a running server, list or prune backups.
 #[derive(Debug, Parser)]
-#[command(name = "zeptod backup", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "zeptod backup",
+    bin_name = "zeptod backup",
+    args_conflicts_with_subcommands = true
+)]
 struct BackupCli {
     #[command(subcommand)]
     action: Option<BackupAction>,
@@ -69,7 +73,7 @@ enum BackupAction {
 /// zeptod restore: restore a backup (plus archived WAL) into an empty data directory or
 /// into a running server (or cluster) that has no tables yet.
 #[derive(Debug, Parser)]
-#[command(name = "zeptod restore")]
+#[command(name = "zeptod restore", bin_name = "zeptod restore")]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["data_dir", "to_server"])))]
 struct RestoreCli {
     /// The backup location.

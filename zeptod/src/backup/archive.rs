@@ -260,6 +260,17 @@ async fn archive_partition(
             break;
         };
         let (start, end) = (first.seq, last.seq + 1);
+        if start > next {
+            // The log starts later than the archive ends (e.g. this copy came whole from
+            // another node): the records in between are not in the location.
+            status.gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                partition = p,
+                archived_until = next,
+                log_from = start,
+                "the archive has a gap until the next base backup (POST /admin/backup)"
+            );
+        }
         let epoch = records.iter().map(|r| r.epoch).max().unwrap_or(0);
         let data = format::encode_wal(p, &records);
         let key = format::wal_key(p, start, end, epoch, chrono::Utc::now().timestamp_millis());

@@ -323,6 +323,14 @@ class TestSafety(Base):
         c = cj["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
         self.assertEqual(c["args"][0], "backup")
         self.assertIn("--to=s3://your-zeptodb-backups/backups/", c["args"])
+        self.assertTrue(any(a.startswith("--server=http://") for a in c["args"]), c["args"])
+        self.assertIn("ZEPTO_ADMIN_KEY", [e["name"] for e in c["env"]])
+        # Continuous WAL archiving on every pod (ADR 0011).
+        pod = one(self.all, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+        self.assertIn("--archive-url=s3://your-zeptodb-backups/backups/", pod["args"])
+        self.assertIn("--archive-interval=5s", pod["args"])
+        default_pod = one(self.default, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+        self.assertFalse(any(a.startswith("--archive-url") for a in default_pod["args"]))
 
     def test_optional_features_off_by_default(self):
         self.assertEqual(kinds(self.default),

@@ -48,3 +48,27 @@ pub use ingest::{partition_for, CommittedRecord, ReplicatedRecord, WriteReceipt,
 pub use scan::{ChunkSource, ScanChunk, ScanRequest, ScanStats, TableScan, TimeRange};
 pub use schema::{ColumnDef, ColumnType, TableSchema};
 pub use wal::WalPosition;
+
+/// The table id of a WAL record payload ([`ReplicatedRecord::payload`]), without decoding
+/// it; `None` when it is not a rows payload.
+pub fn payload_table_id(payload: &[u8]) -> Option<u32> {
+    codec::payload_table_id(payload)
+}
+
+/// Decode a WAL record payload ([`ReplicatedRecord::payload`], e.g. from a WAL archive)
+/// into its rows, in the Arrow schema of `schema` (the table the payload's id names).
+/// Corrupt or mismatched input is [`Error::Corrupt`] naming `what`, never a panic.
+pub fn decode_payload(
+    payload: &[u8],
+    schema: &TableSchema,
+    what: &str,
+) -> Result<arrow::record_batch::RecordBatch> {
+    let types: Vec<ColumnType> = schema.columns.iter().map(|c| c.ty).collect();
+    codec::decode_rows(payload, &types, &schema.arrow_schema())
+        .map(|(_, b)| b)
+        .map_err(|reason| Error::Corrupt {
+            path: what.into(),
+            offset: 0,
+            reason,
+        })
+}

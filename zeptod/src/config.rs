@@ -52,7 +52,9 @@ pub(crate) enum LogFormat {
                   --node-id and --cluster-secret-file; a 3-node example on one machine: \
                   `zeptod --node-id 1 --http-addr 127.0.0.1:8123 --grpc-addr 127.0.0.1:9124 \
                   --peers 1=127.0.0.1:9124,2=127.0.0.1:9125,3=127.0.0.1:9126 \
-                  --cluster-secret-file secret --data-dir d1` and likewise for nodes 2 and 3."
+                  --cluster-secret-file secret --data-dir d1` and likewise for nodes 2 and 3. \
+                  Backups (ADR 0011): `zeptod backup --help`, `zeptod backup list --help`, \
+                  `zeptod backup prune --help`, `zeptod restore --help`."
 )]
 struct Cli {
     /// TOML file with any of the settings below (keys as the flag names with '_' for '-').
@@ -147,6 +149,20 @@ struct Cli {
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 
+    /// Continuous WAL archiving (ADR 0011): upload the WAL records of every partition this
+    /// node is primary for to this location (`s3://bucket/prefix`, `gs://...`, `az://...`,
+    /// `file:///dir`) at least every --archive-interval. Also where `POST /admin/backup`
+    /// writes when its request names no location.
+    #[arg(long, env = "ZEPTO_ARCHIVE_URL")]
+    archive_url: Option<String>,
+
+    /// Longest time between two archive uploads (the recovery point of a restore).
+    #[arg(long, env = "ZEPTO_ARCHIVE_INTERVAL", default_value = "5s")]
+    archive_interval: String,
+
+    #[command(flatten)]
+    store: crate::backup::store::StoreArgs,
+
     /// Log format: `text` or `json` (one JSON object per line), written to stderr.
     #[arg(long, env = "ZEPTO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -194,6 +210,11 @@ struct FileConfig {
     insecure_cluster: Option<bool>,
     accept_proxied_peers: Option<bool>,
     replace_after: Option<String>,
+    // Backups (see `crate::backup`).
+    archive_url: Option<String>,
+    archive_interval: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
 }
 
 /// The validated runtime configuration.
@@ -221,6 +242,9 @@ pub(crate) struct Config {
     pub(crate) log_level: String,
     /// Set in cluster mode (`--peers` given); `None` is the single node.
     pub(crate) cluster: Option<ClusterConfig>,
+    pub(crate) archive_url: Option<String>,
+    pub(crate) archive_interval: Duration,
+    pub(crate) store: crate::backup::store::StoreArgs,
 }
 
 impl Config {
@@ -327,6 +351,24 @@ impl Config {
             replace_after: file.replace_after,
         };
         let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
+        let archive_interval = parse_duration(
+            "archive_interval",
+            &pick(
+                explicit("archive_interval"),
+                cli.archive_interval,
+                file.archive_interval,
+            ),
+        )?;
+        let mut store = cli.store;
+        if !explicit("s3_endpoint") {
+            store.s3_endpoint = file.s3_endpoint.or(store.s3_endpoint);
+        }
+        if !explicit("s3_region") {
+            store.s3_region = file.s3_region.or(store.s3_region);
+        }
+        if archive_interval.is_zero() {
+            return Err(Error::Config("archive_interval must be more than 0".into()));
+        }
         // `--ack` has no clap default (it depends on the mode): given > file > mode default.
         let ack = cli.ack.or(file.ack).unwrap_or(if cluster.is_some() {
             AckPolicy::Replicated
@@ -379,6 +421,13 @@ impl Config {
             log_format: pick(explicit("log_format"), cli.log_format, file.log_format),
             log_level: pick(explicit("log_level"), cli.log_level, file.log_level),
             cluster,
+            archive_url: if explicit("archive_url") {
+                cli.archive_url
+            } else {
+                file.archive_url.or(cli.archive_url)
+            },
+            archive_interval,
+            store,
         };
         cfg.validate()?;
         let mut cfg = cfg;
@@ -433,6 +482,11 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("read config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+}
+
+/// [`parse_duration`] for clap value parsers.
+pub(crate) fn parse_duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    parse_duration("duration", s).map_err(|e| e.to_string())
 }
 
 /// Parse `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.

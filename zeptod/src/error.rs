@@ -48,6 +48,10 @@ pub(crate) enum Error {
     /// A bug or an I/O failure on the server.
     #[error("{0}")]
     Internal(String),
+    /// The backup location (object store) failed or holds something unusable: unreachable,
+    /// refused credentials, no such bucket, a missing or corrupt object (named).
+    #[error("{0}")]
+    Backup(String),
     /// Invalid configuration at startup.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -82,6 +86,7 @@ impl Error {
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
             Error::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "TIMEOUT"),
+            Error::Backup(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             Error::Internal(_) | Error::Config(_) | Error::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
             }

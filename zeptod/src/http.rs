@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     pub(crate) cfg: Config,
     pub(crate) auth: Auth,
     pub(crate) metrics: Metrics,
+    /// Base backups and WAL archiving (ADR 0011).
+    pub(crate) backups: crate::backup::Backups,
     node: OnceLock<Arc<Node>>,
     /// Set in cluster mode.
     cluster: OnceLock<Arc<Cluster>>,
@@ -69,6 +71,7 @@ impl AppState {
             cfg,
             auth,
             metrics: Metrics::default(),
+            backups: crate::backup::Backups::default(),
             node: OnceLock::new(),
             cluster: OnceLock::new(),
             phase: AtomicU8::new(STARTING),
@@ -79,6 +82,11 @@ impl AppState {
     /// Cluster mode: this node's cluster handle.
     pub(crate) fn set_cluster(&self, cluster: Arc<Cluster>) {
         let _ = self.cluster.set(cluster);
+    }
+
+    /// Cluster mode: this node's cluster handle.
+    pub(crate) fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.get().cloned()
     }
 
     /// The database finished opening.
@@ -135,6 +143,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/admin/snapshot", post(admin_snapshot))
         .route("/admin/drain", post(admin_drain))
         .route("/admin/cluster", get(admin_cluster))
+        .route(
+            "/admin/backup",
+            get(crate::backup::http_status).post(crate::backup::http_backup),
+        )
+        .route(
+            "/admin/backup/partitions",
+            post(crate::backup::http_backup_partitions),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -658,6 +674,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(c) = state.cluster.get() {
         text.push_str(&c.metrics_text());
     }
+    text.push_str(&state.backups.metrics_text());
     let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -717,6 +734,7 @@ async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -
             obj.insert("ready".into(), c.readiness().is_ok().into());
             obj.insert("local_partitions".into(), c.local_partitions());
             obj.insert("full_copies_sent".into(), c.full_copies_sent().into());
+            obj.insert("backup".into(), state.backups.to_json());
             obj.insert(
                 "ready_reason".into(),
                 c.readiness()
@@ -732,6 +750,9 @@ async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -
         DRAINING => "draining",
         _ => "starting",
     };
-    let view = node.cluster_view(&state.cfg, phase, state.started.elapsed());
+    let mut view = node.cluster_view(&state.cfg, phase, state.started.elapsed());
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert("backup".into(), state.backups.to_json());
+    }
     Ok(json_response(StatusCode::OK, view))
 }

@@ -13,6 +13,7 @@
 //! calls the engines.
 
 mod auth;
+mod backup;
 mod cluster;
 mod config;
 mod db;
@@ -26,6 +27,12 @@ mod sql_text;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // TLS to object stores (backups) uses rustls with ring; installed once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.first().map(String::as_str), Some("backup" | "restore")) {
+        return backup::cli::main(args);
+    }
     let cfg = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {

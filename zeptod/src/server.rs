@@ -99,6 +99,19 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         });
     }
 
+    let archiver = match &cfg.archive_url {
+        Some(url) => {
+            let store = crate::backup::store::Store::open(url, &cfg.store)?;
+            Some(tokio::spawn(crate::backup::archive::run(
+                state.clone(),
+                store,
+                cfg.archive_interval,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let router = http::router(state.clone());
     let graceful = GracefulShutdown::new();
     let signal = shutdown_signal();
@@ -187,6 +200,12 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     let _ = shutdown_tx.send(true);
     if let Some(e) = fatal {
         return Err(e);
+    }
+    if let Some(a) = archiver {
+        // Its last round uploads what the final writes added (bounded: it gives up on errors).
+        if tokio::time::timeout(cfg.shutdown_timeout, a).await.is_err() {
+            tracing::warn!("the WAL archive's last upload did not finish in time");
+        }
     }
     if let Some(node) = state.node_for_close() {
         tracing::info!("final checkpoint");

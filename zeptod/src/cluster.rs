@@ -24,6 +24,7 @@ pub(crate) mod dataplane;
 pub(crate) mod ddl;
 pub(crate) mod driver;
 pub(crate) mod query;
+pub(crate) mod rebalance;
 pub(crate) mod replicate;
 pub(crate) mod route;
 
@@ -58,6 +59,10 @@ pub(crate) struct Cluster {
     partitions: u32,
     data: Arc<dataplane::DataPlane>,
     shutdown: watch::Receiver<bool>,
+    rebalancer: rebalance::Rebalancer,
+    /// Set once `/ready` answered 200 in this process: from then on a replica falling out
+    /// of sync (lag) does not make the node unready again.
+    was_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Bind the gRPC listener (printing `zeptod listening on grpc=ADDR`), start the peer clients,
@@ -111,6 +116,7 @@ pub(crate) async fn start(
         cluster.timings,
         cfg.ack,
     );
+    data.set_bandwidth(cluster.migration_bandwidth);
     let svc = PeerService::new(
         cluster.node_id,
         cluster.peers.clone(),
@@ -149,6 +155,8 @@ pub(crate) async fn start(
         partitions: cfg.partitions,
         data,
         shutdown: shutdown.clone(),
+        rebalancer: rebalance::Rebalancer::default(),
+        was_ready: std::sync::atomic::AtomicBool::new(false),
     });
     // The HTTP address peers and /admin/cluster show: the advertised host, the bound port.
     let host = cluster
@@ -419,6 +427,37 @@ impl Cluster {
             "WAL records of a partition led here that its replica has not confirmed.",
             &lag,
         );
+        let migrating = v
+            .state
+            .partitions
+            .iter()
+            .filter(|p| p.replica.is_some_and(|r| !p.in_sync.contains(&r)))
+            .count() as u64;
+        gauge(
+            "zepto_cluster_migrations_running",
+            "Partitions whose replica is being copied or caught up (not in sync yet).",
+            &[(String::new(), migrating)],
+        );
+        let balanced = matches!(
+            zepto_cluster::rebalance::plan(&v.state),
+            zepto_cluster::rebalance::Plan::Balanced
+        );
+        gauge(
+            "zepto_cluster_balanced",
+            "1 when the rebalancer has nothing left to move.",
+            &[(String::new(), u64::from(balanced))],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP zepto_cluster_migration_bytes_sent_total Bytes of whole-partition copies sent from this node.\n\
+             # TYPE zepto_cluster_migration_bytes_sent_total counter\n\
+             zepto_cluster_migration_bytes_sent_total {}\n\
+             # HELP zepto_cluster_rebalance_moves_total Rebalancer moves committed by this node.\n\
+             # TYPE zepto_cluster_rebalance_moves_total counter\n\
+             zepto_cluster_rebalance_moves_total {}",
+            self.data.copy_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            self.rebalancer.moves.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP zepto_cluster_full_copies_sent_total Whole-partition copies sent to replicas.\n\
@@ -450,6 +489,7 @@ impl Cluster {
         self.data.set_node(node.clone(), self.shutdown.clone());
         let _ = self.events.send(Event::DbOpen(node)).await;
         tokio::spawn(insync_loop(self.clone(), self.shutdown.clone()));
+        tokio::spawn(rebalance::run(self.clone(), self.shutdown.clone()));
     }
 
     /// Write rows through the cluster: each partition's rows on its primary, acknowledged
@@ -591,13 +631,57 @@ impl Cluster {
             ));
         }
         match v.state.partitions.len() {
-            0 => Err("the partition map is not created yet (every voter must register)".into()),
-            n if n != self.partitions as usize => Err(format!(
-                "the cluster has {n} partitions, this node was started with --partitions {}",
-                self.partitions
-            )),
-            _ => Ok(()),
+            0 => {
+                return Err(
+                    "the partition map is not created yet (every voter must register)".into(),
+                )
+            }
+            n if n != self.partitions as usize => {
+                return Err(format!(
+                    "the cluster has {n} partitions, this node was started with --partitions {}",
+                    self.partitions
+                ))
+            }
+            _ => {}
         }
+        // A joining node (new, or back from the dead) serves only once it holds complete
+        // copies of everything assigned to it (ADR 0012): no query or write reaches an
+        // incomplete copy through it being ready. Checked until the first time it is ready;
+        // a replica that lags later is handled by the in-sync set, not by readiness. A
+        // partition whose primary cannot serve cannot catch anyone up and does not count.
+        use std::sync::atomic::Ordering;
+        if !self.was_ready.load(Ordering::Acquire) {
+            let me = self.cfg.node_id;
+            if let Some(n) = v.state.nodes.get(&me) {
+                if n.state == zepto_cluster::NodeState::Joining {
+                    return Err(format!(
+                        "JOINING: catching up partitions {:?}",
+                        v.state
+                            .partitions
+                            .iter()
+                            .filter(|p| p.replica == Some(me) && !p.in_sync.contains(&me))
+                            .map(|p| p.id)
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+            let serving = |id: NodeId| v.state.nodes.get(&id).is_some_and(|n| n.state.can_serve());
+            let incomplete: Vec<u32> = v
+                .state
+                .partitions
+                .iter()
+                .filter(|p| p.primary == me || p.replica == Some(me))
+                .filter(|p| !p.in_sync.contains(&me) && serving(p.primary))
+                .map(|p| p.id)
+                .collect();
+            if !incomplete.is_empty() {
+                return Err(format!(
+                    "no complete copy yet of partitions {incomplete:?} (copying / catching up)"
+                ));
+            }
+            self.was_ready.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The `/admin/cluster` JSON, built by the driver (it holds the heartbeat ages).
@@ -781,6 +865,23 @@ async fn register(
             let _ = fatal.send(e).await;
             return;
         }
+        // A data node (not in --peers) learns of the leader only once it is a raft learner,
+        // and becomes one only once it registered: it asks the voters in turn (the leader
+        // takes it; the others answer "not the leader"). ADR 0012.
+        if !cluster.cfg.is_voter() && view.borrow().leader.is_none() {
+            if join_through_voters(&cluster, &cmd).await {
+                tracing::info!(
+                    node = me,
+                    "join request committed; waiting for the metadata"
+                );
+            }
+            tokio::select! {
+                _ = view.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(cluster.cfg.timings.election_timeout()) => {}
+            }
+            continue;
+        }
         // Only once a leader is known; otherwise wait for the election.
         if view.borrow().leader.is_some() {
             match cluster.propose(&cmd).await {
@@ -802,6 +903,28 @@ async fn register(
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Ask each `--peers` voter in turn to commit `cmd` (this data node's `AddNode`); `true` once
+/// one (the leader) committed it, or it was already committed.
+async fn join_through_voters(cluster: &Cluster, cmd: &Command) -> bool {
+    for &voter in cluster.cfg.peers.keys() {
+        let Some(client) = cluster.peers.get(voter) else {
+            continue;
+        };
+        match client.propose_meta(cmd.encode()).await {
+            Ok(r) if r.rejected_kind.is_empty() || r.rejected_kind == "NODE_ID_IN_USE" => {
+                return true
+            }
+            Ok(r) => {
+                tracing::error!(voter, reason = %r.rejected, "join refused");
+            }
+            Err(e) => {
+                tracing::debug!(voter, error = %e.message(), "join request not taken; trying the next voter");
+            }
+        }
+    }
+    false
 }
 
 /// Heartbeat the metadata leader every `--heartbeat-interval` (ourselves included, through

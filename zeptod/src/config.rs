@@ -194,6 +194,7 @@ struct FileConfig {
     insecure_cluster: Option<bool>,
     accept_proxied_peers: Option<bool>,
     replace_after: Option<String>,
+    migration_bandwidth: Option<u64>,
 }
 
 /// The validated runtime configuration.
@@ -325,6 +326,7 @@ impl Config {
             insecure_cluster: file.insecure_cluster,
             accept_proxied_peers: file.accept_proxied_peers,
             replace_after: file.replace_after,
+            migration_bandwidth: file.migration_bandwidth,
         };
         let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
         // `--ack` has no clap default (it depends on the mode): given > file > mode default.

@@ -514,7 +514,7 @@ async fn run_on(
             .await
             .map_err(classify_local);
     }
-    let Some(client) = dp.peers.get(to).cloned() else {
+    let Some(client) = dp.peers.get(to) else {
         return Err(Failure::Retry(format!("node {to} is not a known peer")));
     };
     let req = QueryRequest {

@@ -37,6 +37,30 @@ pub const DECOMMISSION_REQUESTED: &str = "requested";
 /// `decommission.<id>` once the node was removed.
 pub const DECOMMISSION_REMOVED: &str = "removed";
 
+/// The settings key prefix a node sets (to a reason) while its free disk is below
+/// `--min-free-disk`, and clears (empty value) when it is back above: the rebalancer moves
+/// nothing to such a node, nor to a node that has not reported yet (a node that just
+/// joined), so a full disk is known before the first copy is planned.
+pub const DISK_LOW_PREFIX: &str = "disk_low.";
+
+/// The settings key of a node's low-disk report.
+pub fn disk_low_key(node: NodeId) -> String {
+    format!("{DISK_LOW_PREFIX}{node}")
+}
+
+/// Members that reported too little free disk, with their reason.
+pub fn disk_low(state: &ClusterState) -> BTreeMap<NodeId, String> {
+    state
+        .settings
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .filter_map(|(k, v)| {
+            let id: NodeId = k.strip_prefix(DISK_LOW_PREFIX)?.parse().ok()?;
+            state.nodes.contains_key(&id).then(|| (id, v.clone()))
+        })
+        .collect()
+}
+
 /// The settings key of a node's decommission.
 pub fn decommission_key(node: NodeId) -> String {
     format!("{DECOMMISSION_PREFIX}{node}")
@@ -154,12 +178,15 @@ pub fn plan(state: &ClusterState) -> Plan {
         ));
     }
     let leaving = leaving(state);
-    // Nodes that may receive copies, and those that may lead.
+    let full = disk_low(state);
+    // Nodes that may receive copies, and those that may lead (a node short of disk is
+    // neither: it keeps what it holds, and the others are balanced among themselves).
     let hosts: Vec<NodeId> = state
         .nodes
         .values()
         .filter(|n| matches!(n.state, NodeState::Active | NodeState::Joining))
-        .filter(|n| !leaving.contains(&n.id))
+        .filter(|n| !leaving.contains(&n.id) && !full.contains_key(&n.id))
+        .filter(|n| state.settings.contains_key(&disk_low_key(n.id)))
         .map(|n| n.id)
         .collect();
     let serving = |id: NodeId| {
@@ -330,10 +357,11 @@ pub fn decommission_refusal(
         ));
     }
     let leaving = leaving(state);
+    let full = disk_low(state);
     let remaining = state
         .nodes
         .values()
-        .filter(|m| m.id != node && !leaving.contains(&m.id))
+        .filter(|m| m.id != node && !leaving.contains(&m.id) && !full.contains_key(&m.id))
         .filter(|m| matches!(m.state, NodeState::Active | NodeState::Joining))
         .count();
     let held = state.partitions_of(node);
@@ -346,7 +374,8 @@ pub fn decommission_refusal(
     if !held.is_empty() && remaining < rf {
         return Some(format!(
             "decommissioning node {node} would drop below the replication factor {rf}: only \
-             {remaining} other node(s) could hold copies"
+             {remaining} other node(s) could hold copies (nodes short of disk: {:?})",
+            full.keys().collect::<Vec<_>>()
         ));
     }
     let sole: Vec<PartitionId> = state

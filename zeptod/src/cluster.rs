@@ -60,6 +60,9 @@ pub(crate) struct Cluster {
     data: Arc<dataplane::DataPlane>,
     shutdown: watch::Receiver<bool>,
     rebalancer: rebalance::Rebalancer,
+    /// The data directory (its filesystem's free space is checked against
+    /// `--min-free-disk`).
+    data_dir: std::path::PathBuf,
     /// Set once `/ready` answered 200 in this process: from then on a replica falling out
     /// of sync (lag) does not make the node unready again.
     was_ready: std::sync::atomic::AtomicBool,
@@ -156,6 +159,7 @@ pub(crate) async fn start(
         data,
         shutdown: shutdown.clone(),
         rebalancer: rebalance::Rebalancer::default(),
+        data_dir: cfg.data_dir.clone(),
         was_ready: std::sync::atomic::AtomicBool::new(false),
     });
     // The HTTP address peers and /admin/cluster show: the advertised host, the bound port.

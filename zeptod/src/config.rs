@@ -195,6 +195,7 @@ struct FileConfig {
     accept_proxied_peers: Option<bool>,
     replace_after: Option<String>,
     migration_bandwidth: Option<u64>,
+    min_free_disk: Option<u64>,
 }
 
 /// The validated runtime configuration.
@@ -327,6 +328,7 @@ impl Config {
             accept_proxied_peers: file.accept_proxied_peers,
             replace_after: file.replace_after,
             migration_bandwidth: file.migration_bandwidth,
+            min_free_disk: file.min_free_disk,
         };
         let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
         // `--ack` has no clap default (it depends on the mode): given > file > mode default.

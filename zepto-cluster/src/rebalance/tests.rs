@@ -4,6 +4,11 @@ use crate::placement;
 fn cluster(nodes: &[NodeId], partitions: u32) -> ClusterState {
     let mut s = ClusterState::default();
     for &id in nodes {
+        s.apply(&Command::SetSetting {
+            key: disk_low_key(id),
+            value: String::new(),
+        })
+        .unwrap();
         s.apply(&Command::AddNode {
             id,
             http_addr: String::new(),
@@ -24,6 +29,11 @@ fn cluster(nodes: &[NodeId], partitions: u32) -> ClusterState {
 }
 
 fn join(s: &mut ClusterState, id: NodeId) {
+    s.apply(&Command::SetSetting {
+        key: disk_low_key(id),
+        value: String::new(),
+    })
+    .unwrap();
     s.apply(&Command::AddNode {
         id,
         http_addr: String::new(),
@@ -173,4 +183,34 @@ fn decommission_refusals_name_the_reason() {
     .unwrap();
     let r = decommission_refusal(&lone, 7, &voters, 2).unwrap();
     assert!(r.contains("last copy holder"), "{r}");
+}
+
+#[test]
+fn nothing_moves_to_a_node_that_has_not_reported_its_disk() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    s.settings.remove(&disk_low_key(4));
+    assert_eq!(plan(&s), Plan::Balanced);
+}
+
+#[test]
+fn nothing_moves_to_a_node_short_of_disk() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    s.apply(&Command::SetSetting {
+        key: disk_low_key(4),
+        value: "free 1 MiB < --min-free-disk 64 MiB".into(),
+    })
+    .unwrap();
+    assert_eq!(disk_low(&s).len(), 1);
+    assert_eq!(plan(&s), Plan::Balanced);
+    assert!(s.partitions_of(4).is_empty());
+    // Cleared: it receives its share.
+    s.apply(&Command::SetSetting {
+        key: disk_low_key(4),
+        value: String::new(),
+    })
+    .unwrap();
+    run(&mut s);
+    assert!(!s.partitions_of(4).is_empty());
 }

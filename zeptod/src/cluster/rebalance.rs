@@ -38,6 +38,8 @@ pub(crate) struct Rebalancer {
     refusals: Mutex<Vec<serde_json::Value>>,
     /// The last handoff failure.
     last_error: Mutex<Option<String>>,
+    /// The last disk report proposed, and when.
+    disk_reported: Mutex<Option<(String, Instant)>>,
     started: std::sync::OnceLock<Instant>,
 }
 
@@ -57,7 +59,11 @@ impl Rebalancer {
 
     /// Whether `key` should be proposed now (not proposed within `retry`).
     fn due(&self, key: &str, retry: Duration) -> bool {
-        let mut p = self.proposed.lock();
+        Self::due_in(&self.proposed, key, retry)
+    }
+
+    fn due_in(slot: &Mutex<Option<(String, Instant)>>, key: &str, retry: Duration) -> bool {
+        let mut p = slot.lock();
         let due = match p.as_ref() {
             Some((k, at)) if k == key => at.elapsed() >= retry,
             _ => true,
@@ -89,6 +95,7 @@ pub(crate) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
             continue;
         }
         let leading = v.leader == Some(me);
+        report_disk(&cluster, &v.state).await;
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
             for (p, progress) in cluster.data.copies.lock().iter() {
@@ -139,6 +146,68 @@ pub(crate) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
         if leading {
             finish_decommissions(&cluster, &v.state).await;
         }
+    }
+}
+
+/// Free bytes (for unprivileged users) on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `st` is a valid out pointer.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
+/// Report in the metadata (`disk_low.<id>`) when this node's free disk falls below
+/// `--min-free-disk` or recovers, so the rebalancer moves nothing to a node that cannot take
+/// it (and says why in `/admin/cluster`).
+async fn report_disk(cluster: &Cluster, state: &zepto_cluster::ClusterState) {
+    let min = cluster.cfg.min_free_disk;
+    let me = cluster.cfg.node_id;
+    let want = if min == 0 {
+        String::new()
+    } else {
+        match free_bytes(&cluster.data_dir) {
+            Ok(free) if free < min => format!(
+                "node {me} has {free} bytes free on {}, below --min-free-disk {min}: no \
+                 migration to it",
+                cluster.data_dir.display()
+            ),
+            Ok(_) => String::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the free disk space");
+                return;
+            }
+        }
+    };
+    let key = rebalance::disk_low_key(me);
+    // Reported once (a node that never reported is no migration target), then on every
+    // change of state (the byte count in the reason is from its start).
+    if let Some(have) = state.settings.get(&key) {
+        if have.is_empty() == want.is_empty() {
+            return;
+        }
+    }
+    let retry = cluster.cfg.timings.metadata_change_timeout();
+    let key_now = format!("disk low: {}", !want.is_empty());
+    if !Rebalancer::due_in(&cluster.rebalancer.disk_reported, &key_now, retry) {
+        return;
+    }
+    if want.is_empty() {
+        tracing::info!("free disk is above --min-free-disk again: migrations to this node allowed");
+    } else {
+        tracing::warn!(reason = %want, "free disk is below --min-free-disk: refusing migrations to this node");
+    }
+    let cmd = Command::SetSetting { key, value: want };
+    if let Err(e) = cluster.propose(&cmd).await {
+        tracing::warn!(error = %e, "disk report not committed");
     }
 }
 
@@ -267,6 +336,8 @@ impl Cluster {
                 "decommission of node {node} refused: {why}"
             )));
         }
+        // So that asking again through this node reports the progress.
+        self.wait_applied(o.index).await?;
         tracing::info!(node, "decommission started");
         Ok((
             true,
@@ -336,6 +407,10 @@ impl Cluster {
         };
         serde_json::json!({
             "plan": plan,
+            "refused_targets": rebalance::disk_low(&state)
+                .into_iter()
+                .map(|(id, why)| (id.to_string(), serde_json::Value::from(why)))
+                .collect::<serde_json::Map<_, _>>(),
             "migrations": migrations,
             "decommissioning": status(rebalance::DECOMMISSION_REQUESTED),
             "decommissioned": status(rebalance::DECOMMISSION_REMOVED),

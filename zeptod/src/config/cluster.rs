@@ -94,6 +94,12 @@ pub(crate) struct ClusterArgs {
     /// ingest and queries of network and disk.
     #[arg(long, env = "ZEPTO_MIGRATION_BANDWIDTH", default_value_t = 0)]
     migration_bandwidth: u64,
+
+    /// Free bytes the data directory's filesystem must keep: below it this node reports
+    /// itself short of disk and the rebalancer moves no partition to it (the reason shows in
+    /// /admin/cluster `rebalance.refused_targets`). 0 = never refuse.
+    #[arg(long, env = "ZEPTO_MIN_FREE_DISK", default_value_t = 64 << 20)]
+    min_free_disk: u64,
 }
 
 /// The same settings from the TOML file.
@@ -113,6 +119,7 @@ pub(crate) struct FileClusterConfig {
     pub(crate) accept_proxied_peers: Option<bool>,
     pub(crate) replace_after: Option<String>,
     pub(crate) migration_bandwidth: Option<u64>,
+    pub(crate) min_free_disk: Option<u64>,
 }
 
 /// The validated cluster settings.
@@ -135,6 +142,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) replace_after: Option<Duration>,
     /// `--migration-bandwidth` in bytes/s (`None` = unlimited).
     pub(crate) migration_bandwidth: Option<u64>,
+    /// `--min-free-disk` in bytes (0 = never refuse).
+    pub(crate) min_free_disk: u64,
 }
 
 impl ClusterConfig {
@@ -272,6 +281,10 @@ pub(crate) fn resolve(
         _ => cli.migration_bandwidth,
     };
     let migration_bandwidth = (migration_bandwidth > 0).then_some(migration_bandwidth);
+    let min_free_disk = match file.min_free_disk {
+        Some(b) if !explicit("min_free_disk") => b,
+        _ => cli.min_free_disk,
+    };
     Ok(Some(ClusterConfig {
         node_id,
         grpc_addr,
@@ -283,6 +296,7 @@ pub(crate) fn resolve(
         accept_proxied_peers,
         replace_after,
         migration_bandwidth,
+        min_free_disk,
     }))
 }
 

@@ -456,10 +456,16 @@ impl Cluster {
             "# HELP zepto_cluster_migration_bytes_sent_total Bytes of whole-partition copies sent from this node.\n\
              # TYPE zepto_cluster_migration_bytes_sent_total counter\n\
              zepto_cluster_migration_bytes_sent_total {}\n\
+             # HELP zepto_cluster_catch_up_bytes_sent_total WAL bytes sent from this node to catch replicas up.\n\
+             # TYPE zepto_cluster_catch_up_bytes_sent_total counter\n\
+             zepto_cluster_catch_up_bytes_sent_total {}\n\
              # HELP zepto_cluster_rebalance_moves_total Rebalancer moves committed by this node.\n\
              # TYPE zepto_cluster_rebalance_moves_total counter\n\
              zepto_cluster_rebalance_moves_total {}",
             self.data.copy_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            self.data
+                .catch_up_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
             self.rebalancer.moves.load(std::sync::atomic::Ordering::Relaxed),
         );
         let _ = writeln!(

@@ -65,16 +65,16 @@ fn balanced(c: &Cluster, members: &[u64]) -> Option<BTreeMap<u64, (usize, usize)
     (spread(|c| c.0) <= 1 && spread(|c| c.1) <= 1).then_some(counts)
 }
 
-/// Bytes of whole copies sent, summed over the live nodes.
-fn copy_bytes(c: &Cluster) -> u64 {
-    c.live()
-        .iter()
-        .map(|&n| {
-            admin(c.node(n))["rebalance"]["copy_bytes_sent_here"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum()
+/// Bytes sent to bring copies up, summed over the live nodes: `(whole copies, WAL
+/// catch-ups)`.
+fn copy_bytes(c: &Cluster) -> (u64, u64) {
+    c.live().iter().fold((0, 0), |(copies, wal), &n| {
+        let r = &admin(c.node(n))["rebalance"];
+        (
+            copies + r["copy_bytes_sent_here"].as_u64().unwrap_or(0),
+            wal + r["catch_up_bytes_sent_here"].as_u64().unwrap_or(0),
+        )
+    })
 }
 
 /// One `SELECT count(*)` of the reader: its answer and the bounds the writers' history
@@ -179,7 +179,7 @@ fn scale_out_to_five_and_back_to_three_under_load_keeps_every_row_and_balances()
         assert!(p >= 1 && r >= 1, "node {id} got nothing: {counts:?}");
     }
     let out_bytes = copy_bytes(&c);
-    println!("scale-out 3 -> 5: balanced after {out_took:?}, placement {counts:?}, whole-copy bytes {out_bytes}");
+    println!("scale-out 3 -> 5: balanced after {out_took:?}, placement {counts:?}, (whole-copy, WAL catch-up) bytes {out_bytes:?}");
     let metrics = c.node(1).get("/metrics").text();
     assert!(metrics.contains("zepto_cluster_balanced 1"), "{metrics}");
     promtool_check(&metrics);
@@ -236,7 +236,7 @@ fn scale_out_to_five_and_back_to_three_under_load_keeps_every_row_and_balances()
         (200, "removed".into())
     );
     println!(
-        "scale-in 5 -> 3: balanced after {in_took:?}, placement {counts:?}, whole-copy bytes {}",
+        "scale-in 5 -> 3: balanced after {in_took:?}, placement {counts:?}, (whole-copy, WAL catch-up) bytes {:?} (voters, since start)",
         copy_bytes(&c)
     );
     for id in [4, 5] {
@@ -357,7 +357,7 @@ fn a_migration_interrupted_by_killing_its_target_or_source_restarts_and_loses_no
     });
     c.wait_ready();
     println!(
-        "balanced {:?} after the restarts, placement {counts:?}, whole-copy bytes since the last restart {}",
+        "balanced {:?} after the restarts, placement {counts:?}, (whole-copy, WAL catch-up) bytes since the last restarts {:?}",
         started.elapsed(),
         copy_bytes(&c)
     );

@@ -58,6 +58,8 @@ pub(crate) struct DataPlane {
     bandwidth: std::sync::atomic::AtomicU64,
     /// Bytes sent by whole-partition copies since start.
     pub(crate) copy_bytes: std::sync::atomic::AtomicU64,
+    /// WAL payload bytes sent to catch replicas up (not the live stream) since start.
+    pub(crate) catch_up_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +136,7 @@ impl DataPlane {
             copies: Mutex::new(std::collections::BTreeMap::new()),
             bandwidth: std::sync::atomic::AtomicU64::new(0),
             copy_bytes: std::sync::atomic::AtomicU64::new(0),
+            catch_up_bytes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

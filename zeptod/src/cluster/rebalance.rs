@@ -416,6 +416,7 @@ impl Cluster {
             "decommissioned": status(rebalance::DECOMMISSION_REMOVED),
             "moves_committed_here": self.rebalancer.moves.load(Ordering::Relaxed),
             "copy_bytes_sent_here": self.data.copy_bytes.load(Ordering::Relaxed),
+            "catch_up_bytes_sent_here": self.data.catch_up_bytes.load(Ordering::Relaxed),
             "migration_bandwidth": self.data.bandwidth(),
             "last_handoff_error": self.rebalancer.last_error.lock().clone(),
             "refusals": self.rebalancer.refusals.lock().clone(),

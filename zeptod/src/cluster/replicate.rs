@@ -819,11 +819,13 @@ impl Sender {
                 records = records.len(),
                 "catching the replica up from the WAL"
             );
+            let bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
             if self.call(records, vec![p]).await? {
                 return Err(Status::aborted(format!(
                     "partition {p}: the replica refused WAL records from {from} as a gap"
                 )));
             }
+            self.dp.catch_up_bytes.fetch_add(bytes, Ordering::Relaxed);
             if self.known.get(&p).is_none_or(|&k| k <= from) {
                 return Err(Status::aborted(format!(
                     "partition {p}: the replica did not advance past {from}"

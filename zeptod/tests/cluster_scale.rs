@@ -425,3 +425,64 @@ fn nothing_migrates_to_a_node_short_of_disk_and_the_reason_is_shown() {
     });
     println!("refused target: {reason}");
 }
+
+#[test]
+fn decommissioning_the_only_in_sync_copy_is_refused_until_the_other_copy_is_back() {
+    let _g = serial();
+    let mut c = Cluster::start_with(3, &[]);
+    c.wait_ready();
+    create_id_table(&c, "ls");
+    start_data_node(&mut c, 4, &fresh_addr(), &[]);
+    wait_until("balanced over 4 nodes", Duration::from_secs(60), || {
+        balanced(&c, &[1, 2, 3, 4])
+    });
+    let v = admin(c.node(1));
+    let part = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["primary"] == 4)
+        .unwrap()
+        .clone();
+    let p = part["id"].as_u64().unwrap();
+    let replica = part["replica"].as_u64().unwrap();
+    let key = key_for("ls", u32::try_from(p).unwrap());
+    // The replica stops answering: writes to the partition shrink its in-sync set to node 4.
+    c.node(replica).signal(libc::SIGSTOP);
+    let mut acked = 0u64;
+    let mut id = 0u64;
+    wait_until("node 4 alone in sync", Duration::from_secs(60), || {
+        id += 1;
+        if csv_insert(c.node(4), "ls", &format!("{id},{key},{id}\n")).status == 200 {
+            acked += 1;
+        }
+        let v = admin(c.node(4));
+        (v["partitions"][usize::try_from(p).unwrap()]["in_sync"] == serde_json::json!([4]))
+            .then_some(())
+    });
+    let r = c.node(4).req("POST", "/admin/decommission?node=4", b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("only in-sync copy"), "{}", r.text());
+    let refusals = admin(c.node(4))["rebalance"]["refusals"].to_string();
+    assert!(refusals.contains("only in-sync copy"), "{refusals}");
+    println!("refused: {}", r.text());
+    // The replica is back and catches up: the decommission goes through, nothing is lost.
+    c.node(replica).signal(libc::SIGCONT);
+    wait_until("decommission accepted", Duration::from_secs(60), || {
+        let r = c.node(1).req("POST", "/admin/decommission?node=4", b"");
+        (r.status == 202).then_some(())
+    });
+    wait_until(
+        "node 4 removed, balanced over 3",
+        Duration::from_secs(60),
+        || balanced(&c, &[1, 2, 3]),
+    );
+    let stored = ids_of(c.node(1), "ls", &key);
+    let unique: std::collections::BTreeSet<u64> = stored.iter().copied().collect();
+    assert_eq!(stored.len(), unique.len(), "a row stored twice");
+    assert!(
+        unique.len() as u64 >= acked,
+        "{} stored < {acked} acknowledged",
+        unique.len()
+    );
+}

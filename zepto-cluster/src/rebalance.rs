@@ -378,6 +378,18 @@ pub fn decommission_refusal(
             full.keys().collect::<Vec<_>>()
         ));
     }
+    let single: Vec<PartitionId> = state
+        .partitions
+        .iter()
+        .filter(|p| p.primary == node && p.replica.is_none())
+        .map(|p| p.id)
+        .collect();
+    if !single.is_empty() {
+        return Some(format!(
+            "node {node} is the last copy holder of partitions {single:?}: they have no \
+             replica (replication factor 1) and only replicas are moved"
+        ));
+    }
     let sole: Vec<PartitionId> = state
         .partitions
         .iter()

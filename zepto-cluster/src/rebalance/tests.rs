@@ -183,6 +183,19 @@ fn decommission_refusals_name_the_reason() {
     .unwrap();
     let r = decommission_refusal(&lone, 7, &voters, 2).unwrap();
     assert!(r.contains("last copy holder"), "{r}");
+    // RF = 1: a partition without a replica cannot be moved off its only holder.
+    let mut one = cluster(&[1, 2, 3], 4);
+    join(&mut one, 4);
+    let p = one.partitions[0].clone();
+    one.apply(&Command::SetReplica {
+        partition: p.id,
+        expected_epoch: p.epoch,
+        replica: None,
+    })
+    .unwrap();
+    let primary = one.partitions[0].primary;
+    let r = decommission_refusal(&one, primary, &BTreeSet::new(), 1).unwrap();
+    assert!(r.contains("no replica"), "{r}");
 }
 
 #[test]

@@ -322,3 +322,77 @@ async fn follow_map(dp: Arc<DataPlane>, node: Arc<Node>, mut shutdown: watch::Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn plane() -> Arc<DataPlane> {
+        let (_tx, rx) = watch::channel(View::default());
+        let (events, _erx) = tokio::sync::mpsc::channel(1);
+        let (fatal, _frx) = tokio::sync::mpsc::channel(1);
+        let identity = crate::rpc::Identity {
+            node_id: 1,
+            advertise_addr: "a:1".into(),
+            token: None,
+        };
+        let peers = PeerClients::start(
+            &identity,
+            &std::collections::BTreeMap::new(),
+            Duration::from_secs(1),
+            events,
+            fatal,
+        );
+        let dp = DataPlane::new(1, 2, rx, peers, Timings::defaults(), AckPolicy::Replicated);
+        dp.renew_lease(dp.now());
+        dp
+    }
+
+    #[tokio::test]
+    async fn a_handoff_waits_for_the_partitions_writes_and_refuses_new_ones() {
+        let dp = plane();
+        let running = dp.admit_write(&[0]).unwrap();
+        let other = dp.clone();
+        let handoff = tokio::spawn(async move {
+            other
+                .begin_handoff(0, Instant::now() + Duration::from_secs(10))
+                .await
+        });
+        // Refused (to be retried on the new primary) once the handoff began; the other
+        // partition is not affected.
+        let refused = loop {
+            match dp.admit_write(&[0]) {
+                Err(e) => break e,
+                Ok(g) => drop(g),
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(
+            matches!(&refused, Error::Unavailable { message, .. } if message.contains("handed")),
+            "{refused:?}"
+        );
+        assert!(dp.is_handing_off(&[1, 0]) && !dp.is_handing_off(&[1]));
+        drop(dp.admit_write(&[1]).unwrap());
+        assert!(!handoff.is_finished(), "the admitted write still runs");
+        drop(running);
+        assert!(tokio::time::timeout(Duration::from_secs(5), handoff)
+            .await
+            .unwrap()
+            .unwrap());
+        dp.end_handoff(0);
+        drop(dp.admit_write(&[0]).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_handoff_gives_up_at_its_deadline() {
+        let dp = plane();
+        let _running = dp.admit_write(&[1]).unwrap();
+        let idle = dp
+            .begin_handoff(1, Instant::now() + Duration::from_millis(50))
+            .await;
+        assert!(!idle);
+    }
+}

@@ -60,6 +60,8 @@ pub(crate) struct Cluster {
     data: Arc<dataplane::DataPlane>,
     shutdown: watch::Receiver<bool>,
     rebalancer: rebalance::Rebalancer,
+    /// This process created the metadata store empty (a new node or a replaced disk).
+    fresh: bool,
     /// The data directory (its filesystem's free space is checked against
     /// `--min-free-disk`).
     data_dir: std::path::PathBuf,
@@ -102,7 +104,7 @@ pub(crate) async fn start(
         events_tx.clone(),
         fatal.clone(),
     );
-    driver::start(
+    let fresh = driver::start(
         cfg,
         cluster,
         events_rx,
@@ -120,6 +122,9 @@ pub(crate) async fn start(
         cfg.ack,
     );
     data.set_bandwidth(cluster.migration_bandwidth);
+    // An empty data directory: until registration tells whether this is the node's first
+    // life or a replaced disk, it serves nothing (see `register`).
+    data.set_lost_data(fresh);
     let svc = PeerService::new(
         cluster.node_id,
         cluster.peers.clone(),
@@ -159,6 +164,7 @@ pub(crate) async fn start(
         data,
         shutdown: shutdown.clone(),
         rebalancer: rebalance::Rebalancer::default(),
+        fresh,
         data_dir: cfg.data_dir.clone(),
         was_ready: std::sync::atomic::AtomicBool::new(false),
     });
@@ -633,6 +639,7 @@ impl Cluster {
         if v.catalog_applied < v.applied {
             return Err("applying committed tables to the local catalog".into());
         }
+        self.data.check_data_intact().map_err(|e| e.to_string())?;
         if !self.data.lease_valid() {
             return Err(format!(
                 "no write lease: the metadata leader has not acknowledged a heartbeat of this \
@@ -688,6 +695,26 @@ impl Cluster {
                 return Err(format!(
                     "no complete copy yet of partitions {incomplete:?} (copying / catching up)"
                 ));
+            }
+            // A data node (outside --peers: it joined to scale out) or a node that holds
+            // nothing yet waits for its share: ready once the rebalancer has nothing left to
+            // move (ADR 0012).
+            if !self.cfg.is_voter() || v.state.partitions_of(me).is_empty() {
+                use zepto_cluster::rebalance;
+                if !v.state.settings.contains_key(&rebalance::disk_low_key(me)) {
+                    return Err("has not reported its free disk to the rebalancer yet".into());
+                }
+                match rebalance::plan(&v.state) {
+                    rebalance::Plan::Balanced => {}
+                    rebalance::Plan::Move(m) => {
+                        return Err(format!(
+                            "the rebalancer is still moving partitions (next: {m:?})"
+                        ))
+                    }
+                    rebalance::Plan::Waiting(why) => {
+                        return Err(format!("the rebalancer is not done: {why}"))
+                    }
+                }
             }
             self.was_ready.store(true, Ordering::Release);
         }
@@ -846,6 +873,10 @@ async fn register(
         grpc_addr: grpc.clone(),
     };
     let mut view = cluster.view.clone();
+    // Whether this process's own `AddNode` registered the node (its first life), and whether
+    // its metadata store (and so its data directory) started empty.
+    let mut added_here = false;
+    let fresh = cluster.fresh;
     loop {
         if *shutdown.borrow() {
             return;
@@ -854,6 +885,14 @@ async fn register(
         if let Some(n) = existing {
             if n.grpc_addr == grpc {
                 tracing::info!(node = me, state = %n.state, "registered in the cluster metadata");
+                if fresh && !added_here {
+                    // Registered by an earlier life, but the data directory is empty: the
+                    // disk was replaced. Give up every copy the map still assigns here
+                    // before serving anything.
+                    tokio::spawn(give_up_lost_copies(cluster.clone(), shutdown.clone()));
+                } else {
+                    cluster.data.set_lost_data(false);
+                }
                 if n.state == zepto_cluster::NodeState::Draining {
                     // Drained by an earlier life of this process (a rolling restart): this
                     // one serves again.
@@ -879,7 +918,8 @@ async fn register(
         // and becomes one only once it registered: it asks the voters in turn (the leader
         // takes it; the others answer "not the leader"). ADR 0012.
         if !cluster.cfg.is_voter() && view.borrow().leader.is_none() {
-            if join_through_voters(&cluster, &cmd).await {
+            if let Some(added) = join_through_voters(&cluster, &cmd).await {
+                added_here |= added;
                 tracing::info!(
                     node = me,
                     "join request committed; waiting for the metadata"
@@ -896,10 +936,18 @@ async fn register(
         if view.borrow().leader.is_some() {
             match cluster.propose(&cmd).await {
                 Ok(o) => {
-                    if let Some((kind, reason)) = o.rejected {
-                        if kind != RejectKind::NodeIdInUse {
-                            tracing::error!(%reason, "registration refused");
+                    match o.rejected {
+                        Some((kind, reason)) => {
+                            if kind != RejectKind::NodeIdInUse {
+                                tracing::error!(%reason, "registration refused");
+                            } else if o.after_unknown {
+                                // Our own first attempt took effect.
+                                added_here = true;
+                            }
                         }
+                        // (After an unknown outcome the first attempt may have registered
+                        // it: still this life's own registration.)
+                        None => added_here = true,
                     }
                     // Applied on the leader; the next turn of the loop reads our own view.
                     let _ = cluster.wait_applied(o.index).await;
@@ -915,17 +963,17 @@ async fn register(
     }
 }
 
-/// Ask each `--peers` voter in turn to commit `cmd` (this data node's `AddNode`); `true` once
-/// one (the leader) committed it, or it was already committed.
-async fn join_through_voters(cluster: &Cluster, cmd: &Command) -> bool {
+/// Ask each `--peers` voter in turn to commit `cmd` (this data node's `AddNode`); once one
+/// (the leader) committed it, `Some(true)` if this call registered the node, `Some(false)` if
+/// it was registered already.
+async fn join_through_voters(cluster: &Cluster, cmd: &Command) -> Option<bool> {
     for &voter in cluster.cfg.peers.keys() {
         let Some(client) = cluster.peers.get(voter) else {
             continue;
         };
         match client.propose_meta(cmd.encode()).await {
-            Ok(r) if r.rejected_kind.is_empty() || r.rejected_kind == "NODE_ID_IN_USE" => {
-                return true
-            }
+            Ok(r) if r.rejected_kind.is_empty() => return Some(true),
+            Ok(r) if r.rejected_kind == "NODE_ID_IN_USE" => return Some(false),
             Ok(r) => {
                 tracing::error!(voter, reason = %r.rejected, "join refused");
             }
@@ -934,7 +982,75 @@ async fn join_through_voters(cluster: &Cluster, cmd: &Command) -> bool {
             }
         }
     }
-    false
+    None
+}
+
+/// A node registered by an earlier life came back with an empty data directory: the map may
+/// still make it a primary or an in-sync replica of data it no longer has. Hand each
+/// partition it leads to its in-sync replica (`Promote`) and take it out of the in-sync set
+/// of each partition it replicates (`ShrinkInSync`, as its primary would); only then serve
+/// (the primaries then copy the partitions back). A partition whose only in-sync copy was
+/// here is lost with the disk: that is logged, and the partition stays as it is.
+async fn give_up_lost_copies(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
+    let me = cluster.cfg.node_id;
+    let mut view = cluster.view.clone();
+    let mut logged = std::collections::BTreeSet::new();
+    // First a write lease: it is renewed only once this node applied the metadata version
+    // the leader had when it acknowledged a heartbeat sent after this restart, so the map
+    // read below is not an older one from the middle of catching up.
+    let hb = cluster.cfg.timings.heartbeat_interval;
+    while !cluster.data.lease_valid() {
+        tokio::select! {
+            _ = tokio::time::sleep(hb) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    loop {
+        let state = view.borrow_and_update().state.clone();
+        let serving = |n: NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
+        let mut pending = Vec::new();
+        for p in &state.partitions {
+            if p.primary == me {
+                match p.replica.filter(|r| p.in_sync.contains(r) && serving(*r)) {
+                    Some(r) => pending.push(Command::Promote {
+                        partition: p.id,
+                        new_primary: r,
+                        expected_epoch: p.epoch,
+                    }),
+                    None => {
+                        if logged.insert(p.id) {
+                            tracing::error!(partition = p.id, in_sync = ?p.in_sync, "this node lost its data directory and no other in-sync copy can take the partition over");
+                        }
+                    }
+                }
+            } else if p.replica == Some(me) && p.in_sync.contains(&me) {
+                pending.push(Command::ShrinkInSync {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    primary: p.primary,
+                });
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        tracing::warn!(
+            commands = pending.len(),
+            "empty data directory: giving up the copies the map still assigns to this node"
+        );
+        for cmd in pending {
+            if let Err(e) = cluster.propose(&cmd).await {
+                tracing::warn!(?cmd, error = %e, "not committed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = view.changed() => {}
+            _ = tokio::time::sleep(cluster.cfg.timings.heartbeat_interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    tracing::info!("no copy is assigned to this node's empty data directory any more; serving");
+    cluster.data.set_lost_data(false);
 }
 
 /// Heartbeat the metadata leader every `--heartbeat-interval` (ourselves included, through

@@ -319,7 +319,9 @@ fn a_migration_interrupted_by_killing_its_target_or_source_restarts_and_loses_no
             v["rebalance"]["migrations"]
                 .as_array()?
                 .iter()
-                .find(|m| m["copy"]["bytes_sent"].as_u64().is_some_and(|b| b > 0))
+                .find(|m| {
+                    m["target"] == 4 && m["copy"]["bytes_sent"].as_u64().is_some_and(|b| b > 0)
+                })
                 .map(|m| {
                     (
                         m["partition"].as_u64().unwrap(),
@@ -485,4 +487,72 @@ fn decommissioning_the_only_in_sync_copy_is_refused_until_the_other_copy_is_back
         "{} stored < {acked} acknowledged",
         unique.len()
     );
+}
+
+#[test]
+fn a_data_node_with_a_wiped_disk_rejoins_and_gets_its_copies_back() {
+    let _g = serial();
+    let mut c = Cluster::start_with(3, &[]);
+    c.wait_ready();
+    create_id_table(&c, "wd");
+    let mut body = String::new();
+    for p in 0..PARTITIONS {
+        let key = key_for("wd", p);
+        for i in 0..100u64 {
+            let id = u64::from(p) * 1000 + i;
+            body.push_str(&format!("{id},{key},{id}\n"));
+        }
+    }
+    let r = csv_insert(c.node(1), "wd", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let addr = fresh_addr();
+    start_data_node(&mut c, 4, &addr, &[]);
+    wait_until("balanced over 4 nodes", Duration::from_secs(60), || {
+        balanced(&c, &[1, 2, 3, 4])
+    });
+    c.kill9(4);
+    std::fs::remove_dir_all(c.dir.path().join("node4")).unwrap();
+    let started = Instant::now();
+    start_data_node(&mut c, 4, &addr, &[]);
+    c.node(4).wait_ready();
+    wait_until(
+        "balanced again with node 4",
+        Duration::from_secs(90),
+        || balanced(&c, &[1, 2, 3, 4]),
+    );
+    println!(
+        "node 4 with a wiped disk: ready and two in-sync copies of every partition after {:?}, bytes (whole copies, WAL) {:?}",
+        started.elapsed(),
+        copy_bytes(&c)
+    );
+    let v = admin(c.node(1));
+    for n in 1..=4 {
+        let count = c.node(n).count("wd");
+        if count != 800 {
+            for m in 1..=4 {
+                let mine: Vec<String> = local_partitions(c.node(m))
+                    .iter()
+                    .map(|l| format!("{}:{}:{}", l["partition"], l["role"], l["rows"]))
+                    .collect();
+                println!("node {m}: {mine:?}");
+            }
+            panic!(
+                "count {count} through node {n}; map {}",
+                admin(c.node(1))["partitions"]
+            );
+        }
+    }
+    for part in v["partitions"].as_array().unwrap() {
+        let p = usize::try_from(part["id"].as_u64().unwrap()).unwrap();
+        for holder in [
+            part["primary"].as_u64().unwrap(),
+            part["replica"].as_u64().unwrap(),
+        ] {
+            assert_eq!(
+                local_partitions(c.node(holder))[p]["rows"],
+                100,
+                "partition {p} on node {holder}"
+            );
+        }
+    }
 }

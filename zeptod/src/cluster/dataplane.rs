@@ -60,6 +60,10 @@ pub(crate) struct DataPlane {
     pub(crate) copy_bytes: std::sync::atomic::AtomicU64,
     /// WAL payload bytes sent to catch replicas up (not the live stream) since start.
     pub(crate) catch_up_bytes: std::sync::atomic::AtomicU64,
+    /// Set while this node may have lost data the map says it holds (it started with an
+    /// empty data directory and has not yet made sure it is no longer primary or in-sync
+    /// replica of anything): it serves no write and no query part.
+    lost_data: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +141,7 @@ impl DataPlane {
             bandwidth: std::sync::atomic::AtomicU64::new(0),
             copy_bytes: std::sync::atomic::AtomicU64::new(0),
             catch_up_bytes: std::sync::atomic::AtomicU64::new(0),
+            lost_data: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -147,6 +152,7 @@ impl DataPlane {
         use std::sync::atomic::Ordering;
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let mut guard = InflightWrite(self, Vec::new());
+        self.check_data_intact()?;
         {
             let mut h = self.handoff.lock();
             if let Some(p) = partitions.iter().find(|p| h.handing_off.contains(p)) {
@@ -181,6 +187,27 @@ impl DataPlane {
     pub(crate) fn start_draining(&self) {
         self.draining
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// See the `lost_data` field.
+    pub(crate) fn set_lost_data(&self, lost: bool) {
+        self.lost_data
+            .store(lost, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `Unavailable` while this node may have lost data the map says it holds.
+    pub(crate) fn check_data_intact(&self) -> Result<()> {
+        if self.lost_data.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "node {} started with an empty data directory and is giving up the \
+                     copies the map still assigns to it; ask another copy",
+                    self.me
+                ),
+                retry_after: Some(1),
+            });
+        }
+        Ok(())
     }
 
     /// Set `--migration-bandwidth` (bytes/s; `None`: unlimited).

@@ -713,7 +713,14 @@ impl Sender {
                 .storage()
                 .partition_position(p)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            if self.known.get(&p) != Some(&next) {
+            // A replica out of the in-sync set is probed even when its last answer matched
+            // our log end: it may have come back with less than it answered (a wiped disk
+            // at the same epoch gave up its in-sync membership, ADR 0012), and only a
+            // fresh answer tells.
+            let out_of_sync = state
+                .partition(p)
+                .is_some_and(|i| !i.in_sync.contains(&self.peer));
+            if self.known.get(&p) != Some(&next) || out_of_sync {
                 behind.push((p, next));
             }
         }

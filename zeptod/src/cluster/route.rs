@@ -238,7 +238,11 @@ async fn write_local(
     let admitted = match dp.admit_write(&ids) {
         Ok(guard) => guard,
         // Draining: the partitions are being handed over; retry on their new primary.
-        Err(e) if dp.is_draining() || dp.is_handing_off(&ids) => return PartResult::Stale(e),
+        Err(e)
+            if dp.is_draining() || dp.is_handing_off(&ids) || dp.check_data_intact().is_err() =>
+        {
+            return PartResult::Stale(e)
+        }
         Err(e) => return PartResult::Failed(e),
     };
     let result = async {

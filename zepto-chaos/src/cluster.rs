@@ -2,8 +2,9 @@
 //! through the harness's [`Network`], observed only through `/admin/cluster`, `/ready` and
 //! `/health`, and a convergence wait after the faults healed.
 //!
-//! Settings are those of zeptod's own process tests: `--heartbeat-interval 200ms` (suspect
-//! 600 ms, dead 2 s, write lease 1 s), 8 partitions, replication factor 2, replicated acks.
+//! Settings: the `--heartbeat-interval` the run asks for (the process tests' 200 ms: suspect
+//! 600 ms, dead 2 s, write lease 1 s; zeptod's default 1 s: 3 s, 10 s, 5 s), 8 partitions,
+//! replication factor 2, replicated acks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -73,6 +74,9 @@ pub struct AdminView {
     pub partitions: Vec<PartitionView>,
     #[serde(default)]
     pub local_partitions: Option<Vec<LocalPartition>>,
+    /// The rebalancer's state (`plan`, `migrations`, ...), ADR 0012.
+    #[serde(default)]
+    pub rebalance: Option<serde_json::Value>,
 }
 
 impl AdminView {
@@ -98,10 +102,12 @@ impl AdminView {
 #[derive(Debug)]
 pub struct Cluster {
     pub net: Network,
-    /// What zeptod derives from the nodes' `--heartbeat-interval` (the same function).
-    pub timings: Timings,
     /// Node `id` is `nodes[id - 1]`.
     nodes: Vec<Node>,
+    /// How to start another node: `(bin, dir, secret file, --peers)`.
+    template: (std::path::PathBuf, std::path::PathBuf, String, String),
+    /// What zeptod derives from the nodes' `--heartbeat-interval` (the same function).
+    pub timings: Timings,
 }
 
 /// How convergence ended.
@@ -129,49 +135,42 @@ impl Cluster {
         heartbeat: Duration,
         env: &dyn Fn(NodeId) -> Vec<(String, String)>,
     ) -> Result<Cluster, Error> {
+        Cluster::start_with_spares(bin, dir, n, 0, heartbeat, env)
+    }
+
+    /// [`Cluster::start`], with room in the network for `spares` more nodes (`n + 1..`) that
+    /// [`Cluster::add_data_node`] starts later as data nodes outside `--peers`.
+    pub fn start_with_spares(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        n: u32,
+        spares: u32,
+        heartbeat: Duration,
+        env: &dyn Fn(NodeId) -> Vec<(String, String)>,
+    ) -> Result<Cluster, Error> {
         let timings = Timings::derive(heartbeat, &TimingOverrides::default())
             .map_err(|e| Error::Harness(format!("--heartbeat-interval {heartbeat:?}: {e}")))?;
         let secret = dir.join("cluster-secret");
         std::fs::write(&secret, SECRET)
             .map_err(|e| Error::Io(format!("write {}", secret.display()), e))?;
-        let net = Network::start(n)?;
-        let peers = net.peers_flag();
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            let args = vec![
-                "--node-id".to_string(),
-                id.to_string(),
-                "--peers".into(),
-                peers.clone(),
-                "--advertise-addr".into(),
-                net.front(id)?.to_string(),
-                "--grpc-addr".into(),
-                "127.0.0.1:0".into(),
-                "--cluster-secret-file".into(),
-                path_str(&secret)?,
-                "--heartbeat-interval".into(),
-                format!("{}ms", heartbeat.as_millis()),
-                "--partitions".into(),
-                PARTITIONS.to_string(),
-                "--admin-key".into(),
-                ADMIN_KEY.into(),
-                "--checkpoint-interval".into(),
-                "2s".into(),
-            ];
-            nodes.push(Node::new(NodeSpec {
-                id,
-                bin: bin.to_path_buf(),
-                data_dir: dir.join(format!("node-{id}")),
-                log: dir.join(format!("node-{id}.log")),
-                args,
-                env: env(id),
-            }));
-        }
+        let net = Network::start(n + spares)?;
+        let peers = net.peers_flag_among(n);
+        let template = (
+            bin.to_path_buf(),
+            dir.to_path_buf(),
+            path_str(&secret)?,
+            peers,
+        );
         let mut c = Cluster {
             net,
+            nodes: Vec::new(),
+            template,
             timings,
-            nodes,
         };
+        for id in 1..=n {
+            let spec = c.spec(id, env(id))?;
+            c.nodes.push(Node::new(spec));
+        }
         for id in 1..=n {
             c.start_node(id)?;
         }
@@ -194,6 +193,50 @@ impl Cluster {
     /// machine), or three dead times when that is longer.
     pub fn react(&self) -> Duration {
         Duration::from_secs(30).max(self.timings.dead_after * 3)
+    }
+
+    /// The flags of node `id`.
+    fn spec(&self, id: NodeId, env: Vec<(String, String)>) -> Result<NodeSpec, Error> {
+        let (bin, dir, secret, peers) = &self.template;
+        let args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--peers".into(),
+            peers.clone(),
+            "--advertise-addr".into(),
+            self.net.front(id)?.to_string(),
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
+            "--cluster-secret-file".into(),
+            secret.clone(),
+            "--heartbeat-interval".into(),
+            format!("{}ms", self.timings.heartbeat_interval.as_millis()),
+            "--partitions".into(),
+            PARTITIONS.to_string(),
+            "--admin-key".into(),
+            ADMIN_KEY.into(),
+            "--checkpoint-interval".into(),
+            "2s".into(),
+        ];
+        Ok(NodeSpec {
+            id,
+            bin: bin.clone(),
+            data_dir: dir.join(format!("node-{id}")),
+            log: dir.join(format!("node-{id}.log")),
+            args,
+            env,
+        })
+    }
+
+    /// Start the next node (id = current count + 1) as a data node outside `--peers`; it
+    /// joins and receives partitions from the rebalancer (ADR 0012). Returns its id.
+    pub fn add_data_node(&mut self) -> Result<NodeId, Error> {
+        let id = NodeId::try_from(self.nodes.len() + 1)
+            .map_err(|_| Error::Harness("too many nodes".into()))?;
+        let spec = self.spec(id, Vec::new())?;
+        self.nodes.push(Node::new(spec));
+        self.start_node(id)?;
+        Ok(id)
     }
 
     /// Node ids `1..=n`.

@@ -123,8 +123,14 @@ impl Network {
 
     /// `1=127.0.0.1:P1,2=...`: the `--peers` value of every node.
     pub fn peers_flag(&self) -> String {
+        self.peers_flag_among(NodeId::MAX)
+    }
+
+    /// The `--peers` value naming only nodes `1..=voters` (the others join as data nodes).
+    pub fn peers_flag_among(&self, voters: NodeId) -> String {
         self.fronts
             .iter()
+            .filter(|(id, _)| **id <= voters)
             .map(|(id, a)| format!("{id}={a}"))
             .collect::<Vec<_>>()
             .join(",")

@@ -193,6 +193,7 @@ impl InSyncTracker {
             self.lag.reset();
             self.mode = committed;
         } else {
+            let before = self.mode;
             self.mode = match (self.mode, committed) {
                 // Still waiting for our expand to commit (or to be proposed).
                 (Mode::ExpandPending, Mode::Alone) => Mode::ExpandPending,
@@ -200,6 +201,13 @@ impl InSyncTracker {
                 (Mode::ShrinkPending, Mode::Replicated) => Mode::ShrinkPending,
                 (_, m) => m,
             };
+            if before == Mode::Replicated && self.mode == Mode::Alone {
+                // Shrunk without our asking: the replica gave up its membership because it
+                // lost what it held (a wiped disk, ADR 0012). What it confirmed before no
+                // longer counts; its position is learned again from its next answer.
+                self.replica_pos = 0;
+                self.replica_progress = None;
+            }
         }
         if matches!(self.mode, Mode::Replicated | Mode::Alone) {
             self.proposed_at = None;
@@ -453,6 +461,37 @@ mod tests {
         assert_eq!(t.poll(at(7_100)).unwrap(), None);
         assert_eq!(t.mode(), Mode::Alone);
         assert!(t.may_ack(20).unwrap());
+    }
+
+    #[test]
+    fn a_shrink_the_primary_did_not_ask_for_forgets_the_replica_position() {
+        let timings = Timings::defaults();
+        let mut s = state();
+        let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
+        for seq in 0..10 {
+            t.on_local_write(seq, at(0));
+        }
+        t.on_replica_ack(10, at(5));
+        assert!(t.may_ack(9).unwrap());
+        // The replica came back empty and took itself out of the in-sync set.
+        commit(&mut s, &mut t, &crate::failover::shrink_in_sync(0, 1, 1));
+        assert_eq!(t.mode(), Mode::Alone);
+        // Its old confirmation must not bring it back: nothing to expand until it answers.
+        for ms in [10, 100, 1_000, 10_000] {
+            assert_eq!(
+                t.poll(at(ms)).unwrap(),
+                None,
+                "expanded on a stale position"
+            );
+        }
+        t.on_replica_ack(0, at(10_001));
+        assert_eq!(t.poll(at(10_002)).unwrap(), None);
+        // Caught up for real: expanded.
+        t.on_replica_ack(10, at(10_003));
+        assert!(matches!(
+            t.poll(at(10_004)).unwrap(),
+            Some(Command::ExpandInSync { .. })
+        ));
     }
 
     #[test]

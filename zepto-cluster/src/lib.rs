@@ -41,6 +41,7 @@ pub mod fencing;
 pub mod insync;
 pub mod placement;
 pub mod raft;
+pub mod rebalance;
 pub mod routing;
 pub mod state;
 pub mod timing;

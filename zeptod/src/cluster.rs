@@ -24,6 +24,7 @@ pub(crate) mod dataplane;
 pub(crate) mod ddl;
 pub(crate) mod driver;
 pub(crate) mod query;
+pub(crate) mod rebalance;
 pub(crate) mod replicate;
 pub(crate) mod route;
 
@@ -58,6 +59,15 @@ pub(crate) struct Cluster {
     partitions: u32,
     data: Arc<dataplane::DataPlane>,
     shutdown: watch::Receiver<bool>,
+    rebalancer: rebalance::Rebalancer,
+    /// This process created the metadata store empty (a new node or a replaced disk).
+    fresh: bool,
+    /// The data directory (its filesystem's free space is checked against
+    /// `--min-free-disk`).
+    data_dir: std::path::PathBuf,
+    /// Set once `/ready` answered 200 in this process: from then on a replica falling out
+    /// of sync (lag) does not make the node unready again.
+    was_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Bind the gRPC listener (printing `zeptod listening on grpc=ADDR`), start the peer clients,
@@ -94,7 +104,7 @@ pub(crate) async fn start(
         events_tx.clone(),
         fatal.clone(),
     );
-    driver::start(
+    let fresh = driver::start(
         cfg,
         cluster,
         events_rx,
@@ -111,6 +121,10 @@ pub(crate) async fn start(
         cluster.timings,
         cfg.ack,
     );
+    data.set_bandwidth(cluster.migration_bandwidth);
+    // An empty data directory: until registration tells whether this is the node's first
+    // life or a replaced disk, it serves nothing (see `register`).
+    data.set_lost_data(fresh);
     let svc = PeerService::new(
         cluster.node_id,
         cluster.peers.clone(),
@@ -149,6 +163,10 @@ pub(crate) async fn start(
         partitions: cfg.partitions,
         data,
         shutdown: shutdown.clone(),
+        rebalancer: rebalance::Rebalancer::default(),
+        fresh,
+        data_dir: cfg.data_dir.clone(),
+        was_ready: std::sync::atomic::AtomicBool::new(false),
     });
     // The HTTP address peers and /admin/cluster show: the advertised host, the bound port.
     let host = cluster
@@ -419,6 +437,43 @@ impl Cluster {
             "WAL records of a partition led here that its replica has not confirmed.",
             &lag,
         );
+        let migrating = v
+            .state
+            .partitions
+            .iter()
+            .filter(|p| p.replica.is_some_and(|r| !p.in_sync.contains(&r)))
+            .count() as u64;
+        gauge(
+            "zepto_cluster_migrations_running",
+            "Partitions whose replica is being copied or caught up (not in sync yet).",
+            &[(String::new(), migrating)],
+        );
+        let balanced = matches!(
+            zepto_cluster::rebalance::plan(&v.state),
+            zepto_cluster::rebalance::Plan::Balanced
+        );
+        gauge(
+            "zepto_cluster_balanced",
+            "1 when the rebalancer has nothing left to move.",
+            &[(String::new(), u64::from(balanced))],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP zepto_cluster_migration_bytes_sent_total Bytes of whole-partition copies sent from this node.\n\
+             # TYPE zepto_cluster_migration_bytes_sent_total counter\n\
+             zepto_cluster_migration_bytes_sent_total {}\n\
+             # HELP zepto_cluster_catch_up_bytes_sent_total WAL bytes sent from this node to catch replicas up.\n\
+             # TYPE zepto_cluster_catch_up_bytes_sent_total counter\n\
+             zepto_cluster_catch_up_bytes_sent_total {}\n\
+             # HELP zepto_cluster_rebalance_moves_total Rebalancer moves committed by this node.\n\
+             # TYPE zepto_cluster_rebalance_moves_total counter\n\
+             zepto_cluster_rebalance_moves_total {}",
+            self.data.copy_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            self.data
+                .catch_up_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.rebalancer.moves.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP zepto_cluster_full_copies_sent_total Whole-partition copies sent to replicas.\n\
@@ -450,6 +505,7 @@ impl Cluster {
         self.data.set_node(node.clone(), self.shutdown.clone());
         let _ = self.events.send(Event::DbOpen(node)).await;
         tokio::spawn(insync_loop(self.clone(), self.shutdown.clone()));
+        tokio::spawn(rebalance::run(self.clone(), self.shutdown.clone()));
     }
 
     /// Write rows through the cluster: each partition's rows on its primary, acknowledged
@@ -583,6 +639,7 @@ impl Cluster {
         if v.catalog_applied < v.applied {
             return Err("applying committed tables to the local catalog".into());
         }
+        self.data.check_data_intact().map_err(|e| e.to_string())?;
         if !self.data.lease_valid() {
             return Err(format!(
                 "no write lease: the metadata leader has not acknowledged a heartbeat of this \
@@ -591,13 +648,77 @@ impl Cluster {
             ));
         }
         match v.state.partitions.len() {
-            0 => Err("the partition map is not created yet (every voter must register)".into()),
-            n if n != self.partitions as usize => Err(format!(
-                "the cluster has {n} partitions, this node was started with --partitions {}",
-                self.partitions
-            )),
-            _ => Ok(()),
+            0 => {
+                return Err(
+                    "the partition map is not created yet (every voter must register)".into(),
+                )
+            }
+            n if n != self.partitions as usize => {
+                return Err(format!(
+                    "the cluster has {n} partitions, this node was started with --partitions {}",
+                    self.partitions
+                ))
+            }
+            _ => {}
         }
+        // A joining node (new, or back from the dead) serves only once it holds complete
+        // copies of everything assigned to it (ADR 0012): no query or write reaches an
+        // incomplete copy through it being ready. Checked until the first time it is ready;
+        // a replica that lags later is handled by the in-sync set, not by readiness. A
+        // partition whose primary cannot serve cannot catch anyone up and does not count.
+        use std::sync::atomic::Ordering;
+        if !self.was_ready.load(Ordering::Acquire) {
+            let me = self.cfg.node_id;
+            if let Some(n) = v.state.nodes.get(&me) {
+                if n.state == zepto_cluster::NodeState::Joining {
+                    return Err(format!(
+                        "JOINING: catching up partitions {:?}",
+                        v.state
+                            .partitions
+                            .iter()
+                            .filter(|p| p.replica == Some(me) && !p.in_sync.contains(&me))
+                            .map(|p| p.id)
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+            let serving = |id: NodeId| v.state.nodes.get(&id).is_some_and(|n| n.state.can_serve());
+            let incomplete: Vec<u32> = v
+                .state
+                .partitions
+                .iter()
+                .filter(|p| p.primary == me || p.replica == Some(me))
+                .filter(|p| !p.in_sync.contains(&me) && serving(p.primary))
+                .map(|p| p.id)
+                .collect();
+            if !incomplete.is_empty() {
+                return Err(format!(
+                    "no complete copy yet of partitions {incomplete:?} (copying / catching up)"
+                ));
+            }
+            // A data node (outside --peers: it joined to scale out) or a node that holds
+            // nothing yet waits for its share: ready once the rebalancer has nothing left to
+            // move (ADR 0012).
+            if !self.cfg.is_voter() || v.state.partitions_of(me).is_empty() {
+                use zepto_cluster::rebalance;
+                if !v.state.settings.contains_key(&rebalance::disk_low_key(me)) {
+                    return Err("has not reported its free disk to the rebalancer yet".into());
+                }
+                match rebalance::plan(&v.state) {
+                    rebalance::Plan::Balanced => {}
+                    rebalance::Plan::Move(m) => {
+                        return Err(format!(
+                            "the rebalancer is still moving partitions (next: {m:?})"
+                        ))
+                    }
+                    rebalance::Plan::Waiting(why) => {
+                        return Err(format!("the rebalancer is not done: {why}"))
+                    }
+                }
+            }
+            self.was_ready.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The `/admin/cluster` JSON, built by the driver (it holds the heartbeat ages).
@@ -752,6 +873,10 @@ async fn register(
         grpc_addr: grpc.clone(),
     };
     let mut view = cluster.view.clone();
+    // Whether this process's own `AddNode` registered the node (its first life), and whether
+    // its metadata store (and so its data directory) started empty.
+    let mut added_here = false;
+    let fresh = cluster.fresh;
     loop {
         if *shutdown.borrow() {
             return;
@@ -760,6 +885,14 @@ async fn register(
         if let Some(n) = existing {
             if n.grpc_addr == grpc {
                 tracing::info!(node = me, state = %n.state, "registered in the cluster metadata");
+                if fresh && !added_here {
+                    // Registered by an earlier life, but the data directory is empty: the
+                    // disk was replaced. Give up every copy the map still assigns here
+                    // before serving anything.
+                    tokio::spawn(give_up_lost_copies(cluster.clone(), shutdown.clone()));
+                } else {
+                    cluster.data.set_lost_data(false);
+                }
                 if n.state == zepto_cluster::NodeState::Draining {
                     // Drained by an earlier life of this process (a rolling restart): this
                     // one serves again.
@@ -781,14 +914,40 @@ async fn register(
             let _ = fatal.send(e).await;
             return;
         }
+        // A data node (not in --peers) learns of the leader only once it is a raft learner,
+        // and becomes one only once it registered: it asks the voters in turn (the leader
+        // takes it; the others answer "not the leader"). ADR 0012.
+        if !cluster.cfg.is_voter() && view.borrow().leader.is_none() {
+            if let Some(added) = join_through_voters(&cluster, &cmd).await {
+                added_here |= added;
+                tracing::info!(
+                    node = me,
+                    "join request committed; waiting for the metadata"
+                );
+            }
+            tokio::select! {
+                _ = view.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(cluster.cfg.timings.election_timeout()) => {}
+            }
+            continue;
+        }
         // Only once a leader is known; otherwise wait for the election.
         if view.borrow().leader.is_some() {
             match cluster.propose(&cmd).await {
                 Ok(o) => {
-                    if let Some((kind, reason)) = o.rejected {
-                        if kind != RejectKind::NodeIdInUse {
-                            tracing::error!(%reason, "registration refused");
+                    match o.rejected {
+                        Some((kind, reason)) => {
+                            if kind != RejectKind::NodeIdInUse {
+                                tracing::error!(%reason, "registration refused");
+                            } else if o.after_unknown {
+                                // Our own first attempt took effect.
+                                added_here = true;
+                            }
                         }
+                        // (After an unknown outcome the first attempt may have registered
+                        // it: still this life's own registration.)
+                        None => added_here = true,
                     }
                     // Applied on the leader; the next turn of the loop reads our own view.
                     let _ = cluster.wait_applied(o.index).await;
@@ -802,6 +961,96 @@ async fn register(
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Ask each `--peers` voter in turn to commit `cmd` (this data node's `AddNode`); once one
+/// (the leader) committed it, `Some(true)` if this call registered the node, `Some(false)` if
+/// it was registered already.
+async fn join_through_voters(cluster: &Cluster, cmd: &Command) -> Option<bool> {
+    for &voter in cluster.cfg.peers.keys() {
+        let Some(client) = cluster.peers.get(voter) else {
+            continue;
+        };
+        match client.propose_meta(cmd.encode()).await {
+            Ok(r) if r.rejected_kind.is_empty() => return Some(true),
+            Ok(r) if r.rejected_kind == "NODE_ID_IN_USE" => return Some(false),
+            Ok(r) => {
+                tracing::error!(voter, reason = %r.rejected, "join refused");
+            }
+            Err(e) => {
+                tracing::debug!(voter, error = %e.message(), "join request not taken; trying the next voter");
+            }
+        }
+    }
+    None
+}
+
+/// A node registered by an earlier life came back with an empty data directory: the map may
+/// still make it a primary or an in-sync replica of data it no longer has. Hand each
+/// partition it leads to its in-sync replica (`Promote`) and take it out of the in-sync set
+/// of each partition it replicates (`ShrinkInSync`, as its primary would); only then serve
+/// (the primaries then copy the partitions back). A partition whose only in-sync copy was
+/// here is lost with the disk: that is logged, and the partition stays as it is.
+async fn give_up_lost_copies(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
+    let me = cluster.cfg.node_id;
+    let mut view = cluster.view.clone();
+    let mut logged = std::collections::BTreeSet::new();
+    // First a write lease: it is renewed only once this node applied the metadata version
+    // the leader had when it acknowledged a heartbeat sent after this restart, so the map
+    // read below is not an older one from the middle of catching up.
+    let hb = cluster.cfg.timings.heartbeat_interval;
+    while !cluster.data.lease_valid() {
+        tokio::select! {
+            _ = tokio::time::sleep(hb) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    loop {
+        let state = view.borrow_and_update().state.clone();
+        let serving = |n: NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
+        let mut pending = Vec::new();
+        for p in &state.partitions {
+            if p.primary == me {
+                match p.replica.filter(|r| p.in_sync.contains(r) && serving(*r)) {
+                    Some(r) => pending.push(Command::Promote {
+                        partition: p.id,
+                        new_primary: r,
+                        expected_epoch: p.epoch,
+                    }),
+                    None => {
+                        if logged.insert(p.id) {
+                            tracing::error!(partition = p.id, in_sync = ?p.in_sync, "this node lost its data directory and no other in-sync copy can take the partition over");
+                        }
+                    }
+                }
+            } else if p.replica == Some(me) && p.in_sync.contains(&me) {
+                pending.push(Command::ShrinkInSync {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    primary: p.primary,
+                });
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        tracing::warn!(
+            commands = pending.len(),
+            "empty data directory: giving up the copies the map still assigns to this node"
+        );
+        for cmd in pending {
+            if let Err(e) = cluster.propose(&cmd).await {
+                tracing::warn!(?cmd, error = %e, "not committed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = view.changed() => {}
+            _ = tokio::time::sleep(cluster.cfg.timings.heartbeat_interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    tracing::info!("no copy is assigned to this node's empty data directory any more; serving");
+    cluster.data.set_lost_data(false);
 }
 
 /// Heartbeat the metadata leader every `--heartbeat-interval` (ourselves included, through

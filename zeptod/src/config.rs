@@ -215,6 +215,8 @@ struct FileConfig {
     archive_interval: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
+    migration_bandwidth: Option<u64>,
+    min_free_disk: Option<u64>,
 }
 
 /// The validated runtime configuration.
@@ -349,6 +351,8 @@ impl Config {
             insecure_cluster: file.insecure_cluster,
             accept_proxied_peers: file.accept_proxied_peers,
             replace_after: file.replace_after,
+            migration_bandwidth: file.migration_bandwidth,
+            min_free_disk: file.min_free_disk,
         };
         let cluster = cluster::resolve(cli.cluster, file_cluster, &explicit)?;
         let archive_interval = parse_duration(

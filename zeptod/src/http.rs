@@ -10,6 +10,7 @@
 //! | `GET /health`, `/ready`, `/ping` | probes |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/snapshot`, `POST /admin/drain`, `GET /admin/cluster` | admin (admin key) |
+//! | `POST /admin/decommission?node=N` | admin: move everything off data node N, remove it |
 
 pub(crate) mod ilp;
 pub(crate) mod input;
@@ -151,6 +152,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/admin/backup/partitions",
             post(crate::backup::http_backup_partitions),
         )
+        .route("/admin/decommission", post(admin_decommission))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -725,6 +727,36 @@ async fn admin_drain(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     Ok(json_response(StatusCode::OK, report))
 }
 
+/// `POST /admin/decommission?node=N` (cluster mode): 202 once the request is committed (the
+/// rebalancer moves every partition off N, then N is removed), 200 with the progress when
+/// asked again, 409 with the reason when refused (see `Cluster::decommission`).
+async fn admin_decommission(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    state.auth.check_admin(&headers)?;
+    let Some(c) = state.cluster.get() else {
+        return Err(Error::BadRequest(
+            "decommission moves a cluster node's partitions to other nodes; a single node has \
+             none"
+                .into(),
+        ));
+    };
+    let node: zepto_cluster::NodeId = params
+        .get("node")
+        .ok_or_else(|| Error::BadRequest("missing ?node=<node id>".into()))?
+        .parse()
+        .map_err(|_| Error::BadRequest("?node= must be a node id (a positive integer)".into()))?;
+    let (started, body) = c.decommission(node).await?;
+    let code = if started {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(code, body))
+}
+
 async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response> {
     state.auth.check_admin(&headers)?;
     if let Some(c) = state.cluster.get() {
@@ -735,6 +767,7 @@ async fn admin_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap) -
             obj.insert("local_partitions".into(), c.local_partitions());
             obj.insert("full_copies_sent".into(), c.full_copies_sent().into());
             obj.insert("backup".into(), state.backups.to_json());
+            obj.insert("rebalance".into(), c.rebalance_view());
             obj.insert(
                 "ready_reason".into(),
                 c.readiness()

@@ -50,7 +50,9 @@ pub(super) fn run(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
             Vec::new()
         }
     };
-    let mut c = Cluster::start(&cfg.bin, &cfg.dir, 3, cfg.heartbeat, &env)?;
+    // scale-out: room for two data nodes beyond the three voters.
+    let spares = if cfg.scenario == "scale-out" { 2 } else { 0 };
+    let mut c = Cluster::start_with_spares(&cfg.bin, &cfg.dir, 3, spares, cfg.heartbeat, &env)?;
     create_table(&c.http(1, Duration::from_secs(30))?)?;
     c.poll("the table on every node", c.react(), |c| {
         c.ids()
@@ -406,6 +408,39 @@ fn run_fault(
             writes_back(w, affected, m.fault_ms, c.react())?;
             c.start_node(victim)?;
             w.event(format!("node {victim} restarted"));
+        }
+        "scale-out" => {
+            // Guide scenario 8: the HPA adds two pods. They join outside the raft voters and
+            // receive partitions (replicas, then primaries) while the workload runs; queries
+            // must never be answered from an incomplete copy and nothing acknowledged may be
+            // lost. The "failover" time is the time until the placement is balanced.
+            m.fault_ms = w.now_ms();
+            let added = [c.add_data_node()?, c.add_data_node()?];
+            w.event(format!("started data nodes {added:?} (scale 3 -> 5)"));
+            let all = c.ids();
+            c.poll(
+                "the placement balanced over 5 nodes",
+                Duration::from_secs(120),
+                |c| {
+                    let v = c.leader_view(&all)?;
+                    let balanced = v
+                        .rebalance
+                        .as_ref()
+                        .is_some_and(|r| r["plan"] == "balanced");
+                    let holds = |n: NodeId| {
+                        v.partitions
+                            .iter()
+                            .any(|p| p.primary == n || p.replica == Some(n))
+                    };
+                    let in_sync = v.partitions.iter().all(|p| p.in_sync.len() == 2);
+                    (v.nodes.len() == 5 && balanced && in_sync && added.iter().all(|&n| holds(n)))
+                        .then_some(())
+                },
+            )?;
+            m.failover_ms = Some(w.now_ms());
+            m.detected_ms = m.failover_ms;
+            w.event("placement balanced over 5 nodes".to_string());
+            c.wait_ready(&added, Duration::from_secs(60))?;
         }
         s => {
             return Err(Error::Unsupported(format!(

@@ -35,6 +35,48 @@ const AHEAD: usize = 4;
 /// The longest a copy may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// A copy being sent (primary side), shown in `/admin/cluster` as a migration.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    pub(crate) peer: NodeId,
+    pub(crate) rows: u64,
+    /// Estimated from the in-memory size of the exported batches.
+    pub(crate) bytes_total: u64,
+    pub(crate) bytes_sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) started: Instant,
+}
+
+impl Progress {
+    /// JSON for `/admin/cluster`.
+    pub(crate) fn to_json(&self, partition: u32) -> serde_json::Value {
+        let sent = self.bytes_sent.load(std::sync::atomic::Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { sent as f64 / secs } else { 0.0 };
+        let left = self.bytes_total.saturating_sub(sent);
+        let eta_ms = (rate > 0.0).then(|| (left as f64 / rate * 1000.0) as u64);
+        serde_json::json!({
+            "partition": partition,
+            "target": self.peer,
+            "kind": "whole copy",
+            "rows": self.rows,
+            "bytes_sent": sent,
+            "bytes_total": self.bytes_total,
+            "bytes_per_sec": rate as u64,
+            "eta_ms": eta_ms,
+            "running_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+/// Removes a copy from the progress table when it ends (however it ends).
+struct Running<'a>(&'a DataPlane, u32);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.copies.lock().remove(&self.1);
+    }
+}
+
 /// What a finished copy did (primary side).
 #[derive(Debug, Clone)]
 pub(crate) struct Copied {
@@ -75,14 +117,43 @@ pub(crate) async fn send(dp: &DataPlane, peer: NodeId, p: u32) -> Result<Copied,
         next_seq = log.next_seq,
         "copying the whole partition to its replica"
     );
+    let bytes_total: u64 = exp
+        .tables
+        .iter()
+        .flat_map(|t| t.batches.iter())
+        .map(|b| b.get_array_memory_size() as u64)
+        .sum();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    dp.copies.lock().insert(
+        p,
+        Progress {
+            peer,
+            rows,
+            bytes_total,
+            bytes_sent: sent.clone(),
+            started,
+        },
+    );
+    let _running = Running(dp, p);
+    let bandwidth = dp.bandwidth();
     let (tx, rx) = mpsc::channel::<InstallChunk>(AHEAD);
     let producer = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let mut bytes = 0u64;
+        let began = Instant::now();
         for t in &exp.tables {
             for b in &t.batches {
                 for slice in slices(b) {
                     let arrow_ipc = to_ipc(&slice).map_err(|e| e.to_string())?;
                     bytes += arrow_ipc.len() as u64;
+                    sent.store(bytes, std::sync::atomic::Ordering::Relaxed);
+                    // --migration-bandwidth: never ahead of `rate` bytes per second
+                    // (a blocking task, so sleeping here stalls nothing else).
+                    if let Some(rate) = bandwidth.filter(|r| *r > 0) {
+                        let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(began.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     let chunk = InstallChunk {
                         header: header.take(),
                         table_id: t.id,
@@ -111,6 +182,8 @@ pub(crate) async fn send(dp: &DataPlane, peer: NodeId, p: u32) -> Result<Copied,
         .map_err(|e| Status::internal(format!("copy encoder failed: {e}")))?;
     let resp = answer?;
     let bytes = produced.map_err(Status::internal)?;
+    dp.copy_bytes
+        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     let position = resp
         .position
         .ok_or_else(|| Status::internal("the replica answered the copy without a position"))?;

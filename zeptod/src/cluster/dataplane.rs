@@ -46,13 +46,54 @@ pub(crate) struct DataPlane {
     inflight: std::sync::atomic::AtomicUsize,
     /// Woken when `inflight` drops to zero.
     idle: tokio::sync::Notify,
+    /// Per partition: admitted local primary writes, and the partitions whose primary is
+    /// being handed over by the rebalancer (their writes are refused and retried on the new
+    /// primary, as during a drain).
+    handoff: Mutex<Handoff>,
+    /// Woken when a partition's admitted writes drop to zero.
+    partition_idle: tokio::sync::Notify,
+    /// Whole-partition copies this node is sending (for `/admin/cluster`).
+    pub(crate) copies: Mutex<std::collections::BTreeMap<u32, super::copy::Progress>>,
+    /// `--migration-bandwidth` in bytes/s (0: unlimited).
+    bandwidth: std::sync::atomic::AtomicU64,
+    /// Bytes sent by whole-partition copies since start.
+    pub(crate) copy_bytes: std::sync::atomic::AtomicU64,
+    /// WAL payload bytes sent to catch replicas up (not the live stream) since start.
+    pub(crate) catch_up_bytes: std::sync::atomic::AtomicU64,
+    /// Set while this node may have lost data the map says it holds (it started with an
+    /// empty data directory and has not yet made sure it is no longer primary or in-sync
+    /// replica of anything): it serves no write and no query part.
+    lost_data: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Handoff {
+    writes: std::collections::HashMap<u32, usize>,
+    handing_off: std::collections::BTreeSet<u32>,
 }
 
 /// Counts a local primary write while it runs (see [`DataPlane::admit_write`]).
-pub(crate) struct InflightWrite<'a>(&'a DataPlane);
+pub(crate) struct InflightWrite<'a>(&'a DataPlane, Vec<u32>);
 
 impl Drop for InflightWrite<'_> {
     fn drop(&mut self) {
+        if !self.1.is_empty() {
+            let mut h = self.0.handoff.lock();
+            let mut idle = false;
+            for p in &self.1 {
+                if let Some(n) = h.writes.get_mut(p) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        h.writes.remove(p);
+                        idle = true;
+                    }
+                }
+            }
+            drop(h);
+            if idle {
+                self.0.partition_idle.notify_waiters();
+            }
+        }
         if self
             .0
             .inflight
@@ -94,6 +135,13 @@ impl DataPlane {
             draining: std::sync::atomic::AtomicBool::new(false),
             inflight: std::sync::atomic::AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
+            handoff: Mutex::new(Handoff::default()),
+            partition_idle: tokio::sync::Notify::new(),
+            copies: Mutex::new(std::collections::BTreeMap::new()),
+            bandwidth: std::sync::atomic::AtomicU64::new(0),
+            copy_bytes: std::sync::atomic::AtomicU64::new(0),
+            catch_up_bytes: std::sync::atomic::AtomicU64::new(0),
+            lost_data: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,7 +151,24 @@ impl DataPlane {
     pub(crate) fn admit_write(&self, partitions: &[u32]) -> Result<InflightWrite<'_>> {
         use std::sync::atomic::Ordering;
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        let guard = InflightWrite(self);
+        let mut guard = InflightWrite(self, Vec::new());
+        self.check_data_intact()?;
+        {
+            let mut h = self.handoff.lock();
+            if let Some(p) = partitions.iter().find(|p| h.handing_off.contains(p)) {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "partition {p} is being handed to another node by the rebalancer; the \
+                         write was not applied, retry"
+                    ),
+                    retry_after: Some(1),
+                });
+            }
+            for p in partitions {
+                *h.writes.entry(*p).or_insert(0) += 1;
+            }
+            guard.1 = partitions.to_vec();
+        }
         if self.draining.load(Ordering::Acquire) {
             return Err(Error::Unavailable {
                 message: format!(
@@ -122,6 +187,67 @@ impl DataPlane {
     pub(crate) fn start_draining(&self) {
         self.draining
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// See the `lost_data` field.
+    pub(crate) fn set_lost_data(&self, lost: bool) {
+        self.lost_data
+            .store(lost, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `Unavailable` while this node may have lost data the map says it holds.
+    pub(crate) fn check_data_intact(&self) -> Result<()> {
+        if self.lost_data.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "node {} started with an empty data directory and is giving up the \
+                     copies the map still assigns to it; ask another copy",
+                    self.me
+                ),
+                retry_after: Some(1),
+            });
+        }
+        Ok(())
+    }
+
+    /// Set `--migration-bandwidth` (bytes/s; `None`: unlimited).
+    pub(crate) fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
+        self.bandwidth.store(
+            bytes_per_sec.unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// `--migration-bandwidth` (bytes/s), `None` when unlimited.
+    pub(crate) fn bandwidth(&self) -> Option<u64> {
+        Some(self.bandwidth.load(std::sync::atomic::Ordering::Relaxed)).filter(|b| *b > 0)
+    }
+
+    /// Stop admitting writes of `partition` (the rebalancer hands its primary over) and
+    /// wait, until `deadline`, for its admitted writes to finish. Returns whether they did.
+    /// [`DataPlane::end_handoff`] admits them again.
+    pub(crate) async fn begin_handoff(&self, partition: u32, deadline: Instant) -> bool {
+        self.handoff.lock().handing_off.insert(partition);
+        loop {
+            let woken = self.partition_idle.notified();
+            if !self.handoff.lock().writes.contains_key(&partition) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, woken).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    pub(crate) fn end_handoff(&self, partition: u32) {
+        self.handoff.lock().handing_off.remove(&partition);
+    }
+
+    /// Whether any of `partitions` is being handed over (its writes retry elsewhere).
+    pub(crate) fn is_handing_off(&self, partitions: &[u32]) -> bool {
+        let h = self.handoff.lock();
+        partitions.iter().any(|p| h.handing_off.contains(p))
     }
 
     /// Whether a drain began on this node.
@@ -190,7 +316,7 @@ impl DataPlane {
         let Some(leader) = leader.filter(|l| *l != self.me) else {
             return false; // the leader applies what it commits before anyone else hears of it
         };
-        let Some(client) = self.peers.get(leader).cloned() else {
+        let Some(client) = self.peers.get(leader) else {
             return false;
         };
         let sent_at = self.now();
@@ -328,11 +454,90 @@ async fn follow_map(dp: Arc<DataPlane>, node: Arc<Node>, mut shutdown: watch::Re
                 }
             }
         }
+        for n in state.nodes.values() {
+            // A node that joined after this one started (ADR 0012).
+            dp.peers.ensure(n.id, &n.grpc_addr);
+            super::replicate::ensure_sender(&dp, n.id, shutdown.clone());
+        }
         dp.repl.set_targets(&state);
         dp.repl.follow_trackers(&state, &node, dp.now());
         tokio::select! {
             r = view.changed() => if r.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn plane() -> Arc<DataPlane> {
+        let (_tx, rx) = watch::channel(View::default());
+        let (events, _erx) = tokio::sync::mpsc::channel(1);
+        let (fatal, _frx) = tokio::sync::mpsc::channel(1);
+        let identity = crate::rpc::Identity {
+            node_id: 1,
+            advertise_addr: "a:1".into(),
+            token: None,
+        };
+        let peers = PeerClients::start(
+            &identity,
+            &std::collections::BTreeMap::new(),
+            Duration::from_secs(1),
+            events,
+            fatal,
+        );
+        let dp = DataPlane::new(1, 2, rx, peers, Timings::defaults(), AckPolicy::Replicated);
+        dp.renew_lease(dp.now());
+        dp
+    }
+
+    #[tokio::test]
+    async fn a_handoff_waits_for_the_partitions_writes_and_refuses_new_ones() {
+        let dp = plane();
+        let running = dp.admit_write(&[0]).unwrap();
+        let other = dp.clone();
+        let handoff = tokio::spawn(async move {
+            other
+                .begin_handoff(0, Instant::now() + Duration::from_secs(10))
+                .await
+        });
+        // Refused (to be retried on the new primary) once the handoff began; the other
+        // partition is not affected.
+        let refused = loop {
+            match dp.admit_write(&[0]) {
+                Err(e) => break e,
+                Ok(g) => drop(g),
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(
+            matches!(&refused, Error::Unavailable { message, .. } if message.contains("handed")),
+            "{refused:?}"
+        );
+        assert!(dp.is_handing_off(&[1, 0]) && !dp.is_handing_off(&[1]));
+        drop(dp.admit_write(&[1]).unwrap());
+        assert!(!handoff.is_finished(), "the admitted write still runs");
+        drop(running);
+        assert!(tokio::time::timeout(Duration::from_secs(5), handoff)
+            .await
+            .unwrap()
+            .unwrap());
+        dp.end_handoff(0);
+        drop(dp.admit_write(&[0]).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_handoff_gives_up_at_its_deadline() {
+        let dp = plane();
+        let _running = dp.admit_write(&[1]).unwrap();
+        let idle = dp
+            .begin_handoff(1, Instant::now() + Duration::from_millis(50))
+            .await;
+        assert!(!idle);
     }
 }

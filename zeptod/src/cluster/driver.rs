@@ -142,7 +142,8 @@ pub(crate) struct View {
     pub(crate) fresh: bool,
 }
 
-/// Open the metadata storage and start the driver thread.
+/// Open the metadata storage and start the driver thread. Returns whether this process
+/// created the metadata store empty (a new node or a replaced disk).
 pub(crate) fn start(
     cfg: &Config,
     cluster: &ClusterConfig,
@@ -150,7 +151,7 @@ pub(crate) fn start(
     view_tx: watch::Sender<View>,
     peers: Arc<PeerClients>,
     fatal: mpsc::Sender<Error>,
-) -> Result<()> {
+) -> Result<bool> {
     let dir = cfg.data_dir.join("meta");
     let (storage, report) = MetaStorage::open(&dir)
         .map_err(|e| Error::Internal(format!("open metadata storage {}: {e}", dir.display())))?;
@@ -197,6 +198,7 @@ pub(crate) fn start(
         fresh,
         lost_reports: BTreeMap::new(),
         stepped_down_at: None,
+        peers_version: None,
     };
     std::thread::Builder::new()
         .name("zepto-meta".into())
@@ -230,7 +232,7 @@ pub(crate) fn start(
             }
         })
         .map_err(|e| Error::io("spawn the metadata driver thread", e))?;
-    Ok(())
+    Ok(fresh)
 }
 
 struct Driver {
@@ -255,6 +257,8 @@ struct Driver {
     lost_reports: BTreeMap<NodeId, MonoTime>,
     /// When a storage-failed leader last tried to hand the leadership over.
     stepped_down_at: Option<MonoTime>,
+    /// The metadata version peer clients were last made for.
+    peers_version: Option<u64>,
 }
 
 impl Driver {
@@ -323,6 +327,67 @@ impl Driver {
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "membership change not proposed"),
+        }
+        self.reconcile_learners(&lost);
+    }
+
+    /// Leader: every registered node outside `--peers` is a raft learner (it receives the
+    /// metadata but never votes, ADR 0012); a learner no longer registered (decommissioned)
+    /// leaves the group, and so does one whose log was lost (`lost`, a wiped disk: raft would
+    /// ignore its rejections forever), to be added back as a fresh learner next.
+    /// One configuration change at a time.
+    fn reconcile_learners(&mut self, lost: &std::collections::BTreeSet<NodeId>) {
+        if !self.node.is_leader() || self.node.has_pending_conf() {
+            return;
+        }
+        let (voters, learners) = self.node.membership();
+        if let Some(&id) = lost.iter().find(|id| learners.contains(id)) {
+            match self.node.propose_remove_node(id) {
+                Ok(()) => {
+                    tracing::warn!(
+                        node = id,
+                        "metadata membership: remove the learner whose log was lost"
+                    );
+                    self.lost_reports.remove(&id);
+                }
+                Err(e) => tracing::debug!(error = %e, "learner change not proposed"),
+            }
+            return;
+        }
+        let state = self.node.state();
+        let add = state.nodes.keys().copied().find(|id| {
+            !self.cluster.peers.contains_key(id) && !voters.contains(id) && !learners.contains(id)
+        });
+        let remove = learners
+            .iter()
+            .copied()
+            .find(|id| !self.cluster.peers.contains_key(id) && !state.nodes.contains_key(id));
+        let r = match (add, remove) {
+            (Some(id), _) => self
+                .node
+                .propose_add_learner(id)
+                .map(|()| (id, "add the registered data node as a learner")),
+            (None, Some(id)) => self
+                .node
+                .propose_remove_node(id)
+                .map(|()| (id, "remove the decommissioned learner")),
+            (None, None) => return,
+        };
+        match r {
+            Ok((node, what)) => tracing::info!(node, "metadata membership: {what}"),
+            Err(e) => tracing::debug!(error = %e, "learner change not proposed"),
+        }
+    }
+
+    /// Clients for every registered node (a node that joined after this one started).
+    fn sync_peers(&mut self) {
+        let version = self.node.state().version;
+        if self.peers_version == Some(version) {
+            return;
+        }
+        self.peers_version = Some(version);
+        for n in self.node.state().nodes.values() {
+            self.peers.ensure(n.id, &n.grpc_addr);
         }
     }
 
@@ -450,6 +515,7 @@ impl Driver {
             .node
             .advance()
             .map_err(|e| Error::Internal(format!("metadata raft storage failed: {e}")))?;
+        self.sync_peers();
         for (to, bytes) in out.messages {
             self.peers.send_raft(to, bytes);
         }

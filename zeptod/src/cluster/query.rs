@@ -506,6 +506,7 @@ async fn run_on(
     }
     let ids: Vec<u32> = list.iter().map(|pe| pe.partition).collect();
     if to == dp.me {
+        dp.check_data_intact().map_err(classify_local)?;
         dp.may_serve_reads()
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
@@ -517,7 +518,7 @@ async fn run_on(
             .await
             .map_err(classify_local);
     }
-    let Some(client) = dp.peers.get(to).cloned() else {
+    let Some(client) = dp.peers.get(to) else {
         return Err(Failure::Retry(format!("node {to} is not a known peer")));
     };
     let req = QueryRequest {
@@ -773,6 +774,8 @@ pub(crate) async fn serve(
     // Ownership and fencing first: a stale sender learns it before anything runs.
     let partitions = u32::try_from(state.partitions.len()).unwrap_or(u32::MAX);
     let parts = check_owner(dp.me, &state, from, partitions, &req.partitions)?;
+    dp.check_data_intact()
+        .map_err(|e| Status::failed_precondition(format!("NOT_PRIMARY: {e}")))?;
     let node = dp.node().map_err(|e| status_of(&e))?;
     if node.storage().partitions() != partitions {
         return Err(Status::failed_precondition(format!(

@@ -59,6 +59,9 @@ pub(crate) struct Note {
     pub(crate) last_error: Option<String>,
 }
 
+/// A peer's record queue and its overflow flag.
+type PeerQueue = (mpsc::Sender<CommittedRecord>, Arc<AtomicBool>);
+
 /// Per-node replication state shared by the listener, the senders, the `Replicate` service
 /// and the write path. See the module doc.
 #[derive(Debug)]
@@ -70,9 +73,10 @@ pub(crate) struct Replication {
     acked_changed: watch::Sender<u64>,
     /// Per partition: where its records go while this node is its primary.
     targets: RwLock<Vec<Option<NodeId>>>,
-    queues: BTreeMap<NodeId, mpsc::Sender<CommittedRecord>>,
+    /// Per peer: its record queue and overflow flag. Grows when a node joins (ADR 0012); the
+    /// listener takes the read lock once per commit group.
+    queues: RwLock<BTreeMap<NodeId, PeerQueue>>,
     receivers: Mutex<BTreeMap<NodeId, mpsc::Receiver<CommittedRecord>>>,
-    overflow: BTreeMap<NodeId, AtomicBool>,
     notes: Mutex<BTreeMap<u32, Note>>,
     /// Whole-partition copies sent (for `/admin/cluster` and tests).
     pub(crate) copies: AtomicU64,
@@ -92,21 +96,18 @@ impl Replication {
     ) -> Replication {
         let mut queues = BTreeMap::new();
         let mut receivers = BTreeMap::new();
-        let mut overflow = BTreeMap::new();
         for id in peers {
             let (tx, rx) = mpsc::channel(QUEUE);
-            queues.insert(id, tx);
+            queues.insert(id, (tx, Arc::new(AtomicBool::new(false))));
             receivers.insert(id, rx);
-            overflow.insert(id, AtomicBool::new(false));
         }
         Replication {
             me,
             acked: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             acked_changed: watch::channel(0).0,
             targets: RwLock::new(vec![None; partitions as usize]),
-            queues,
+            queues: RwLock::new(queues),
             receivers: Mutex::new(receivers),
-            overflow,
             notes: Mutex::new(BTreeMap::new()),
             trackers: Mutex::new(BTreeMap::new()),
             copies: AtomicU64::new(0),
@@ -135,17 +136,14 @@ impl Replication {
                     }
                 }
                 let targets = r.targets.read();
+                let queues = r.queues.read();
                 for rec in records.iter().filter(|rec| !rec.replicated) {
                     let Some(Some(to)) = targets.get(rec.partition as usize) else {
                         continue;
                     };
-                    let sent = r
-                        .queues
-                        .get(to)
-                        .is_some_and(|q| q.try_send(rec.clone()).is_ok());
-                    if !sent {
-                        if let Some(f) = r.overflow.get(to) {
-                            f.store(true, Ordering::Release);
+                    if let Some((q, overflow)) = queues.get(to) {
+                        if q.try_send(rec.clone()).is_err() {
+                            overflow.store(true, Ordering::Release);
                         }
                     }
                 }
@@ -405,6 +403,23 @@ pub(crate) fn start_senders(dp: &Arc<DataPlane>, shutdown: watch::Receiver<bool>
     }
 }
 
+/// Start a replication sender for a node that joined after this one started (ADR 0012), if
+/// it has none yet.
+pub(crate) fn ensure_sender(dp: &Arc<DataPlane>, peer: NodeId, shutdown: watch::Receiver<bool>) {
+    if peer == dp.me || dp.repl.queues.read().contains_key(&peer) {
+        return;
+    }
+    let (tx, rx) = mpsc::channel(QUEUE);
+    {
+        let mut queues = dp.repl.queues.write();
+        if queues.contains_key(&peer) {
+            return;
+        }
+        queues.insert(peer, (tx, Arc::new(AtomicBool::new(false))));
+    }
+    tokio::spawn(sender(dp.clone(), peer, rx, shutdown));
+}
+
 /// Ships records to one peer; see the module doc.
 async fn sender(
     dp: Arc<DataPlane>,
@@ -436,9 +451,10 @@ async fn sender(
         let records = std::mem::take(&mut buf);
         let overflow =
             s.dp.repl
-                .overflow
+                .queues
+                .read()
                 .get(&peer)
-                .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+                .is_some_and(|(_, f)| f.swap(false, Ordering::AcqRel));
         let result = async {
             if !records.is_empty() {
                 s.ship(records).await?;
@@ -697,7 +713,14 @@ impl Sender {
                 .storage()
                 .partition_position(p)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            if self.known.get(&p) != Some(&next) {
+            // A replica out of the in-sync set is probed even when its last answer matched
+            // our log end: it may have come back with less than it answered (a wiped disk
+            // at the same epoch gave up its in-sync membership, ADR 0012), and only a
+            // fresh answer tells.
+            let out_of_sync = state
+                .partition(p)
+                .is_some_and(|i| !i.in_sync.contains(&self.peer));
+            if self.known.get(&p) != Some(&next) || out_of_sync {
                 behind.push((p, next));
             }
         }
@@ -803,11 +826,13 @@ impl Sender {
                 records = records.len(),
                 "catching the replica up from the WAL"
             );
+            let bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
             if self.call(records, vec![p]).await? {
                 return Err(Status::aborted(format!(
                     "partition {p}: the replica refused WAL records from {from} as a gap"
                 )));
             }
+            self.dp.catch_up_bytes.fetch_add(bytes, Ordering::Relaxed);
             if self.known.get(&p).is_none_or(|&k| k <= from) {
                 return Err(Status::aborted(format!(
                     "partition {p}: the replica did not advance past {from}"

@@ -238,7 +238,11 @@ async fn write_local(
     let admitted = match dp.admit_write(&ids) {
         Ok(guard) => guard,
         // Draining: the partitions are being handed over; retry on their new primary.
-        Err(e) if dp.is_draining() => return PartResult::Stale(e),
+        Err(e)
+            if dp.is_draining() || dp.is_handing_off(&ids) || dp.check_data_intact().is_err() =>
+        {
+            return PartResult::Stale(e)
+        }
         Err(e) => return PartResult::Failed(e),
     };
     let result = async {
@@ -274,7 +278,7 @@ async fn forward(
     table: &str,
     parts: Vec<(u32, u64, RecordBatch)>,
 ) -> PartResult {
-    let Some(client) = dp.peers.get(to).cloned() else {
+    let Some(client) = dp.peers.get(to) else {
         return PartResult::Failed(Error::Unavailable {
             message: format!("node {to} is not a known peer"),
             retry_after: Some(1),

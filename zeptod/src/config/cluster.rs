@@ -88,6 +88,18 @@ pub(crate) struct ClusterArgs {
     /// primary, so the cluster returns to two copies by itself. `0s` never replaces.
     #[arg(long, env = "ZEPTO_REPLACE_AFTER", default_value = "60s")]
     replace_after: String,
+
+    /// Most bytes per second a whole-partition copy (a migration to a new node, a replaced
+    /// node's copies) sends from this node; 0 = unlimited. Keeps migrations from starving
+    /// ingest and queries of network and disk.
+    #[arg(long, env = "ZEPTO_MIGRATION_BANDWIDTH", default_value_t = 0)]
+    migration_bandwidth: u64,
+
+    /// Free bytes the data directory's filesystem must keep: below it this node reports
+    /// itself short of disk and the rebalancer moves no partition to it (the reason shows in
+    /// /admin/cluster `rebalance.refused_targets`). 0 = never refuse.
+    #[arg(long, env = "ZEPTO_MIN_FREE_DISK", default_value_t = 64 << 20)]
+    min_free_disk: u64,
 }
 
 /// The same settings from the TOML file.
@@ -106,6 +118,8 @@ pub(crate) struct FileClusterConfig {
     pub(crate) insecure_cluster: Option<bool>,
     pub(crate) accept_proxied_peers: Option<bool>,
     pub(crate) replace_after: Option<String>,
+    pub(crate) migration_bandwidth: Option<u64>,
+    pub(crate) min_free_disk: Option<u64>,
 }
 
 /// The validated cluster settings.
@@ -115,7 +129,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) grpc_addr: SocketAddr,
     /// How peers reach this node (its `--peers` entry).
     pub(crate) advertise_addr: String,
-    /// The raft voters: id -> host:port.
+    /// The raft voters: id -> host:port. This node is a voter exactly when it is listed;
+    /// otherwise it joins as a data node (raft learner, ADR 0012).
     pub(crate) peers: BTreeMap<NodeId, String>,
     pub(crate) replication_factor: usize,
     pub(crate) timings: Timings,
@@ -125,6 +140,17 @@ pub(crate) struct ClusterConfig {
     pub(crate) accept_proxied_peers: bool,
     /// `--replace-after` (`None` = never).
     pub(crate) replace_after: Option<Duration>,
+    /// `--migration-bandwidth` in bytes/s (`None` = unlimited).
+    pub(crate) migration_bandwidth: Option<u64>,
+    /// `--min-free-disk` in bytes (0 = never refuse).
+    pub(crate) min_free_disk: u64,
+}
+
+impl ClusterConfig {
+    /// Whether this node is a metadata voter (listed in `--peers`).
+    pub(crate) fn is_voter(&self) -> bool {
+        self.peers.contains_key(&self.node_id)
+    }
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -158,26 +184,32 @@ pub(crate) fn resolve(
         .or(file.node_id)
         .ok_or_else(|| bad("cluster mode (--peers) needs --node-id (a number or `auto`)".into()))?;
     let node_id = parse_node_id(&node_id, hostname)?;
-    let Some(own) = peers.get(&node_id) else {
-        return Err(bad(format!(
-            "node id {node_id} is not in --peers ({}); nodes outside the voters (learners) \
-             are not supported yet",
-            peers
-                .keys()
-                .map(|k| k.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        )));
-    };
-    let advertise_addr = match cli.advertise_addr.or(file.advertise_addr) {
-        Some(a) if &a != own => {
+    // A node in --peers is a metadata voter; any other node joins as a data node (a raft
+    // learner, ADR 0012): it reaches the voters through --peers and must say where the
+    // others reach it.
+    let advertise = cli.advertise_addr.or(file.advertise_addr);
+    let advertise_addr = match (peers.get(&node_id), advertise) {
+        (Some(own), Some(a)) if &a != own => {
             return Err(bad(format!(
                 "--advertise-addr {a} differs from this node's --peers entry {node_id}={own}; \
                  peers identify a node by that entry"
             )))
         }
-        Some(a) => a,
-        None => own.clone(),
+        (Some(_), Some(a)) => a,
+        (Some(own), None) => own.clone(),
+        (None, Some(a)) => a,
+        (None, None) => {
+            return Err(bad(format!(
+                "node id {node_id} is not in --peers ({}): it joins the cluster as a data node \
+                 and needs --advertise-addr (the host:port the other nodes reach its gRPC \
+                 service at)",
+                peers
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )))
+        }
     };
     let grpc_addr = match file.grpc_addr {
         Some(a) if !explicit("grpc_addr") => a
@@ -244,6 +276,15 @@ pub(crate) fn resolve(
         )));
     }
     let replace_after = (!replace_after.is_zero()).then_some(replace_after);
+    let migration_bandwidth = match file.migration_bandwidth {
+        Some(b) if !explicit("migration_bandwidth") => b,
+        _ => cli.migration_bandwidth,
+    };
+    let migration_bandwidth = (migration_bandwidth > 0).then_some(migration_bandwidth);
+    let min_free_disk = match file.min_free_disk {
+        Some(b) if !explicit("min_free_disk") => b,
+        _ => cli.min_free_disk,
+    };
     Ok(Some(ClusterConfig {
         node_id,
         grpc_addr,
@@ -254,6 +295,8 @@ pub(crate) fn resolve(
         token,
         accept_proxied_peers,
         replace_after,
+        migration_bandwidth,
+        min_free_disk,
     }))
 }
 

@@ -210,12 +210,18 @@ impl PeerClient {
     }
 }
 
-/// Clients and raft queues for every peer.
+/// Clients and raft queues for every peer: the `--peers` voters from the start, and every
+/// node registered in the metadata as it appears ([`PeerClients::ensure`], ADR 0012).
 #[derive(Debug)]
 pub(crate) struct PeerClients {
-    clients: BTreeMap<NodeId, Arc<PeerClient>>,
-    raft_queues: BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    clients: parking_lot::RwLock<BTreeMap<NodeId, Arc<PeerClient>>>,
+    raft_queues: parking_lot::RwLock<BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>>,
     events: mpsc::Sender<Event>,
+    identity: Identity,
+    timeout: Duration,
+    fatal: mpsc::Sender<Error>,
+    /// The runtime the raft senders run on (`ensure` may be called from the driver thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl PeerClients {
@@ -228,41 +234,58 @@ impl PeerClients {
         events: mpsc::Sender<Event>,
         fatal: mpsc::Sender<Error>,
     ) -> Arc<PeerClients> {
-        let mut clients = BTreeMap::new();
-        let mut raft_queues = BTreeMap::new();
-        for (&id, addr) in peers {
-            if id == identity.node_id {
-                continue;
-            }
-            let client = Arc::new(PeerClient {
-                id,
-                addr: addr.clone(),
-                identity: identity.clone(),
-                timeout,
-                channel: Mutex::new(None),
-                started: Instant::now(),
-                last_log_ms: AtomicU64::new(0),
-                fatal: fatal.clone(),
-            });
-            let (tx, rx) = mpsc::channel(RAFT_QUEUE);
-            tokio::spawn(raft_sender(client.clone(), rx, events.clone()));
-            clients.insert(id, client);
-            raft_queues.insert(id, tx);
-        }
-        Arc::new(PeerClients {
-            clients,
-            raft_queues,
+        let clients = Arc::new(PeerClients {
+            clients: parking_lot::RwLock::new(BTreeMap::new()),
+            raft_queues: parking_lot::RwLock::new(BTreeMap::new()),
             events,
-        })
+            identity: identity.clone(),
+            timeout,
+            fatal,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        for (&id, addr) in peers {
+            clients.ensure(id, addr);
+        }
+        clients
+    }
+
+    /// Make sure there is a client (and a raft queue) for node `id`, reached at `addr`.
+    /// A node that already has one keeps it: a `--peers` entry is how this node reaches a
+    /// voter (it may differ from the address the voter registered, behind a proxy). Returns
+    /// whether a client was added.
+    pub(crate) fn ensure(&self, id: NodeId, addr: &str) -> bool {
+        if id == self.identity.node_id || self.clients.read().contains_key(&id) {
+            return false;
+        }
+        let mut clients = self.clients.write();
+        if clients.contains_key(&id) {
+            return false;
+        }
+        let client = Arc::new(PeerClient {
+            id,
+            addr: addr.to_string(),
+            identity: self.identity.clone(),
+            timeout: self.timeout,
+            channel: Mutex::new(None),
+            started: Instant::now(),
+            last_log_ms: AtomicU64::new(0),
+            fatal: self.fatal.clone(),
+        });
+        let (tx, rx) = mpsc::channel(RAFT_QUEUE);
+        self.runtime
+            .spawn(raft_sender(client.clone(), rx, self.events.clone()));
+        clients.insert(id, client);
+        self.raft_queues.write().insert(id, tx);
+        true
     }
 
     /// Every peer's id (not ours).
     pub(crate) fn ids(&self) -> Vec<NodeId> {
-        self.clients.keys().copied().collect()
+        self.clients.read().keys().copied().collect()
     }
 
-    pub(crate) fn get(&self, id: NodeId) -> Option<&Arc<PeerClient>> {
-        self.clients.get(&id)
+    pub(crate) fn get(&self, id: NodeId) -> Option<Arc<PeerClient>> {
+        self.clients.read().get(&id).cloned()
     }
 
     /// Queue a raft message for `to`; never blocks. A full queue means the peer is not
@@ -270,6 +293,7 @@ impl PeerClients {
     pub(crate) fn send_raft(&self, to: NodeId, bytes: Vec<u8>) {
         let ok = self
             .raft_queues
+            .read()
             .get(&to)
             .is_some_and(|q| q.try_send(bytes).is_ok());
         if !ok {

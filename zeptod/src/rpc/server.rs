@@ -107,6 +107,19 @@ impl PeerService {
 
     /// The authenticated sender of a call (see the module doc).
     fn authenticate<T>(&self, req: &Request<T>, call: &str) -> Result<NodeId, Status> {
+        self.authenticate_as(req, call, None)
+    }
+
+    /// [`Self::authenticate`], except that a sender that is neither a `--peers` voter nor
+    /// registered yet is accepted when `joining` is its own registration (`AddNode` with its
+    /// id and the address it advertises): how a data node joins (ADR 0012). The cluster
+    /// secret is checked all the same.
+    fn authenticate_as<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+        joining: Option<&Command>,
+    ) -> Result<NodeId, Status> {
         let remote = req.remote_addr();
         let md = req.metadata();
         let header = |name: &str| md.get(name).and_then(|v| v.to_str().ok());
@@ -181,12 +194,16 @@ impl PeerService {
                 .get(&id)
                 .map(|n| n.grpc_addr.clone())
         });
-        if registered.is_none() && !self.peers.contains_key(&id) {
+        let addr = header(NODE_ADDR_HEADER).unwrap_or("");
+        let registers_itself = matches!(
+            joining,
+            Some(Command::AddNode { id: j, grpc_addr, .. }) if *j == id && grpc_addr == addr
+        );
+        if registered.is_none() && !self.peers.contains_key(&id) && !registers_itself {
             return Err(refuse(Status::permission_denied(format!(
                 "node {id} is not a member of this cluster"
             ))));
         }
-        let addr = header(NODE_ADDR_HEADER).unwrap_or("");
         if id == self.own_id {
             return Err(refuse(Status::already_exists(format!(
                 "node id {id} is in use by {} (the receiver itself)",
@@ -284,9 +301,12 @@ impl Peer for PeerService {
         &self,
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
-        let from = self.authenticate(&req, "ProposeMeta")?;
-        let cmd = Command::decode(&req.into_inner().command)
-            .map_err(|e| Status::invalid_argument(format!("bad metadata command: {e}")))?;
+        // Decoded before authenticating only to let a joining node register itself: nothing
+        // reaches the driver unless the caller passes.
+        let cmd = Command::decode(&req.get_ref().command);
+        let from = self.authenticate_as(&req, "ProposeMeta", cmd.as_ref().ok())?;
+        let cmd =
+            cmd.map_err(|e| Status::invalid_argument(format!("bad metadata command: {e}")))?;
         tracing::debug!(from, ?cmd, "forwarded metadata proposal");
         let (reply, rx) = oneshot::channel();
         self.to_driver(Event::Propose { cmd, reply }).await?;
@@ -513,6 +533,43 @@ mod tests {
             Event::Raft { from, msgs } => assert_eq!((from, msgs.len()), (3, 1)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_unknown_node_may_only_register_itself() {
+        let (svc, _rx) = service(Some("tok"));
+        let add = |id: u64, addr: &str| Command::AddNode {
+            id,
+            http_addr: "h:1".into(),
+            grpc_addr: addr.into(),
+        };
+        let r = req((), Some("tok"), Some("9"), Some("z:9"));
+        assert_eq!(
+            svc.authenticate_as(&r, "t", Some(&add(9, "z:9"))).unwrap(),
+            9
+        );
+        for cmd in [
+            None,
+            Some(add(8, "z:9")),
+            Some(add(9, "other:9")),
+            Some(Command::RemoveNode { id: 1 }),
+        ] {
+            assert_eq!(
+                svc.authenticate_as(&r, "t", cmd.as_ref())
+                    .unwrap_err()
+                    .code(),
+                tonic::Code::PermissionDenied,
+                "{cmd:?}"
+            );
+        }
+        // The secret is checked all the same.
+        let bad = req((), Some("nope"), Some("9"), Some("z:9"));
+        assert_eq!(
+            svc.authenticate_as(&bad, "t", Some(&add(9, "z:9")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[tokio::test]

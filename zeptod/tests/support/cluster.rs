@@ -11,9 +11,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::harness::{self, enc, Server};
+use crate::harness::{self, enc, wait_until, Server};
 
 pub(crate) const ADMIN_KEY: &str = "cluster-test-admin-key";
 pub(crate) const SECRET: &str = "cluster-test-secret-0123456789";
@@ -208,4 +208,147 @@ pub(crate) fn key_for(table: &str, partition: u32) -> String {
         .map(|i| format!("K{i}"))
         .find(|k| zepto_storage::partition_for(table, k, PARTITIONS) == partition)
         .unwrap()
+}
+
+/// One write of the load tests: a single row with a unique id into one partition.
+#[derive(Debug, Clone)]
+pub(crate) struct Op {
+    pub(crate) id: u64,
+    pub(crate) partition: u32,
+    /// HTTP status, 0 when the request got no answer.
+    pub(crate) status: u16,
+    pub(crate) started: Instant,
+    pub(crate) done: Instant,
+}
+
+/// Writers sending one-row CSV inserts through `targets` until `stop`; every outcome lands in
+/// `ops`. Ids are unique; the row's key is `keys[id % keys.len()]`.
+pub(crate) fn start_writers(
+    targets: Vec<std::net::SocketAddr>,
+    threads: usize,
+    table: &'static str,
+    keys: std::sync::Arc<Vec<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ops: std::sync::Arc<Mutex<Vec<Op>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique across every writer of the test process.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    (0..threads)
+        .map(|t| {
+            let (targets, keys, stop, ops) =
+                (targets.clone(), keys.clone(), stop.clone(), ops.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {ADMIN_KEY}");
+                let path = format!(
+                    "/?query={}",
+                    enc(&format!("INSERT INTO {table} FORMAT CSV"))
+                );
+                let mut n = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+                    let partition = u32::try_from(id % keys.len() as u64).unwrap();
+                    let body = format!("{id},{},{id}\n", keys[partition as usize]);
+                    let addr = targets[n % targets.len()];
+                    n += 1;
+                    let started = Instant::now();
+                    let status = harness::request(
+                        addr,
+                        "POST",
+                        &path,
+                        &[("Authorization", &auth)],
+                        body.as_bytes(),
+                    )
+                    .map_or(0, |r| r.status);
+                    ops.lock().unwrap().push(Op {
+                        id,
+                        partition,
+                        status,
+                        started,
+                        done: Instant::now(),
+                    });
+                }
+            })
+        })
+        .collect()
+}
+
+/// The ids stored for `key`, read through `s`.
+pub(crate) fn ids_of(s: &Server, table: &str, key: &str) -> Vec<u64> {
+    let r = s.get(&format!(
+        "/?query={}",
+        enc(&format!(
+            "SELECT id FROM {table} WHERE symbol = '{key}' FORMAT CSV"
+        ))
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text().lines().map(|l| l.parse().unwrap()).collect()
+}
+
+/// Check a load test's history against what the cluster stores: every acknowledged id
+/// present exactly once, no refused (409) id present. Reads each partition through its
+/// current primary. Returns (acked, unknown outcomes, unknown present).
+pub(crate) fn check_history(
+    c: &Cluster,
+    table: &str,
+    keys: &[String],
+    ops: &[Op],
+) -> (usize, usize, usize) {
+    let v = admin(c.node(c.live()[0]));
+    let mut acked = 0;
+    let mut unknown = 0;
+    let mut unknown_present = 0;
+    for (p, key) in keys.iter().enumerate() {
+        let primary = v["partitions"][p]["primary"].as_u64().unwrap();
+        let stored = ids_of(c.node(primary), table, key);
+        let mut seen = BTreeSet::new();
+        for id in &stored {
+            assert!(seen.insert(*id), "partition {p}: id {id} stored twice");
+        }
+        for op in ops.iter().filter(|o| o.partition as usize == p) {
+            match op.status {
+                200 => {
+                    acked += 1;
+                    assert!(
+                        seen.contains(&op.id),
+                        "partition {p}: acknowledged id {op:?} is missing"
+                    );
+                }
+                409 => assert!(
+                    !seen.contains(&op.id),
+                    "partition {p}: id {} was refused (409) but is stored",
+                    op.id
+                ),
+                _ => {
+                    unknown += 1;
+                    unknown_present += usize::from(seen.contains(&op.id));
+                }
+            }
+        }
+        let known: BTreeSet<u64> = ops
+            .iter()
+            .filter(|o| o.partition as usize == p)
+            .map(|o| o.id)
+            .collect();
+        assert!(
+            seen.is_subset(&known),
+            "partition {p}: ids stored that no writer sent"
+        );
+    }
+    (acked, unknown, unknown_present)
+}
+
+/// Create `table (ts TIMESTAMP, symbol SYMBOL, id BIGINT)` through node 1 and wait until
+/// every live node has it.
+pub(crate) fn create_id_table(c: &Cluster, table: &str) {
+    c.node(1).sql_ok(&format!(
+        "CREATE TABLE {table} (ts TIMESTAMP, symbol SYMBOL, id BIGINT)"
+    ));
+    for id in c.live() {
+        wait_until("table everywhere", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&table.to_string())
+                .then_some(())
+        });
+    }
 }

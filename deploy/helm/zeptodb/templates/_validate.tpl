@@ -28,10 +28,10 @@ StatefulSet, so every render runs it.
 {{- end }}
 {{- if not $v.cluster.learners }}
 {{- if gt $replicas (int $v.cluster.voters) }}
-{{- fail (printf "UNSAFE: replicaCount %d > cluster.voters %d: zeptod does not run nodes outside --peers (learners) yet, so pods %d.. would exit with \"node id is not in --peers\". Set cluster.voters=%d (an odd number) or keep replicaCount <= %d." $replicas (int $v.cluster.voters) (int $v.cluster.voters) $replicas (int $v.cluster.voters)) }}
+{{- fail (printf "UNSAFE: replicaCount %d > cluster.voters %d: pods %d.. would be data nodes (raft learners) that must be decommissioned before a scale-down (POST /admin/decommission, docs/operations.md scenario 8). Set cluster.learners=true to accept that, or cluster.voters=%d (an odd number), or keep replicaCount <= %d." $replicas (int $v.cluster.voters) (int $v.cluster.voters) $replicas (int $v.cluster.voters)) }}
 {{- end }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.maxReplicas) (int $v.cluster.voters)) }}
-{{- fail (printf "UNSAFE: autoscaling.maxReplicas %d > cluster.voters %d: pods added by the HPA would not be in --peers, and zeptod does not support learners yet. Keep autoscaling off until it does (then set cluster.learners=true)." (int $v.autoscaling.maxReplicas) (int $v.cluster.voters)) }}
+{{- fail (printf "UNSAFE: autoscaling.maxReplicas %d > cluster.voters %d: pods added by the HPA would be data nodes (raft learners) that must be decommissioned before the HPA removes them. Set cluster.learners=true to accept that (and keep the HPA from scaling in on its own)." (int $v.autoscaling.maxReplicas) (int $v.cluster.voters)) }}
 {{- end }}
 {{- end }}
 {{- if not (has (int $v.cluster.replicationFactor) (list 1 2)) }}

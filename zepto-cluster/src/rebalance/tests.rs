@@ -1,0 +1,229 @@
+use super::*;
+use crate::placement;
+
+fn cluster(nodes: &[NodeId], partitions: u32) -> ClusterState {
+    let mut s = ClusterState::default();
+    for &id in nodes {
+        s.apply(&Command::SetSetting {
+            key: disk_low_key(id),
+            value: String::new(),
+        })
+        .unwrap();
+        s.apply(&Command::AddNode {
+            id,
+            http_addr: String::new(),
+            grpc_addr: format!("n{id}"),
+        })
+        .unwrap();
+        s.apply(&Command::SetNodeState {
+            id,
+            state: NodeState::Active,
+        })
+        .unwrap();
+    }
+    s.apply(&placement::init_command(
+        placement::place(nodes, partitions, 2).unwrap(),
+    ))
+    .unwrap();
+    s
+}
+
+fn join(s: &mut ClusterState, id: NodeId) {
+    s.apply(&Command::SetSetting {
+        key: disk_low_key(id),
+        value: String::new(),
+    })
+    .unwrap();
+    s.apply(&Command::AddNode {
+        id,
+        http_addr: String::new(),
+        grpc_addr: format!("n{id}"),
+    })
+    .unwrap();
+    s.apply(&Command::SetNodeState {
+        id,
+        state: NodeState::Active,
+    })
+    .unwrap();
+}
+
+/// Commit each planned move as the cluster would (a new replica catches up and joins the
+/// in-sync set; a handoff promotes and the old primary catches up), until balanced.
+fn run(s: &mut ClusterState) -> usize {
+    for step in 0..1000 {
+        match plan(s) {
+            Plan::Balanced => return step,
+            Plan::Waiting(why) => panic!("stuck: {why}"),
+            Plan::Move(m) => {
+                s.apply(&m.command()).unwrap();
+                let p = s.partitions[m.partition() as usize].clone();
+                if let Some(r) = p.replica {
+                    s.apply(&Command::ExpandInSync {
+                        partition: p.id,
+                        epoch: p.epoch,
+                        node: r,
+                    })
+                    .unwrap();
+                }
+            }
+        }
+    }
+    panic!("no convergence");
+}
+
+fn spread(s: &ClusterState) -> (usize, usize) {
+    let hosts: Vec<NodeId> = s.nodes.keys().copied().collect();
+    let count = |f: &dyn Fn(&crate::state::PartitionInfo, NodeId) -> bool| {
+        let c: Vec<usize> = hosts
+            .iter()
+            .map(|&h| s.partitions.iter().filter(|p| f(p, h)).count())
+            .collect();
+        c.iter().max().unwrap() - c.iter().min().unwrap()
+    };
+    (
+        count(&|p, h| p.primary == h),
+        count(&|p, h| p.replica == Some(h)),
+    )
+}
+
+#[test]
+fn scale_out_then_in_balances_within_one() {
+    for partitions in [1u32, 3, 8, 16, 31] {
+        let mut s = cluster(&[1, 2, 3], partitions);
+        assert_eq!(plan(&s), Plan::Balanced);
+        join(&mut s, 4);
+        join(&mut s, 5);
+        run(&mut s);
+        let (dp, dr) = spread(&s);
+        assert!(dp <= 1 && dr <= 1, "{partitions}: {dp} {dr}");
+        for p in &s.partitions {
+            assert_ne!(Some(p.primary), p.replica);
+            assert_eq!(p.in_sync.len(), 2);
+        }
+        for id in [4, 5] {
+            s.apply(&Command::SetSetting {
+                key: decommission_key(id),
+                value: DECOMMISSION_REQUESTED.into(),
+            })
+            .unwrap();
+        }
+        run(&mut s);
+        assert!(s.partitions_of(4).is_empty() && s.partitions_of(5).is_empty());
+        s.apply(&Command::RemoveNode { id: 4 }).unwrap();
+        s.apply(&Command::RemoveNode { id: 5 }).unwrap();
+        let (dp, dr) = spread(&s);
+        assert!(dp <= 1 && dr <= 1, "{partitions}: {dp} {dr}");
+    }
+}
+
+#[test]
+fn nothing_moves_while_a_copy_runs_or_a_node_is_down() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    let Plan::Move(m) = plan(&s) else {
+        panic!("expected a move")
+    };
+    s.apply(&m.command()).unwrap();
+    assert!(matches!(plan(&s), Plan::Waiting(w) if w.contains("catching up")));
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    s.apply(&Command::SetNodeState {
+        id: 2,
+        state: NodeState::Suspect,
+    })
+    .unwrap();
+    assert!(matches!(plan(&s), Plan::Waiting(w) if w.contains("SUSPECT")));
+}
+
+#[test]
+fn decommission_refusals_name_the_reason() {
+    let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    run(&mut s);
+    assert!(decommission_refusal(&s, 4, &voters, 2).is_none());
+    let r = decommission_refusal(&s, 1, &voters, 2).unwrap();
+    assert!(r.contains("metadata voter"), "{r}");
+    let r = decommission_refusal(&s, 9, &voters, 2).unwrap();
+    assert!(r.contains("not a member"), "{r}");
+    // Node 4 the only in-sync copy of a partition it leads.
+    let p = s
+        .partitions
+        .iter()
+        .find(|p| p.primary == 4)
+        .unwrap()
+        .clone();
+    s.apply(&Command::ShrinkInSync {
+        partition: p.id,
+        epoch: p.epoch,
+        primary: 4,
+    })
+    .unwrap();
+    let r = decommission_refusal(&s, 4, &voters, 2).unwrap();
+    assert!(r.contains("only in-sync copy"), "{r}");
+    // Two data nodes, RF 2, voters all DEAD: too few nodes left.
+    let mut s = cluster(&[1, 2, 3], 4);
+    join(&mut s, 4);
+    join(&mut s, 5);
+    run(&mut s);
+    for id in [1, 2, 3] {
+        s.apply(&Command::SetNodeState {
+            id,
+            state: NodeState::Dead,
+        })
+        .unwrap();
+    }
+    let r = decommission_refusal(&s, 4, &voters, 2).unwrap();
+    assert!(r.contains("replication factor"), "{r}");
+    let mut lone = ClusterState::default();
+    join(&mut lone, 7);
+    lone.apply(&placement::init_command(
+        placement::place(&[7], 2, 2).unwrap(),
+    ))
+    .unwrap();
+    let r = decommission_refusal(&lone, 7, &voters, 2).unwrap();
+    assert!(r.contains("last copy holder"), "{r}");
+    // RF = 1: a partition without a replica cannot be moved off its only holder.
+    let mut one = cluster(&[1, 2, 3], 4);
+    join(&mut one, 4);
+    let p = one.partitions[0].clone();
+    one.apply(&Command::SetReplica {
+        partition: p.id,
+        expected_epoch: p.epoch,
+        replica: None,
+    })
+    .unwrap();
+    let primary = one.partitions[0].primary;
+    let r = decommission_refusal(&one, primary, &BTreeSet::new(), 1).unwrap();
+    assert!(r.contains("no replica"), "{r}");
+}
+
+#[test]
+fn nothing_moves_to_a_node_that_has_not_reported_its_disk() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    s.settings.remove(&disk_low_key(4));
+    assert_eq!(plan(&s), Plan::Balanced);
+}
+
+#[test]
+fn nothing_moves_to_a_node_short_of_disk() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    s.apply(&Command::SetSetting {
+        key: disk_low_key(4),
+        value: "free 1 MiB < --min-free-disk 64 MiB".into(),
+    })
+    .unwrap();
+    assert_eq!(disk_low(&s).len(), 1);
+    assert_eq!(plan(&s), Plan::Balanced);
+    assert!(s.partitions_of(4).is_empty());
+    // Cleared: it receives its share.
+    s.apply(&Command::SetSetting {
+        key: disk_low_key(4),
+        value: String::new(),
+    })
+    .unwrap();
+    run(&mut s);
+    assert!(!s.partitions_of(4).is_empty());
+}

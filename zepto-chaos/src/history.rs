@@ -312,8 +312,12 @@ impl Workload {
                             .with_key(targets.api_key.as_deref());
                         answer = http.post("/", sql.as_bytes());
                         // A read is idempotent: a refused connection (the process is gone)
-                        // or one cut before the answer (killed mid-query) moves on.
-                        if !refused(&answer) && !cut_off(&answer) {
+                        // or one cut before the answer (killed mid-query) moves on; so does a
+                        // 503 from a node that is not ready right now (the readiness poll was
+                        // stale: a Service would not have sent the query there).
+                        let unready = matches!(&answer, Ok(a) if a.status == 503)
+                            && !http.get("/ready").is_ok_and(|r| r.status == 200);
+                        if !refused(&answer) && !cut_off(&answer) && !unready {
                             break;
                         }
                     }

@@ -163,7 +163,10 @@ fn cluster_run(scenario: &str, seed: u64) -> Option<Report> {
     assert!(
         report.verdict.refused_writes + report.verdict.unknown_writes + report.verdict.failed_reads
             > 0
-            || matches!(scenario, "split-brain" | "drain" | "spot-reclaim" | "scale-out"),
+            || matches!(
+                scenario,
+                "split-brain" | "drain" | "spot-reclaim" | "scale-out"
+            ),
         "{scenario}: the fault changed nothing"
     );
     Some(report)

@@ -185,11 +185,12 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         }
     }
     state.set_draining();
+    // The cluster machinery stops first. (Letting in-flight requests finish with it still
+    // running would spare a routed write that waits for a new map its whole bound, but twice
+    // in 40 chaos runs the final checkpoint below then never finished: until that is
+    // understood, this order stays. See the session notes.)
+    let _ = shutdown_tx.send(true);
     drop(listener);
-    // In-flight requests finish with the cluster machinery still running: a write routed
-    // to a partition's new primary, or waiting for its replica, needs this node's peer
-    // server (raft messages: the new map), heartbeats and replication. Stopping them first
-    // held such a request until its bound (10 s at the default heartbeat).
     let drain = cfg.shutdown_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -197,7 +198,6 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     {
         tracing::warn!(timeout = ?drain, "in-flight requests did not finish in time; cutting them");
     }
-    let _ = shutdown_tx.send(true);
     if let Some(e) = fatal {
         return Err(e);
     }

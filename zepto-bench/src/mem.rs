@@ -28,8 +28,8 @@ fn sum8(v: &[f64]) -> f64 {
     let c = v.chunks_exact(8);
     let tail: f64 = c.remainder().iter().sum();
     for a in c {
-        for l in 0..8 {
-            acc[l] += a[l];
+        for (s, &a) in acc.iter_mut().zip(a) {
+            *s += a;
         }
     }
     acc.iter().sum::<f64>() + tail

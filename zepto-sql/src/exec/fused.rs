@@ -90,8 +90,8 @@ fn lanes<A: Copy, B: Copy>(x: &[A], y: &[B], fx: impl Fn(A) -> f64, fy: impl Fn(
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
     let (xr, yr) = (xc.remainder(), yc.remainder());
     for (a, b) in xc.zip(yc) {
-        for l in 0..LANES {
-            acc[l] += fx(a[l]) * fy(b[l]);
+        for ((s, &a), &b) in acc.iter_mut().zip(a).zip(b) {
+            *s += fx(a) * fy(b);
         }
     }
     let mut tail = 0.0;
@@ -107,8 +107,8 @@ pub(crate) fn sum_f64(v: &[f64]) -> f64 {
     let c = v.chunks_exact(LANES);
     let tail: f64 = c.remainder().iter().sum();
     for a in c {
-        for l in 0..LANES {
-            acc[l] += a[l];
+        for (s, &a) in acc.iter_mut().zip(a) {
+            *s += a;
         }
     }
     acc.iter().sum::<f64>() + tail

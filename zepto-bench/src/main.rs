@@ -17,6 +17,7 @@ mod duck;
 mod encode;
 mod gen;
 mod ingest;
+mod mem;
 mod query;
 
 use std::time::{Duration, Instant};
@@ -291,9 +292,22 @@ fn cmd_query(a: QueryArgs) -> Result<(), Error> {
     if let Some(d) = &duck {
         println!("DuckDB {} (load from Parquet: {:.2} s); ratio = DuckDB p50 / zeptodb p50 (> 1: zeptodb faster)", d.version, d.load_seconds);
     }
+    // Q8 reads price and volume (8 bytes each) of every row.
+    let bandwidth = mem::read_bandwidth_gbs();
+    let q8 = zepto.iter().find(|t| t.name == "Q8").map(|t| {
+        let gbs = (a.common.rows * 16) as f64 / (t.p50_us.max(1e-3) * 1e-6) / 1e9;
+        println!(
+            "memory read bandwidth (in-process 8-lane sum over 256 MiB, this run): {bandwidth:.1} GB/s; \
+             Q8 reads {} MB: {gbs:.1} GB/s end to end = {:.2}x below bandwidth",
+            a.common.rows * 16 / 1_000_000,
+            bandwidth / gbs.max(1e-9)
+        );
+        gbs
+    });
     write_json(
         &a.common.json,
-        &json!({ "queries": qs, "zeptodb": zepto, "duckdb": duck }),
+        &json!({ "queries": qs, "zeptodb": zepto, "duckdb": duck,
+                 "memory_read_gbs": bandwidth, "q8_gbs": q8 }),
     )
 }
 

@@ -112,6 +112,10 @@ fn smoke_ingest_and_queries_against_a_real_server() {
     for q in ["Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8"] {
         assert!(out.lines().any(|l| l.starts_with(q)), "{q} missing:\n{out}");
     }
+    assert!(
+        out.contains("memory read bandwidth") && out.contains("Q8 reads"),
+        "{out}"
+    );
     if out.contains("DuckDB comparison skipped") {
         println!("DuckDB part SKIPPED: {out}");
     } else {

@@ -6,11 +6,14 @@
 //! HOT PATH: the per-batch loop of every operator.
 
 pub(crate) mod agg;
+pub(crate) mod fused;
 pub(crate) mod groups;
 pub(crate) mod join;
+pub(crate) mod parallel;
 pub(crate) mod window;
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,8 @@ pub(crate) struct ExecCtx {
     started: Instant,
     timeout: Duration,
     memory_limit: usize,
-    used: Cell<usize>,
+    /// Bytes charged so far; shared with the query's worker threads (see `parallel.rs`).
+    used: Arc<AtomicUsize>,
     pub(crate) rows_read: Cell<u64>,
     /// When set, scans read only these partitions (a per-partition part of a split plan).
     pub(crate) only_partitions: Option<Vec<u32>>,
@@ -52,7 +56,7 @@ impl ExecCtx {
             started: Instant::now(),
             timeout,
             memory_limit,
-            used: Cell::new(0),
+            used: Arc::new(AtomicUsize::new(0)),
             rows_read: Cell::new(0),
             only_partitions: None,
             partial_input: RefCell::new(vec![]),
@@ -70,22 +74,43 @@ impl ExecCtx {
         Ok(())
     }
 
+    /// A context for one worker thread of this query: the same deadline and memory budget,
+    /// its scans restricted to `partitions`, its own counters.
+    pub(crate) fn fork(&self, partitions: Vec<u32>) -> ExecCtx {
+        ExecCtx {
+            db: self.db.clone(),
+            started: self.started,
+            timeout: self.timeout,
+            memory_limit: self.memory_limit,
+            used: self.used.clone(),
+            rows_read: Cell::new(0),
+            only_partitions: Some(partitions),
+            partial_input: RefCell::new(vec![]),
+            scan_stats: RefCell::new(vec![]),
+        }
+    }
+
     /// Account `bytes` more of materialised data.
     pub(crate) fn charge(&self, bytes: usize, during: &'static str) -> Result<()> {
-        let now = self.used.get().saturating_add(bytes);
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        let now = before.saturating_add(bytes);
         if now > self.memory_limit {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
             return Err(Error::MemoryLimit {
                 limit: self.memory_limit,
                 needed: now,
                 during,
             });
         }
-        self.used.set(now);
         Ok(())
     }
 
     pub(crate) fn release(&self, bytes: usize) {
-        self.used.set(self.used.get().saturating_sub(bytes));
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
     }
 
     /// Move a tracked figure from `old` to `new` bytes.
@@ -447,7 +472,7 @@ pub(crate) fn run(node: &Node, ctx: &ExecCtx, sink: &mut Sink<'_>) -> Result<boo
 }
 
 /// The scan request of `s` restricted to the partitions this execution may read.
-fn scan_request(s: &crate::plan::ScanNode, ctx: &ExecCtx) -> zepto_storage::ScanRequest {
+pub(crate) fn scan_request(s: &crate::plan::ScanNode, ctx: &ExecCtx) -> zepto_storage::ScanRequest {
     let mut req = s.request.clone();
     if let Some(only) = &ctx.only_partitions {
         req.partitions = Some(match req.partitions {
@@ -530,6 +555,13 @@ fn run_aggregate(
     let mut groups = Groups::new(key_types)?;
     let mut accs = aggs.iter().map(Acc::new).collect::<Result<Vec<_>>>()?;
     let mut tracked = 0usize;
+    let fused: Vec<Option<(usize, usize)>> = aggs
+        .iter()
+        .map(|a| match mode {
+            AggMode::Final => None,
+            _ => fused::sum_of_product(a),
+        })
+        .collect();
     run(input, ctx, &mut |b| {
         let keys = if mode == AggMode::Final {
             b.columns()
@@ -551,7 +583,7 @@ fn run_aggregate(
             Some(groups.ids.as_slice())
         };
         let mut state_col = group.len();
-        for (acc, a) in accs.iter_mut().zip(aggs) {
+        for (i, (acc, a)) in accs.iter_mut().zip(aggs).enumerate() {
             if mode == AggMode::Final {
                 let width = a.state_fields().len();
                 let st: Vec<ArrayRef> = b
@@ -564,6 +596,13 @@ fn run_aggregate(
                 state_col += width;
                 acc.merge(ids, ng, &st)?;
             } else {
+                // sum(x * y) without a GROUP BY: one pass over both columns.
+                if let (None, Some((x, y))) = (ids, fused[i]) {
+                    if let Some(total) = fused::dot(&b, x, y) {
+                        acc.add_f64_total(total, b.num_rows() > 0);
+                        continue;
+                    }
+                }
                 let args = a
                     .args
                     .iter()

@@ -18,6 +18,11 @@
 //! * `/` always divides as DOUBLE; division or modulo by zero gives NULL;
 //! * `min`/`max`/`first`/`last` of an INT column are BIGINT.
 //!
+//! Cores: a SELECT that aggregates one table and reads at least
+//! [`Parallelism::min_rows`] rows runs its partial aggregate on contiguous runs of
+//! partitions on several threads and merges the partial states (`exec/parallel.rs`, the same
+//! split a cluster uses); its answer is the serial one (floating-point sums up to rounding).
+//!
 //! Limits: every query has a deadline (checked between batches) and a memory budget (charged
 //! for everything materialised: sort buffers, join tables, aggregate states, collected
 //! results). Both fail the query with a typed error ([`ErrorKind::Timeout`],
@@ -65,6 +70,7 @@ use sqlparser::ast::{ObjectType, Statement};
 use zepto_storage::Db;
 
 pub use error::{Error, ErrorKind, Result};
+pub use exec::parallel::Parallelism;
 
 use exec::ExecCtx;
 use plan::bind::Binder;
@@ -121,12 +127,16 @@ pub struct Engine {
     db: Db,
     settings: QuerySettings,
     clock: Clock,
+    parallel: Parallelism,
+    /// Extra threads lent to queries (bounded by `parallel.threads - 1`).
+    workers: Arc<exec::parallel::Workers>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("settings", &self.settings)
+            .field("parallel", &self.parallel)
             .finish_non_exhaustive()
     }
 }
@@ -220,7 +230,23 @@ impl Engine {
             db,
             settings,
             clock: Arc::new(system_clock),
+            parallel: Parallelism::default(),
+            workers: Arc::default(),
         }
+    }
+
+    /// How many cores a query may use (default: every core, from 200,000 rows read; see
+    /// [`Parallelism`]). Only SELECTs through [`Engine::execute`] run in parallel.
+    pub fn with_parallelism(mut self, parallel: Parallelism) -> Engine {
+        self.parallel = parallel;
+        self
+    }
+
+    /// How many queries of this engine (and its clones) ran on more than one thread.
+    pub fn parallel_queries(&self) -> u64 {
+        self.workers
+            .parallel_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replace the clock `now()` reads (tests pin it).
@@ -254,7 +280,7 @@ impl Engine {
         match &stmt {
             Statement::Query(q) => {
                 let node = plan::prune::prune_plan(binder.plan_query(q)?.0)?;
-                let batches = exec::collect(&node, &ctx)?;
+                let batches = exec::parallel::collect(&node, &ctx, &self.parallel, &self.workers)?;
                 let (schema, batches) = plain_strings(node.schema(), batches)?;
                 Ok(QueryOutput::Rows {
                     schema,

@@ -449,7 +449,11 @@ async fn run_sql_inner(
     }
 }
 
-/// Send a result piece by piece from a blocking encoder task.
+/// Results of at most this many cells are encoded on the request's task and sent whole.
+const INLINE_CELLS: usize = 4096;
+
+/// Send a result: a small one at once, a larger one piece by piece from a blocking encoder
+/// task.
 fn stream_rows(
     format: OutputFormat,
     schema: arrow::datatypes::SchemaRef,
@@ -458,6 +462,25 @@ fn stream_rows(
     start: Instant,
 ) -> Result<Response> {
     let (mut enc, head) = Encoder::start(format, schema)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let cells = rows.saturating_mul(batches.first().map_or(0, |b| b.num_columns()));
+    if cells <= INLINE_CELLS && format != OutputFormat::Parquet {
+        // A small answer (an aggregate, a few bars): encoded here and sent as one body with
+        // a Content-Length, without a blocking task, a channel and chunked framing.
+        let mut body = Vec::with_capacity(head.len() + cells * 24 + 128);
+        body.extend_from_slice(&head);
+        for batch in &batches {
+            body.extend_from_slice(&enc.batch(batch)?);
+        }
+        let elapsed = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        body.extend_from_slice(&enc.finish(elapsed, rows_read)?);
+        let mut resp = Response::new(Body::from(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        return Ok(resp);
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let send = |b: std::result::Result<Bytes, Error>| {

@@ -253,6 +253,18 @@ impl Acc {
         }
     }
 
+    /// Add an already summed DOUBLE total to group 0 of a `sum` (see `fused.rs`); `seen`
+    /// says whether any row contributed.
+    pub(crate) fn add_f64_total(&mut self, total: f64, seen: bool) {
+        self.resize(1);
+        if let Acc::SumF { sum, seen: z } = self {
+            if let (Some(s), Some(z)) = (sum.get_mut(0), z.get_mut(0)) {
+                *s += total;
+                *z |= seen;
+            }
+        }
+    }
+
     /// `count(*)`: every row counts.
     pub(crate) fn update_star(&mut self, ids: Option<&[u32]>, ngroups: usize, rows: usize) {
         self.resize(ngroups);
@@ -303,7 +315,7 @@ impl Acc {
                 let (vals, nulls) = (p.values(), p.nulls());
                 if ids.is_none() && nulls.is_none() {
                     if let (Some(s), Some(z)) = (sum.get_mut(0), seen.get_mut(0)) {
-                        *s += vals.iter().sum::<f64>();
+                        *s += super::fused::sum_f64(vals);
                         *z |= !vals.is_empty();
                     }
                 } else {

@@ -157,22 +157,13 @@ fn cluster_run(scenario: &str, seed: u64) -> Option<Report> {
             "{scenario}: no failover measured"
         );
     }
-    // The fault really hit the cluster: some operation did not succeed. Not for a drain or a
-    // spot reclaim, whose point is that clients following readiness see nothing fail: there
-    // the handoff (failover measured above) and the exit code show the fault happened.
-    // (`random` runs the scenario its seed picks: "random:drain".)
-    let picked = report
-        .scenario
-        .strip_prefix("random:")
-        .unwrap_or(&report.scenario);
+    // The fault really hit the cluster: the cluster itself saw it (the victim SUSPECT/DEAD, a
+    // new leader, `/health` failing, a handoff, a balanced 5-node placement). Failed
+    // operations are no evidence: clients that follow readiness (as the workload's do) are
+    // meant to see none in most scenarios.
     assert!(
-        report.verdict.refused_writes + report.verdict.unknown_writes + report.verdict.failed_reads
-            > 0
-            || matches!(
-                picked,
-                "split-brain" | "drain" | "spot-reclaim" | "scale-out"
-            ),
-        "{scenario}: the fault changed nothing"
+        report.detection_ms.is_some(),
+        "{scenario}: the fault was never seen by the cluster"
     );
     Some(report)
 }

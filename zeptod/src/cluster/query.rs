@@ -766,13 +766,16 @@ pub(crate) async fn serve(
     if req.timeout_ms == 0 {
         return Err(Status::deadline_exceeded("no time left for the query"));
     }
-    // A map this node may not trust is not checked against (see `may_serve_reads`).
+    let state = dp.view.borrow().state.clone();
+    // Ownership and fencing first: a stale sender learns it before anything runs.
+    let partitions = u32::try_from(state.partitions.len()).unwrap_or(u32::MAX);
+    check_owner(dp.me, &state, from, partitions, &req.partitions)?;
+    // Then this node answers only with a map it may trust (see `may_serve_reads`), and checks
+    // again against that map (catching up may have moved the partitions away).
     dp.may_serve_reads()
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let state = dp.view.borrow().state.clone();
-    // Ownership and fencing first: a stale sender learns it before anything runs.
-    let partitions = u32::try_from(state.partitions.len()).unwrap_or(u32::MAX);
     let parts = check_owner(dp.me, &state, from, partitions, &req.partitions)?;
     dp.check_data_intact()
         .map_err(|e| Status::failed_precondition(format!("NOT_PRIMARY: {e}")))?;

@@ -217,6 +217,11 @@ impl Cluster {
             ADMIN_KEY.into(),
             "--checkpoint-interval".into(),
             "2s".into(),
+            // After a SIGTERM's handoff, keep serving (not ready) this long before the
+            // listener closes, as the chart does (5 s there): clients that follow readiness
+            // stop sending first, so none has its request cut by the exit.
+            "--drain-delay".into(),
+            "1s".into(),
         ];
         Ok(NodeSpec {
             id,

@@ -272,6 +272,15 @@ async fn hand_off(
             // A poll inside a deadline: the replica's position arrives with its next answer.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // The remembered position may predate a wipe of the replica's disk (it restarted
+        // empty and has not given up its in-sync place yet, ADR 0012): the replica's own
+        // answer, asked now, decides.
+        let fresh = replica_position(cluster, to, partition).await?;
+        if fresh < written_now(&node, partition) {
+            return Err(format!(
+                "replica {to} holds only {fresh} records of partition {partition} (asked just now)"
+            ));
+        }
         let cmd = Command::Promote {
             partition,
             new_primary: to,
@@ -290,6 +299,41 @@ async fn hand_off(
     .await;
     cluster.data.end_handoff(partition);
     result.map(|()| started.elapsed())
+}
+
+/// This node's log end for `partition`.
+fn written_now(node: &crate::db::Node, partition: u32) -> u64 {
+    node.storage()
+        .partition_position(partition)
+        .map_or(u64::MAX, |(_, n)| n)
+}
+
+/// Ask `to` where its log of `partition` ends (a replication probe with no records).
+async fn replica_position(
+    cluster: &Cluster,
+    to: NodeId,
+    partition: u32,
+) -> std::result::Result<u64, String> {
+    let client = cluster
+        .data
+        .peers
+        .get(to)
+        .ok_or_else(|| format!("no client for node {to}"))?;
+    let resp = client
+        .replicate(crate::rpc::pb::ReplicateRequest {
+            records: Vec::new(),
+            probe: vec![partition],
+        })
+        .await
+        .map_err(|s| format!("node {to} did not answer a probe: {}", s.message()))?;
+    if resp.diverged.contains(&partition) {
+        return Err(format!("replica {to} diverged on partition {partition}"));
+    }
+    resp.positions
+        .iter()
+        .find(|p| p.partition == partition)
+        .map(|p| p.next_seq)
+        .ok_or_else(|| format!("node {to} did not report partition {partition}"))
 }
 
 impl Cluster {

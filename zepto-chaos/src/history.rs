@@ -74,6 +74,29 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// Send one operation to the nodes of `order` in turn, moving on while `move_on` says the
+    /// node did not take it; `(the node that answered last, its answer)`.
+    fn send(
+        &self,
+        urls: &[String],
+        order: &[usize],
+        op: impl Fn(&Http) -> Result<Answer, String>,
+        move_on: impl Fn(&Http, &Result<Answer, String>) -> bool,
+    ) -> (usize, Result<Answer, String>) {
+        let mut last = (order.first().copied().unwrap_or(0), Err(String::new()));
+        for &node in order {
+            let http =
+                Http::new(&urls[node], Duration::from_secs(10)).with_key(self.api_key.as_deref());
+            let answer = op(&http);
+            let again = move_on(&http, &answer);
+            last = (node, answer);
+            if !again {
+                break;
+            }
+        }
+        last
+    }
+
     /// The node indexes to try, in order, for the operation numbered `start`: round robin,
     /// only ready nodes when `follow_ready` (all when none is ready).
     fn order(&self, urls: usize, start: usize, follow_ready: bool) -> Vec<usize> {
@@ -202,20 +225,17 @@ impl Workload {
                     let invoked_ms = ms();
                     // Like a client behind a Kubernetes Service: a node that refuses the
                     // connection (its process is gone: nothing was applied) is skipped.
-                    let mut node = order[0];
-                    let mut answer = Err(String::new());
-                    for i in order {
-                        node = i;
-                        let http = Http::new(&urls[node], Duration::from_secs(10))
-                            .with_key(targets.api_key.as_deref());
-                        answer = http.post(
-                            "/?query=INSERT%20INTO%20chaos%20FORMAT%20CSV",
-                            body.as_bytes(),
-                        );
-                        if !refused(&answer) {
-                            break;
-                        }
-                    }
+                    let (node, answer) = targets.send(
+                        &urls,
+                        &order,
+                        |http| {
+                            http.post(
+                                "/?query=INSERT%20INTO%20chaos%20FORMAT%20CSV",
+                                body.as_bytes(),
+                            )
+                        },
+                        |_, answer| refused(answer),
+                    );
                     let op = WriteOp {
                         writer: w,
                         first,
@@ -304,23 +324,21 @@ impl Workload {
                     let sql =
                         format!("SELECT count(*) FROM chaos WHERE symbol = '{key}' FORMAT CSV");
                     let invoked_ms = ms();
-                    let mut node = order[0];
-                    let mut answer = Err(String::new());
-                    for i in order {
-                        node = i;
-                        let http = Http::new(&urls[node], Duration::from_secs(10))
-                            .with_key(targets.api_key.as_deref());
-                        answer = http.post("/", sql.as_bytes());
-                        // A read is idempotent: a refused connection (the process is gone)
-                        // or one cut before the answer (killed mid-query) moves on; so does a
-                        // 503 from a node that is not ready right now (the readiness poll was
-                        // stale: a Service would not have sent the query there).
-                        let unready = matches!(&answer, Ok(a) if a.status == 503)
-                            && !http.get("/ready").is_ok_and(|r| r.status == 200);
-                        if !refused(&answer) && !cut_off(&answer) && !unready {
-                            break;
-                        }
-                    }
+                    // A read is idempotent: a refused connection (the process is gone) or one
+                    // cut before the answer (killed mid-query) moves on; so does a 503 from a
+                    // node that is not ready right now (the readiness poll was stale: a
+                    // Service would not have sent the query there).
+                    let (node, answer) = targets.send(
+                        &urls,
+                        &order,
+                        |http| http.post("/", sql.as_bytes()),
+                        |http, answer| {
+                            refused(answer)
+                                || cut_off(answer)
+                                || (matches!(answer, Ok(a) if a.status == 503)
+                                    && !http.get("/ready").is_ok_and(|r| r.status == 200))
+                        },
+                    );
                     let (outcome, count) = read_outcome(&answer);
                     if let Ok(mut h) = history.lock() {
                         h.reads.push(ReadOp {

@@ -256,10 +256,7 @@ async fn hand_off(
             return Err("the partition's admitted writes did not finish in time".to_string());
         }
         loop {
-            let written = node
-                .storage()
-                .partition_position(partition)
-                .map_or(u64::MAX, |(_, n)| n);
+            let written = written_now(&node, partition);
             let acked = cluster.data.repl.acked(partition);
             if acked >= written {
                 break;

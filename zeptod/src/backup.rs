@@ -139,6 +139,10 @@ pub(crate) async fn http_backup_partitions(
         let view = c.view();
         (id, view)
     });
+    if let Some(c) = state.cluster() {
+        // An empty data directory the map still names primary would upload nothing.
+        c.check_data_intact()?;
+    }
     if let Some((id, view)) = &me {
         for &p in &body.partitions {
             let primary = view.state.partitions.get(p as usize).map(|i| i.primary);

@@ -492,6 +492,11 @@ impl Cluster {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// See [`dataplane::DataPlane::check_data_intact`].
+    pub(crate) fn check_data_intact(&self) -> Result<()> {
+        self.data.check_data_intact()
+    }
+
     pub(crate) fn node_id(&self) -> NodeId {
         self.cfg.node_id
     }
@@ -1152,6 +1157,11 @@ async fn insync_loop(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>)
             if node.storage().health().is_err() {
                 continue;
             }
+        }
+        // Nor does a node that came back with an empty data directory: as the map's primary
+        // it would count an empty replica as caught up with its own empty log.
+        if !cluster.data.data_intact() {
+            continue;
         }
         for cmd in cluster.data.repl.poll_trackers(cluster.data.now()) {
             tracing::info!(?cmd, "in-sync change proposed");

@@ -194,6 +194,9 @@ async fn round(state: &AppState, store: &Store, status: &ArchiveStatus) -> Resul
     };
     let db = node.storage();
     let primaries: Vec<u32> = match state.cluster() {
+        // A node that came back with an empty data directory archives nothing until it gave
+        // up the roles the map still assigns to it.
+        Some(c) if c.check_data_intact().is_err() => Vec::new(),
         Some(c) => {
             let me = c.node_id();
             c.view()

@@ -195,9 +195,18 @@ impl DataPlane {
             .store(lost, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether this node's data directory holds what the map says it does, i.e. it may act
+    /// on its roles: a node that came back with an empty directory must neither ship, copy
+    /// nor catch up anything as a primary (its empty log would overwrite the replica that
+    /// holds every acknowledged row), nor propose in-sync or placement changes, until it
+    /// gave those roles up.
+    pub(crate) fn data_intact(&self) -> bool {
+        !self.lost_data.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// `Unavailable` while this node may have lost data the map says it holds.
     pub(crate) fn check_data_intact(&self) -> Result<()> {
-        if self.lost_data.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.data_intact() {
             return Err(Error::Unavailable {
                 message: format!(
                     "node {} started with an empty data directory and is giving up the \

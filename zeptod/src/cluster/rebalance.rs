@@ -86,7 +86,10 @@ pub(crate) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
             r = view.changed() => if r.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if cluster.data.is_draining() {
+        // A draining node moves nothing; nor does one that came back with an empty data
+        // directory and still holds roles in the map (its handoffs would promote copies
+        // made from nothing).
+        if cluster.data.is_draining() || !cluster.data.data_intact() {
             continue;
         }
         let v = view.borrow_and_update().clone();

@@ -515,8 +515,13 @@ impl Sender {
         }
     }
 
-    /// Partitions this node is primary of whose replica is the peer.
+    /// Partitions this node is primary of whose replica is the peer; none while this node's
+    /// data directory may have lost what the map says it holds (see
+    /// [`DataPlane::data_intact`]): a wiped primary's empty log must never reach a replica.
     fn served(&self) -> BTreeSet<u32> {
+        if !self.dp.data_intact() {
+            return BTreeSet::new();
+        }
         let state = self.dp.view.borrow().state.clone();
         state
             .partitions
@@ -922,4 +927,71 @@ pub(crate) async fn serve(
         gap,
         diverged,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use zepto_cluster::state::PartitionInfo;
+
+    use super::*;
+    use crate::config::AckPolicy;
+
+    /// Partitions 0..4 alternately led by node 1 (this node) and node 2, each replicated on
+    /// the other.
+    fn plane() -> Arc<DataPlane> {
+        let state = ClusterState {
+            partitions: (0..4)
+                .map(|id| PartitionInfo {
+                    id,
+                    primary: if id % 2 == 0 { 1 } else { 2 },
+                    replica: Some(if id % 2 == 0 { 2 } else { 1 }),
+                    epoch: 2,
+                    in_sync: [1, 2].into_iter().collect(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let view = super::super::driver::View {
+            state: Arc::new(state),
+            ..Default::default()
+        };
+        let (_tx, rx) = watch::channel(view);
+        let (events, _erx) = mpsc::channel(1);
+        let (fatal, _frx) = mpsc::channel(1);
+        let identity = crate::rpc::Identity {
+            node_id: 1,
+            advertise_addr: "a:1".into(),
+            token: None,
+        };
+        let peers = crate::rpc::client::PeerClients::start(
+            &identity,
+            &BTreeMap::new(),
+            Duration::from_secs(1),
+            events,
+            fatal,
+        );
+        DataPlane::new(1, 4, rx, peers, Timings::defaults(), AckPolicy::Replicated)
+    }
+
+    #[tokio::test]
+    async fn a_primary_that_lost_its_data_directory_serves_its_replica_nothing() {
+        let dp = plane();
+        let s = Sender {
+            dp: dp.clone(),
+            peer: 2,
+            known: HashMap::new(),
+            known_at: HashMap::new(),
+            diverged: BTreeSet::new(),
+            must_copy: BTreeSet::new(),
+            failing: false,
+        };
+        assert_eq!(s.served(), [0, 2].into_iter().collect());
+        // Restarted with an empty data directory, still primary in the map: its empty log
+        // must not be shipped (or copied whole) over the replica holding every row.
+        dp.set_lost_data(true);
+        assert!(s.served().is_empty());
+        dp.set_lost_data(false);
+        assert_eq!(s.served(), [0, 2].into_iter().collect());
+    }
 }

@@ -307,10 +307,12 @@ impl Cluster {
             )
             .await;
         };
+        let released = self.leave_in_sync_sets(deadline).await;
         let took = started.elapsed();
         if left.is_empty() {
             tracing::info!(
                 handed = handed.len(),
+                released,
                 ?took,
                 "drain: every primary handed to its replica"
             );
@@ -324,6 +326,51 @@ impl Cluster {
             "errors": errors,
             "took_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// The last step of a drain: leave the in-sync set of every partition replicated here
+    /// (`ShrinkInSync`, as its primary would), so that once this process is gone the primaries
+    /// (including the ones just handed over, whose replica is now this node) acknowledge
+    /// alone at once instead of waiting for this node's confirmations until the replication
+    /// bound runs out (a write stalled ~10 s at the default heartbeat). Only where the
+    /// primary can serve: a partition whose primary is down keeps this node as the copy
+    /// failover will promote. Returns how many partitions were released.
+    async fn leave_in_sync_sets(&self, deadline: Instant) -> usize {
+        let me = self.cfg.node_id;
+        let state = self.view.borrow().state.clone();
+        let serving = |n: NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
+        let cmds: Vec<Command> = state
+            .partitions
+            .iter()
+            .filter(|p| p.primary != me && p.replica == Some(me) && p.in_sync.contains(&me))
+            .filter(|p| serving(p.primary))
+            .map(|p| Command::ShrinkInSync {
+                partition: p.id,
+                epoch: p.epoch,
+                primary: p.primary,
+            })
+            .collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let results = tokio::time::timeout(
+            left,
+            futures_util::future::join_all(cmds.iter().map(|c| self.propose(c))),
+        )
+        .await;
+        let released = match results {
+            Ok(results) => results
+                .iter()
+                .filter(|r| matches!(r, Ok(o) if o.rejected.is_none()))
+                .count(),
+            Err(_) => 0,
+        };
+        if released < cmds.len() {
+            tracing::info!(
+                released,
+                asked = cmds.len(),
+                "drain: some in-sync sets still name this node; their primaries shrink them after the replication bound"
+            );
+        }
+        released
     }
 
     /// Partitions that would be left without a serving in-sync copy if this node went away

@@ -1120,6 +1120,18 @@ fn sigterm_hands_a_nodes_primaries_to_their_replicas_without_losing_a_write() {
         assert_eq!(part["replica"].as_u64(), Some(victim), "{part}");
         assert_eq!(part["epoch"].as_u64(), Some(2), "{part}");
     }
+    // And it left every in-sync set before exiting: no primary waits for its confirmations
+    // (until the replication bound) while it is away.
+    for part in v["partitions"].as_array().unwrap() {
+        assert!(
+            !part["in_sync"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_u64() == Some(victim)),
+            "{part}"
+        );
+    }
     let before = ok_count(&ops);
     wait_until("writes after the drain", Duration::from_secs(30), || {
         (ok_count(&ops) >= before + 100).then_some(())

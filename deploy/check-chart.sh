@@ -184,6 +184,9 @@ must_fail "replicas beyond the raft voters (no learners yet)" "replicaCount 5 > 
   --set replicaCount=5
 must_fail "HPA above the raft voters (no learners yet)" "autoscaling.maxReplicas 10 > cluster.voters 3" \
   --set autoscaling.enabled=true
+must_fail "learners without grace for the scale-in decommission" \
+  "+ lifecycle.scaleInTimeoutSeconds (the scale-in decommission of cluster.learners) (375)" \
+  --set cluster.learners=true
 must_fail "existingClaim with a cluster" "persistence.existingClaim is for a single node" \
   --set persistence.existingClaim=zeptodb-data-restored
 # ...and their acknowledged / safe counterparts render.
@@ -191,6 +194,8 @@ run_logged "acknowledged ephemeral cluster renders" "$HELM" template zeptodb "$C
   --set persistence.enabled=false --set persistence.acknowledgeEphemeral=true
 run_logged "5 replicas with 5 voters renders" "$HELM" template zeptodb "$CHART" \
   --set replicaCount=5 --set cluster.voters=5
+run_logged "learners with the grace for the scale-in decommission render" "$HELM" template zeptodb \
+  "$CHART" --set cluster.learners=true --set replicaCount=5 --set terminationGracePeriodSeconds=400
 run_logged "2 replicas with ha=false renders" "$HELM" template zeptodb "$CHART" \
   --set replicaCount=2 --set cluster.ha=false --set pdb.minAvailable=1
 

@@ -80,6 +80,16 @@ def seconds(text):
     return {"ms": n / 1000, "s": n, "m": n * 60, "h": n * 3600}[unit]
 
 
+def prestop_seconds(c):
+    """Seconds the preStop hook may take: its sleep, or for `zeptod prestop` (the scale-in
+    hook) its --timeout plus its --sleep."""
+    hook = c["lifecycle"]["preStop"]
+    if "sleep" in hook:
+        return hook["sleep"]["seconds"]
+    flags = dict(a[2:].partition("=")[::2] for a in hook["exec"]["command"] if a.startswith("--"))
+    return seconds(flags["timeout"]) + seconds(flags["sleep"])
+
+
 def all_pod_specs(docs):
     """(where, pod spec) for every workload in docs."""
     for d in docs:
@@ -218,9 +228,38 @@ class TestSafety(Base):
             sts = one(docs, "StatefulSet")
             c = container(sts)
             a = args_of(c)
-            budget = (c["lifecycle"]["preStop"]["sleep"]["seconds"] + seconds(a["drain-delay"])
+            budget = (prestop_seconds(c) + seconds(a["drain-delay"])
                       + seconds(a["shutdown-timeout"]))
             self.assertLess(budget, sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+
+    def test_scale_in_hook_reads_its_own_statefulset_with_a_minimal_role(self):
+        # Default (no learners): a plain sleep, no API access, no token in the pod.
+        self.assertIn("sleep", self.c["lifecycle"]["preStop"])
+        self.assertFalse(self.sts["spec"]["template"]["spec"]["automountServiceAccountToken"])
+        self.assertFalse([d for d in self.default if d["kind"] in ("Role", "RoleBinding")])
+        # With learners: `zeptod prestop` on this StatefulSet, the namespace from the downward
+        # API, the token mounted, and a Role allowing `get` on this StatefulSet only.
+        sts = one(self.all, "StatefulSet")
+        c = container(sts)
+        cmd = c["lifecycle"]["preStop"]["exec"]["command"]
+        self.assertEqual(cmd[:2], ["/usr/local/bin/zeptod", "prestop"])
+        self.assertIn("--statefulset=" + sts["metadata"]["name"], cmd)
+        self.assertIn("--sleep=%ds" % GUIDE_NUMBERS["prestop_s"], cmd)
+        env = {e["name"]: e for e in c["env"]}
+        self.assertEqual(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace")
+        pod = sts["spec"]["template"]["spec"]
+        self.assertTrue(pod["automountServiceAccountToken"])
+        role = one(self.all, "Role")
+        self.assertEqual(role["rules"], [{"apiGroups": ["apps"], "resources": ["statefulsets"],
+                                          "resourceNames": [sts["metadata"]["name"]], "verbs": ["get"]}])
+        binding = one(self.all, "RoleBinding")
+        self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+        self.assertEqual(binding["subjects"][0]["name"], pod["serviceAccountName"])
+        # The flags exist in the zeptod source (the binary's own parser defines them).
+        src = open(os.path.join(ROOT, "zeptod", "src", "prestop.rs"), encoding="utf-8").read()
+        for a in cmd[2:]:
+            flag = a[2:].partition("=")[0]
+            self.assertIn("    %s:" % flag.replace("-", "_"), src, f"zeptod prestop has no --{flag}")
 
     def test_probes_match_the_server(self):
         src = open(os.path.join(ROOT, "zeptod", "src", "http.rs"), encoding="utf-8").read()
@@ -337,8 +376,8 @@ class TestSafety(Base):
                          ["PodDisruptionBudget", "Secret", "Service", "Service", "ServiceAccount", "StatefulSet"])
         self.assertEqual(kinds(self.all), sorted(
             ["CronJob", "HorizontalPodAutoscaler", "NetworkPolicy", "NodePool", "NodePool",
-             "PodDisruptionBudget", "Secret", "Service", "Service", "ServiceAccount", "ServiceMonitor",
-             "StatefulSet"]))
+             "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "Service",
+             "ServiceAccount", "ServiceMonitor", "StatefulSet"]))
 
     def test_network_policy(self):
         np = one(self.all, "NetworkPolicy")["spec"]

@@ -20,6 +20,7 @@ mod db;
 mod error;
 mod http;
 mod metrics;
+mod prestop;
 mod rpc;
 mod server;
 mod sql_text;
@@ -32,6 +33,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if matches!(args.first().map(String::as_str), Some("backup" | "restore")) {
         return backup::cli::main(args);
+    }
+    if args.first().map(String::as_str) == Some("prestop") {
+        return prestop::main(args);
     }
     let cfg = match config::Config::from_env() {
         Ok(c) => c,

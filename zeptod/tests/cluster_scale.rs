@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_support::*;
-use harness::{enc, promtool_check, wait_until};
+use harness::{enc, promtool_check, tool, wait_until};
 
 /// Start data node `id` (outside `--peers`) with its gRPC service on `addr` (a restart
 /// reuses the address: it is the node's identity), with `extra` flags.
@@ -563,4 +563,146 @@ fn a_data_node_with_a_wiped_disk_rejoins_and_gets_its_copies_back() {
             );
         }
     }
+}
+
+/// A stand-in for the Kubernetes API server's StatefulSet endpoint (the one read the chart's
+/// preStop hook makes): answers `GET .../namespaces/ns1/statefulsets/zeptodb` with
+/// `spec.replicas`, 401 without the service account's bearer token, 404 for anything else.
+fn kube_api(replicas: Arc<std::sync::atomic::AtomicU64>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut lines = Vec::new();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                lines.push(line.trim_end().to_ascii_lowercase());
+            }
+            let authorized = lines.iter().any(|h| h == "authorization: bearer sa-token");
+            let (status, body) = match lines.first() {
+                _ if !authorized => ("401 Unauthorized", r#"{"kind":"Status","code":401}"#.into()),
+                Some(l)
+                    if l.starts_with("get /apis/apps/v1/namespaces/ns1/statefulsets/zeptodb ") =>
+                {
+                    (
+                        "200 OK",
+                        format!(
+                            r#"{{"kind":"StatefulSet","spec":{{"replicas":{}}}}}"#,
+                            replicas.load(Ordering::SeqCst)
+                        ),
+                    )
+                }
+                _ => ("404 Not Found", r#"{"kind":"Status","code":404}"#.into()),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn the_prestop_hook_decommissions_a_pod_the_statefulset_scaled_away_and_only_that() {
+    let _g = serial();
+    let mut c = Cluster::start_with(3, &[]);
+    c.wait_ready();
+    create_id_table(&c, "ps");
+    let mut body = String::new();
+    for p in 0..PARTITIONS {
+        let key = key_for("ps", p);
+        for i in 0..50u64 {
+            let id = u64::from(p) * 1000 + i;
+            body.push_str(&format!("{id},{key},{id}\n"));
+        }
+    }
+    let r = csv_insert(c.node(1), "ps", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    start_data_node(&mut c, 4, &fresh_addr(), &[]);
+    wait_until("balanced over 4 nodes", Duration::from_secs(60), || {
+        balanced(&c, &[1, 2, 3, 4])
+    });
+    let sa = c.dir.path().join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "sa-token\n").unwrap();
+    std::fs::write(sa.join("namespace"), "ns1").unwrap();
+    let replicas = Arc::new(std::sync::atomic::AtomicU64::new(4));
+    let node3 = format!("http://{}", c.node(3).addr);
+    let node4 = format!("http://{}", c.node(4).addr);
+    let api = kube_api(replicas.clone());
+    let hook = |pod: &str, server: &str| {
+        tool(
+            &[
+                "prestop",
+                "--server",
+                server,
+                "--statefulset",
+                "zeptodb",
+                "--pod",
+                pod,
+                "--kube-api",
+                &api,
+                "--service-account-dir",
+                sa.to_str().unwrap(),
+                "--sleep",
+                "0s",
+                "--timeout",
+                "60s",
+            ],
+            &[("ZEPTO_ADMIN_KEY", ADMIN_KEY)],
+        )
+    };
+    // A restart (the StatefulSet still has 4 replicas): nothing moves.
+    let (ok, out, err) = hook("zeptodb-3", &node4);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("a restart, not a scale-down"), "{out}");
+    assert_eq!(admin(c.node(1))["nodes"].as_array().unwrap().len(), 4);
+    // Scaled to 3: pod zeptodb-3 (node 4) is decommissioned before its SIGTERM.
+    replicas.store(3, Ordering::SeqCst);
+    let started = Instant::now();
+    let (ok, out, err) = hook("zeptodb-3", &node4);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("node 4 decommissioned and removed"), "{out}");
+    println!("prestop on scale-down took {:?}:\n{out}", started.elapsed());
+    let v = admin(c.node(1));
+    let nodes: Vec<u64> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes, [1, 2, 3]);
+    wait_until("balanced over 3 nodes", Duration::from_secs(60), || {
+        balanced(&c, &[1, 2, 3])
+    });
+    let mut s = c.nodes[3].take().unwrap();
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(Duration::from_secs(30)).success());
+    for n in 1..=3 {
+        assert_eq!(c.node(n).count("ps"), u64::from(PARTITIONS) * 50);
+    }
+    // A voter scaled away (here: told the StatefulSet has 2 pods) is never decommissioned:
+    // the hook stops at once with the reason and leaves the pod to its SIGTERM drain.
+    replicas.store(2, Ordering::SeqCst);
+    let (ok, out, err) = hook("zeptodb-2", &node3);
+    assert!(!ok, "{out}");
+    assert!(err.contains("is a metadata voter"), "{out}{err}");
+    assert_eq!(admin(c.node(1))["nodes"].as_array().unwrap().len(), 3);
+    // Without the service account's token the API server refuses: the hook says why and
+    // leaves the pod to its SIGTERM drain (exit 1; the kubelet goes on either way).
+    std::fs::remove_file(sa.join("token")).unwrap();
+    let (ok, out, err) = hook("zeptodb-2", &node3);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("401") && err.contains("leaving the node to the SIGTERM drain"),
+        "{err}"
+    );
 }

@@ -377,7 +377,7 @@ pub(crate) fn node_id_from_hostname(host: &str) -> Result<NodeId> {
         .ok_or_else(|| Error::Config(format!("--node-id auto: ordinal of '{host}' too large")))
 }
 
-fn hostname() -> Result<String> {
+pub(crate) fn hostname() -> Result<String> {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

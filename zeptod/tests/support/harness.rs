@@ -382,3 +382,18 @@ pub(crate) fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Run `zeptod ARGS` (a tool: backup, restore, prestop) to the end: `(success, stdout, stderr)`.
+pub(crate) fn tool(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env_remove("ZEPTO_ADMIN_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -135,17 +135,4 @@ impl Location {
     }
 }
 
-/// Run `zeptod ARGS` (a backup or restore tool) to the end: `(success, stdout, stderr)`.
-pub(crate) fn tool(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(crate::harness::bin())
-        .args(args)
-        .env_remove("ZEPTO_ADMIN_KEY")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+pub(crate) use crate::harness::tool;

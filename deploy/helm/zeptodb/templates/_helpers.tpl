@@ -71,5 +71,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Total shutdown budget inside the container after preStop. */}}
 {{- define "zeptodb.shutdownBudget" -}}
-{{- add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.shutdown.drainTimeoutSeconds) (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.timeoutSeconds) }}
+{{- $b := add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.shutdown.drainTimeoutSeconds) (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.timeoutSeconds) }}
+{{- if eq (include "zeptodb.scaleInHook" .) "true" }}
+{{- $b = add $b (int .Values.lifecycle.scaleInTimeoutSeconds) }}
+{{- end }}
+{{- $b }}
+{{- end }}
+
+{{/*
+"true" when the preStop hook is `zeptod prestop` (decommission on scale-down): cluster mode
+with data nodes beyond the voters (cluster.learners), the only pods a scale-down removes.
+*/}}
+{{- define "zeptodb.scaleInHook" -}}
+{{- and .Values.cluster.enabled .Values.cluster.learners .Values.lifecycle.decommissionOnScaleIn }}
 {{- end }}

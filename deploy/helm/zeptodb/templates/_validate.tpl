@@ -66,7 +66,7 @@ StatefulSet, so every render runs it.
 {{- end }}
 {{- $budget := int (include "zeptodb.shutdownBudget" .) }}
 {{- if ge $budget (int $v.terminationGracePeriodSeconds) }}
-{{- fail (printf "UNSAFE: terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds + shutdown.drainTimeoutSeconds + shutdown.drainDelaySeconds + shutdown.timeoutSeconds (%d): otherwise the kubelet SIGKILLs zeptod before its final checkpoint." (int $v.terminationGracePeriodSeconds) $budget) }}
+{{- fail (printf "UNSAFE: terminationGracePeriodSeconds (%d) must be greater than lifecycle.preStopSleepSeconds + shutdown.drainTimeoutSeconds + shutdown.drainDelaySeconds + shutdown.timeoutSeconds%s (%d): otherwise the kubelet SIGKILLs zeptod before its final checkpoint." (int $v.terminationGracePeriodSeconds) (ternary " + lifecycle.scaleInTimeoutSeconds (the scale-in decommission of cluster.learners)" "" (eq (include "zeptodb.scaleInHook" .) "true")) $budget) }}
 {{- end }}
 {{- if ne (int $v.updateStrategy.rollingUpdate.maxUnavailable) 1 }}
 {{- fail "updateStrategy.rollingUpdate.maxUnavailable must be 1: the chart updates one pod at a time" }}

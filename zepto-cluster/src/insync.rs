@@ -59,6 +59,9 @@ pub struct InSyncTracker {
     alone_acked: u64,
     /// `ExpandPending` only: the expand has been proposed.
     expand_proposed: bool,
+    /// The replica's node is leaving (DRAINING): it is not taken back into the in-sync set,
+    /// however close it is, since it is about to stop confirming anything.
+    replica_leaving: bool,
     /// When the pending shrink/expand was last proposed (to re-propose a lost one).
     proposed_at: Option<MonoTime>,
     retry_after: Duration,
@@ -94,6 +97,7 @@ impl InSyncTracker {
             // Whatever is durable at the start may have been acknowledged alone.
             alone_acked: written,
             expand_proposed: false,
+            replica_leaving: false,
             proposed_at: None,
             retry_after: timings.max_election_timeout(),
         };
@@ -215,6 +219,19 @@ impl InSyncTracker {
         }
     }
 
+    /// Whether the replica's node is leaving the cluster (DRAINING). A draining node gives
+    /// up its in-sync memberships before it exits (so its primaries do not wait for it until
+    /// the lag bound once it is gone) but keeps answering replication until then: without
+    /// this, the primary would see it caught up and take it back in. An expand not proposed
+    /// yet is dropped; one already proposed may commit, and is shrunk as usual once the node
+    /// is gone.
+    pub fn set_replica_leaving(&mut self, leaving: bool) {
+        self.replica_leaving = leaving;
+        if leaving && self.mode == Mode::ExpandPending && !self.expand_proposed {
+            self.mode = Mode::Alone;
+        }
+    }
+
     /// Advance the state machine at `now`; returns the command to propose, if any.
     pub fn poll(&mut self, now: MonoTime) -> Result<Option<Command>> {
         match self.mode {
@@ -233,7 +250,7 @@ impl InSyncTracker {
             }
             Mode::ShrinkPending => Ok(self.repropose(now, self.shrink())),
             Mode::Alone => {
-                if self.replica.is_some() && self.replica_close(now) {
+                if self.replica.is_some() && !self.replica_leaving && self.replica_close(now) {
                     self.mode = Mode::ExpandPending;
                     self.expand_proposed = false;
                     self.expand_step(now)
@@ -393,6 +410,36 @@ mod tests {
         assert_eq!(t.mode(), Mode::Replicated);
         t.on_replica_ack(4, at(9_130));
         assert!(t.may_ack(3).unwrap());
+    }
+
+    #[test]
+    fn a_leaving_replica_is_not_taken_back_into_the_in_sync_set() {
+        let timings = Timings::defaults();
+        let mut s = state();
+        let shrink = crate::failover::shrink_in_sync(0, 1, 1);
+        let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 0, &timings).unwrap();
+        // The draining replica gave up its membership but still confirms everything.
+        commit(&mut s, &mut t, &shrink);
+        t.set_replica_leaving(true);
+        t.on_local_write(0, at(10));
+        assert!(t.may_ack(0).unwrap(), "alone: acked after the local fsync");
+        t.on_replica_ack(1, at(20));
+        assert_eq!(t.poll(at(30)).unwrap(), None);
+        assert_eq!(t.mode(), Mode::Alone);
+        // Back (ACTIVE again, e.g. restarted): expanded as usual.
+        t.set_replica_leaving(false);
+        assert!(matches!(
+            t.poll(at(40)).unwrap(),
+            Some(Command::ExpandInSync { node: 2, .. })
+        ));
+        // An expand that was about to be proposed is dropped when the node starts leaving.
+        let mut t = InSyncTracker::new(s.partition(0).unwrap(), 1, 1, &timings).unwrap();
+        t.on_local_write(1, at(50));
+        t.on_replica_ack(1, at(50));
+        t.mode = Mode::ExpandPending;
+        t.set_replica_leaving(true);
+        assert_eq!(t.mode(), Mode::Alone);
+        assert!(t.may_ack(1).unwrap());
     }
 
     #[test]

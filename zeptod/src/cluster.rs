@@ -337,40 +337,53 @@ impl Cluster {
     /// failover will promote. Returns how many partitions were released.
     async fn leave_in_sync_sets(&self, deadline: Instant) -> usize {
         let me = self.cfg.node_id;
-        let state = self.view.borrow().state.clone();
-        let serving = |n: NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
-        let cmds: Vec<Command> = state
-            .partitions
-            .iter()
-            .filter(|p| p.primary != me && p.replica == Some(me) && p.in_sync.contains(&me))
-            .filter(|p| serving(p.primary))
-            .map(|p| Command::ShrinkInSync {
-                partition: p.id,
-                epoch: p.epoch,
-                primary: p.primary,
-            })
-            .collect();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let results = tokio::time::timeout(
-            left,
-            futures_util::future::join_all(cmds.iter().map(|c| self.propose(c))),
-        )
-        .await;
-        let released = match results {
-            Ok(results) => results
+        let mut view = self.view.clone();
+        let mut released = std::collections::BTreeSet::new();
+        // A primary that proposed taking this node back in just before it learned of the
+        // drain may still commit that: look again after each round (a few at most).
+        for _ in 0..3 {
+            let state = view.borrow_and_update().state.clone();
+            let serving = |n: NodeId| state.nodes.get(&n).is_some_and(|i| i.state.can_serve());
+            let cmds: Vec<Command> = state
+                .partitions
                 .iter()
-                .filter(|r| matches!(r, Ok(o) if o.rejected.is_none()))
-                .count(),
-            Err(_) => 0,
-        };
-        if released < cmds.len() {
-            tracing::info!(
-                released,
-                asked = cmds.len(),
-                "drain: some in-sync sets still name this node; their primaries shrink them after the replication bound"
-            );
+                .filter(|p| p.primary != me && p.replica == Some(me) && p.in_sync.contains(&me))
+                .filter(|p| serving(p.primary))
+                .map(|p| Command::ShrinkInSync {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    primary: p.primary,
+                })
+                .collect();
+            if cmds.is_empty() {
+                return released.len();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let proposed = tokio::time::timeout(
+                left,
+                futures_util::future::join_all(cmds.iter().map(|c| self.propose(c))),
+            )
+            .await;
+            let Ok(results) = proposed else { break };
+            for (cmd, r) in cmds.iter().zip(&results) {
+                if let (Command::ShrinkInSync { partition, .. }, Ok(o)) = (cmd, r) {
+                    if o.rejected.is_none() {
+                        released.insert(*partition);
+                    }
+                }
+            }
+            let wait = self
+                .cfg
+                .timings
+                .heartbeat_interval
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let _ = tokio::time::timeout(wait, view.changed()).await;
         }
-        released
+        tracing::info!(
+            released = released.len(),
+            "drain: some in-sync sets may still name this node; their primaries shrink them after the replication bound"
+        );
+        released.len()
     }
 
     /// Partitions that would be left without a serving in-sync copy if this node went away

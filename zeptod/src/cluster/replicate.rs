@@ -207,6 +207,7 @@ impl Replication {
     pub(crate) fn follow_trackers(&self, state: &ClusterState, node: &Node, now: MonoTime) {
         let mut trackers = self.trackers.lock();
         for p in &state.partitions {
+            let leaving = replica_leaving(state, p.replica);
             let current = trackers.get(&p.id).map(InSyncTracker::epoch);
             if p.primary == self.me && current != Some(p.epoch) {
                 let written = node
@@ -219,6 +220,7 @@ impl Replication {
                         if acked > 0 {
                             t.on_replica_ack(acked, now);
                         }
+                        t.set_replica_leaving(leaving);
                         trackers.insert(p.id, t);
                     }
                     Err(e) => {
@@ -227,6 +229,7 @@ impl Replication {
                 }
             } else if let Some(t) = trackers.get_mut(&p.id) {
                 t.on_committed(p);
+                t.set_replica_leaving(leaving);
             }
         }
         drop(trackers);
@@ -238,6 +241,7 @@ impl Replication {
         for t in self.trackers.lock().values_mut() {
             if let Some(p) = state.partition(t.partition()) {
                 t.on_committed(p);
+                t.set_replica_leaving(replica_leaving(state, p.replica));
             }
         }
         self.bump();
@@ -351,6 +355,14 @@ impl Replication {
             }
         }
     }
+}
+
+/// Whether `replica`'s node is leaving the cluster (DRAINING): see
+/// [`InSyncTracker::set_replica_leaving`].
+fn replica_leaving(state: &ClusterState, replica: Option<NodeId>) -> bool {
+    replica
+        .and_then(|r| state.nodes.get(&r))
+        .is_some_and(|n| n.state == zepto_cluster::NodeState::Draining)
 }
 
 /// A write durable on this node whose partition moved to another primary before it could be

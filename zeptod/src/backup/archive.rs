@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(status.positions.lock().get(&0), Some(&end));
 
         // Known now: the next call continues from its own position and uploads nothing new.
-        assert_eq!(archive_partition(&db, &store, &status, 0).await.unwrap(), 0);
+        assert_eq!(archive_partition(db, &store, &status, 0).await.unwrap(), 0);
         assert_eq!(archived(&store).await.len(), 2);
     }
 }

@@ -565,6 +565,39 @@ impl Cluster {
         self.view.borrow().clone()
     }
 
+    /// The partitions the applied map makes this node the primary of.
+    pub(crate) fn primaries_here(&self) -> std::collections::BTreeSet<u32> {
+        let me = self.cfg.node_id;
+        self.view
+            .borrow()
+            .state
+            .partitions
+            .iter()
+            .filter(|p| p.primary == me)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Resolves once the applied map makes this node the primary of a partition not in
+    /// `known` (a failover or a handoff gave it one); never while the map does not.
+    pub(crate) async fn gained_primary(&self, known: &std::collections::BTreeSet<u32>) {
+        let me = self.cfg.node_id;
+        let mut view = self.view.clone();
+        let gained = view
+            .wait_for(|v| {
+                v.state
+                    .partitions
+                    .iter()
+                    .any(|p| p.primary == me && !known.contains(&p.id))
+            })
+            .await
+            .is_ok();
+        if !gained {
+            // The driver is gone (shutdown): no map will change any more.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The database finished opening: the driver may now apply tables to it.
     pub(crate) async fn set_db(self: &Arc<Self>, node: Arc<Node>) {
         self.data.set_node(node.clone(), self.shutdown.clone());

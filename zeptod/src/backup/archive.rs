@@ -3,11 +3,14 @@
 //! that partition ends. After a failover the new primary reads that end from the location
 //! (never past its own log: a deposed primary may have archived records the new primary
 //! does not have, and the new primary's records at those sequence numbers win at restore,
-//! having the newer epoch). Failures are retried with exponential backoff; ingest and
-//! queries never wait on the archive. Counters feed `/metrics`, `/admin/cluster` and
-//! `GET /admin/backup`.
+//! having the newer epoch). A node that becomes the primary of a partition archives it at
+//! once, not at its next tick: the records the dead primary acknowledged but had not
+//! uploaded yet are only on this copy, and already older than they should be (the bound
+//! in ADR 0011 is the failover plus one round for them). Failures are retried with
+//! exponential backoff; ingest and queries never wait on the archive. Counters feed
+//! `/metrics`, `/admin/cluster` and `GET /admin/backup`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +42,13 @@ pub(crate) struct ArchiveStatus {
     pub(crate) bytes: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) consecutive_failures: AtomicU64,
-    /// Wall clock (unix ms) when the last successful round started: every record durable
-    /// before then is in the location. 0 = none yet.
+    /// Wall clock (unix ms) before which every record durable on this node's primaries is
+    /// in the location: the start of the last successful round, or earlier while a
+    /// partition taken over with records its previous primary had not archived waits for
+    /// its first upload (then the time of that primary's last upload). 0 = none yet.
     pub(crate) caught_up_unix_ms: AtomicI64,
-    /// Records of this node's primaries not archived yet (as of the last round).
+    /// Records of this node's primaries not archived yet (as of the last round, plus the
+    /// backlog of partitions taken over since).
     pub(crate) pending_records: AtomicU64,
     /// Partitions whose archive has a gap (their WAL no longer reached back).
     pub(crate) gaps: AtomicU64,
@@ -96,7 +102,7 @@ impl ArchiveStatus {
         metric(
             "zepto_archive_lag_seconds",
             "gauge",
-            "Age of the newest record of this node's primaries that may not be archived yet: seconds since the start of the last archive round that succeeded.",
+            "Age of the oldest record of this node's primaries that may not be archived yet: seconds since the start of the last archive round that succeeded (or, for a partition taken over with records not archived yet, since its previous primary's last upload).",
             format!("{:.3}", self.lag_seconds(started_unix_ms)),
         );
         metric(
@@ -157,12 +163,28 @@ pub(crate) async fn run(
     let tick = (interval / 2).max(Duration::from_millis(10));
     let mut backoff = interval;
     let mut wait = tick;
+    // The partitions this node was primary of at the last round.
+    let mut known = BTreeSet::new();
     loop {
-        let stopping = tokio::select! {
-            () = tokio::time::sleep(wait) => false,
-            _ = shutdown.changed() => true,
+        let stopping = {
+            let cluster = state.cluster();
+            // A partition this node just became the primary of is archived at once.
+            let gained = async {
+                match &cluster {
+                    Some(c) => c.gained_primary(&known).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                _ = shutdown.changed() => true,
+                () = gained => {
+                    tracing::info!("primary of a partition now: archiving its records at once");
+                    false
+                }
+            }
         };
-        match round(&state, &store, &status).await {
+        match round(&state, &store, &status, &mut known).await {
             Ok(()) => {
                 if status.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
                     tracing::info!("WAL archive caught up again");
@@ -186,27 +208,35 @@ pub(crate) async fn run(
     }
 }
 
-/// Upload every partition's new records once.
-async fn round(state: &AppState, store: &Store, status: &ArchiveStatus) -> Result<()> {
+/// Upload every partition's new records once; `known` becomes the partitions this node is
+/// primary of (cluster mode), whether or not the round succeeds.
+async fn round(
+    state: &AppState,
+    store: &Store,
+    status: &ArchiveStatus,
+    known: &mut BTreeSet<u32>,
+) -> Result<()> {
     let started = chrono::Utc::now().timestamp_millis();
+    let cluster_primaries = state.cluster().map(|c| c.primaries_here());
+    if let Some(p) = &cluster_primaries {
+        known.clone_from(p);
+    }
     let Ok(node) = state.node() else {
         return Ok(());
     };
     let db = node.storage();
-    let primaries: Vec<u32> = match state.cluster() {
+    let primaries: Vec<u32> = match cluster_primaries {
         // A node that came back with an empty data directory archives nothing until it gave
-        // up the roles the map still assigns to it.
-        Some(c) if c.check_data_intact().is_err() => Vec::new(),
-        Some(c) => {
-            let me = c.node_id();
-            c.view()
-                .state
-                .partitions
-                .iter()
-                .filter(|p| p.primary == me)
-                .map(|p| p.id)
-                .collect()
+        // up the roles the map still assigns to it (`known` still follows the map, so that
+        // does not wake the archiver over and over).
+        Some(_)
+            if state
+                .cluster()
+                .is_some_and(|c| c.check_data_intact().is_err()) =>
+        {
+            Vec::new()
         }
+        Some(p) => p.into_iter().collect(),
         None => (0..db.partitions()).collect(),
     };
     // A partition no longer ours is re-read from the location if it comes back.
@@ -240,7 +270,21 @@ async fn archive_partition(
     let known = status.positions.lock().get(&p).copied();
     let mut next = match known {
         Some(n) => n,
-        None => archived_end(store, p).await?.min(target),
+        None => {
+            // New here (this node started, or took the partition over): its records past
+            // the location's end count as pending, and as old as the last upload of them.
+            let (end, last_upload_unix_ms) = archived_end(store, p).await?;
+            let next = end.min(target);
+            if next < target {
+                status
+                    .pending_records
+                    .fetch_add(target - next, Ordering::Relaxed);
+                if let Some(t) = last_upload_unix_ms {
+                    status.caught_up_unix_ms.fetch_min(t, Ordering::Relaxed);
+                }
+            }
+            next
+        }
     };
     status.positions.lock().insert(p, next);
     while next < target {
@@ -294,14 +338,126 @@ async fn archive_partition(
         .saturating_sub(next))
 }
 
-/// Where the location's archive of partition `p` ends (0 when it holds none).
-pub(crate) async fn archived_end(store: &Store, p: u32) -> Result<u64> {
-    Ok(store
+/// Where the location's archive of partition `p` ends (0 when it holds none), and when the
+/// object ending there was read from its primary's WAL (unix ms; `None` when there is none).
+pub(crate) async fn archived_end(store: &Store, p: u32) -> Result<(u64, Option<i64>)> {
+    let last = store
         .list(&format::wal_prefix(p))
         .await?
         .iter()
         .filter_map(|(k, _, _)| format::parse_wal_key(k))
-        .map(|o| o.end)
-        .max()
-        .unwrap_or(0))
+        .max_by_key(|o| (o.end, o.unix_ms));
+    Ok(last.map_or((0, None), |o| (o.end, Some(o.unix_ms))))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray, TimestampNanosecondArray};
+    use arrow::record_batch::RecordBatch;
+    use zepto_storage::{ColumnDef, ColumnType, TableSchema};
+
+    use super::*;
+    use crate::backup::store::StoreArgs;
+
+    fn schema() -> TableSchema {
+        TableSchema::new(
+            "t",
+            vec![
+                ColumnDef::new("ts", ColumnType::Timestamp),
+                ColumnDef::new("symbol", ColumnType::Symbol),
+                ColumnDef::new("id", ColumnType::BigInt),
+            ],
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn row(id: i64) -> RecordBatch {
+        let sym = arrow::compute::cast(
+            &StringArray::from(vec!["S"]),
+            &ColumnType::Symbol.arrow_type(),
+        )
+        .unwrap();
+        RecordBatch::try_new(
+            schema().arrow_schema(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from(vec![id])),
+                sym,
+                Arc::new(Int64Array::from(vec![id])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The `[start, end)` ranges archived for partition 0.
+    async fn archived(store: &Store) -> Vec<(u64, u64)> {
+        store
+            .list("wal")
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _, _)| format::parse_wal_key(k))
+            .map(|o| (o.start, o.end))
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_taken_over_uploads_its_backlog_and_counts_it_in_the_lag_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = zepto_storage::Config::new(dir.path().join("data"));
+        cfg.partitions = 1;
+        cfg.checkpoint_interval = None;
+        let db = zepto_storage::Db::open(cfg).unwrap();
+        db.create_table(schema()).unwrap();
+        for id in 0..5 {
+            db.write("t", row(id)).unwrap().wait().unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(taken_over(&db, dir.path()));
+        db.close().unwrap();
+    }
+
+    async fn taken_over(db: &zepto_storage::Db, dir: &std::path::Path) {
+        let end = db.partition_log(0).unwrap().next_seq;
+        let first = end - 5;
+        // The previous primary of partition 0 uploaded its first 3 records at t = 1000 ms
+        // and died before uploading the 2 others (this copy has them: it was the replica).
+        let url = format!("file://{}", dir.join("bucket").display());
+        let store = Store::open(&url, &StoreArgs::default()).unwrap();
+        let recs = db.wal_records_since(0, first, OBJECT_BYTES).unwrap();
+        let key = format::wal_key(0, first, first + 3, recs[2].epoch, 1_000);
+        store
+            .put(&key, Bytes::from(format::encode_wal(0, &recs[..3])))
+            .await
+            .unwrap();
+        // This node's own partitions were all archived a moment ago.
+        let status = ArchiveStatus::default();
+        let now = chrono::Utc::now().timestamp_millis();
+        status.caught_up_unix_ms.store(now, Ordering::Relaxed);
+
+        let pending = archive_partition(db, &store, &status, 0).await.unwrap();
+        assert_eq!(pending, 0);
+        assert_eq!(
+            archived(&store).await,
+            vec![(first, first + 3), (first + 3, end)],
+            "the backlog is uploaded from where the location's archive ended"
+        );
+        // Until the round that uploaded it ends, the lag counts the backlog as old as the
+        // previous primary's last upload, and the records as pending.
+        assert_eq!(status.caught_up_unix_ms.load(Ordering::Relaxed), 1_000);
+        assert_eq!(status.pending_records.load(Ordering::Relaxed), 2);
+        assert_eq!(status.positions.lock().get(&0), Some(&end));
+
+        // Known now: the next call continues from its own position and uploads nothing new.
+        assert_eq!(archive_partition(db, &store, &status, 0).await.unwrap(), 0);
+        assert_eq!(archived(&store).await.len(), 2);
+    }
 }

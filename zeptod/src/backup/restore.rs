@@ -328,3 +328,153 @@ async fn load_into(store: &Store, req: &RestoreRequest, work: &Path) -> Result<R
     .await
     .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::backup::format::PartBackup;
+    use crate::backup::store::StoreArgs;
+    use zepto_storage::ReplicatedRecord;
+
+    /// A record as the primary of `epoch` wrote it: its payload names both, so the test
+    /// sees which copy the restore took.
+    fn rec(epoch: u64, seq: u64) -> ReplicatedRecord {
+        ReplicatedRecord {
+            partition: 0,
+            epoch,
+            seq,
+            sender_epoch: epoch,
+            prev_epoch: None,
+            payload: Bytes::from(format!("e{epoch}s{seq}")),
+        }
+    }
+
+    /// Upload one archived WAL object as the archiver names it (its epoch in the name is
+    /// its newest record's).
+    async fn archive(store: &Store, records: &[ReplicatedRecord], unix_ms: i64) {
+        let start = records[0].seq;
+        let end = records[records.len() - 1].seq + 1;
+        let epoch = records.iter().map(|r| r.epoch).max().unwrap();
+        let key = format::wal_key(0, start, end, epoch, unix_ms);
+        store
+            .put(&key, Bytes::from(format::encode_wal(0, records)))
+            .await
+            .unwrap();
+    }
+
+    /// A base backup of one partition cut at `next_seq` (no rows: only the archive counts).
+    async fn base(store: &Store, next_seq: u64) {
+        let m = Manifest {
+            format: format::MANIFEST_FORMAT,
+            id: "b1".into(),
+            created: "2026-11-26T00:00:00Z".into(),
+            created_unix_ms: 1,
+            partitions: 1,
+            tables: Vec::new(),
+            parts: vec![PartBackup {
+                partition: 0,
+                epoch: 1,
+                next_seq,
+                node: Some(3),
+                objects: Vec::new(),
+            }],
+        };
+        let data = serde_json::to_vec(&m).unwrap();
+        store
+            .put(&format::manifest_key("b1"), Bytes::from(data))
+            .await
+            .unwrap();
+    }
+
+    /// What the restore would replay for partition 0: `(epoch, seq, payload)` as text.
+    async fn restored(store: &Store, dir: &Path) -> (Vec<(u64, u64, String)>, RestoreReport) {
+        let mut report = RestoreReport::default();
+        let req = RestoreRequest {
+            backup: None,
+            until_unix_ms: None,
+        };
+        let v = download_and_verify(store, &req, &dir.join("staging"), &mut report)
+            .await
+            .unwrap();
+        let recs = v.wal[&0]
+            .iter()
+            .map(|(e, s, p)| (*e, *s, String::from_utf8_lossy(p).into_owned()))
+            .collect();
+        (recs, report)
+    }
+
+    fn expect(recs: &[(u64, u64)]) -> Vec<(u64, u64, String)> {
+        recs.iter()
+            .map(|&(e, s)| (e, s, format!("e{e}s{s}")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_failover_re_archived_range_is_restored_once_with_the_new_epoch_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("bucket").display());
+        let store = Store::open(&url, &StoreArgs::default()).unwrap();
+        base(&store, 5).await;
+        // The old primary (epoch 1) archived 3..7 (partly below the base backup's cut).
+        archive(&store, &[rec(1, 3), rec(1, 4), rec(1, 5), rec(1, 6)], 1_000).await;
+        // The new primary (epoch 2) saw the archive end at 7 and re-archived the records
+        // the old one had acknowledged but not uploaded (7, 8: epoch 1, replicated to it)
+        // in an object named epoch 2, followed by its own.
+        archive(
+            &store,
+            &[rec(1, 7), rec(1, 8), rec(2, 9), rec(2, 10), rec(2, 11)],
+            3_000,
+        )
+        .await;
+        // The deposed primary's last upload landed after the new primary listed: it
+        // overlaps 7..9 with the same records, and 9..11 with records it never replicated
+        // (never acknowledged), which the new primary's epoch-2 records replace.
+        archive(
+            &store,
+            &[rec(1, 7), rec(1, 8), rec(1, 9), rec(1, 10)],
+            2_500,
+        )
+        .await;
+        let (got, report) = restored(&store, dir.path()).await;
+        assert_eq!(
+            got,
+            expect(&[(1, 5), (1, 6), (1, 7), (1, 8), (2, 9), (2, 10), (2, 11)])
+        );
+        assert!(report.wal_gaps.is_empty(), "{:?}", report.wal_gaps);
+        assert_eq!(report.wal_records, 7);
+    }
+
+    #[tokio::test]
+    async fn a_deposed_primarys_tail_past_the_new_primarys_archive_is_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("bucket").display());
+        let store = Store::open(&url, &StoreArgs::default()).unwrap();
+        base(&store, 0).await;
+        // The old primary archived 0..6 at epoch 1, of which 4 and 5 never reached the
+        // replica (so were never acknowledged); the new primary's log ended at 4 and it
+        // archived 4 at epoch 2 before the disaster.
+        archive(
+            &store,
+            &[
+                rec(1, 0),
+                rec(1, 1),
+                rec(1, 2),
+                rec(1, 3),
+                rec(1, 4),
+                rec(1, 5),
+            ],
+            1_000,
+        )
+        .await;
+        archive(&store, &[rec(2, 4)], 2_000).await;
+        let (got, report) = restored(&store, dir.path()).await;
+        assert_eq!(
+            got,
+            expect(&[(1, 0), (1, 1), (1, 2), (1, 3), (2, 4)]),
+            "seq 5 at epoch 1 is a tail the new primary's history replaced"
+        );
+        assert_eq!(report.wal_gaps.get(&0), Some(&5));
+    }
+}

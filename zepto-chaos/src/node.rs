@@ -54,6 +54,29 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
+    /// A process that did not exit in time: save every thread's stack (`gdb -batch`, where
+    /// gdb is installed) next to its log as `<log>.hang.txt`, for the run's report. Returns
+    /// the file written, if any.
+    pub fn capture_stacks(&self) -> Option<PathBuf> {
+        let pid = self.pid()?;
+        let out = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let path = self.spec.log.with_extension("hang.txt");
+        let mut text = out.stdout;
+        text.extend_from_slice(&out.stderr);
+        std::fs::write(&path, text).ok()?;
+        Some(path)
+    }
+
     /// The HTTP address (known after the first start).
     pub fn http(&self) -> Result<SocketAddr, Error> {
         self.http

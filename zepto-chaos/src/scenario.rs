@@ -429,6 +429,9 @@ fn spot_reclaim(cfg: &RunConfig, rng: &mut StdRng) -> Result<Report, Error> {
     let exit_code = match node.wait_exit(grace)? {
         Some(status) => status.code(),
         None => {
+            if let Some(path) = node.capture_stacks() {
+                w.event(format!("stacks of the hung process: {}", path.display()));
+            }
             node.kill()?;
             w.event("SIGKILL after the grace period");
             None

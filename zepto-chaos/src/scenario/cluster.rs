@@ -490,6 +490,9 @@ fn wait_terminated(
     m.exit_code = match c.node_mut(victim)?.wait_exit(grace)? {
         Some(status) => status.code(),
         None => {
+            if let Some(path) = c.node_mut(victim)?.capture_stacks() {
+                w.event(format!("stacks of the hung process: {}", path.display()));
+            }
             c.kill(victim)?;
             w.event("SIGKILL after the grace period");
             None

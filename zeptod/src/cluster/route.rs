@@ -369,6 +369,35 @@ pub(crate) async fn serve(
     from: NodeId,
     req: ForwardRequest,
 ) -> std::result::Result<ForwardResponse, Status> {
+    // A sender that applied a newer map than this node (a handoff or failover made this node
+    // primary a moment ago) is not stale: this node is behind. Wait, bounded, until it applied
+    // that epoch too. Answering NOT_PRIMARY instead made the sender wait for its own map to
+    // move, which it never would (it already had the newest): the write hung for the whole
+    // replication bound, and the client saw a timeout.
+    let ahead: Vec<(u32, u64)> = {
+        let state = dp.view.borrow().state.clone();
+        req.parts
+            .iter()
+            .filter(|p| {
+                state
+                    .partition(p.partition)
+                    .is_some_and(|i| p.epoch > i.epoch)
+            })
+            .map(|p| (p.partition, p.epoch))
+            .collect()
+    };
+    if !ahead.is_empty() {
+        let mut view = dp.view.clone();
+        let _ = tokio::time::timeout(
+            dp.timings.max_election_timeout(),
+            view.wait_for(|v| {
+                ahead
+                    .iter()
+                    .all(|(p, e)| v.state.partition(*p).is_some_and(|i| i.epoch >= *e))
+            }),
+        )
+        .await;
+    }
     let state = dp.view.borrow().state.clone();
     // Fencing first: a stale sender learns it before anything else is looked at.
     for part in &req.parts {
@@ -501,7 +530,7 @@ mod tests {
             state: Arc::new(state),
             ..Default::default()
         };
-        let (_tx, rx) = tokio::sync::watch::channel(view);
+        let (tx, rx) = tokio::sync::watch::channel(view);
         let (events, _erx) = tokio::sync::mpsc::channel(1);
         let (fatal, _frx) = tokio::sync::mpsc::channel(1);
         let identity = crate::rpc::Identity {
@@ -553,6 +582,21 @@ mod tests {
             code(serve(&dp, 2, req(0, 3)).await).code(),
             Code::Unavailable
         );
+        // A sender ahead of this node (epoch 4 of partition 1 makes node 1 its primary, and
+        // only the sender applied that yet) is served once this node applied it too...
+        let ahead = {
+            let dp = dp.clone();
+            tokio::spawn(async move { serve(&dp, 2, req(1, 4)).await })
+        };
+        tokio::task::yield_now().await;
+        tx.send_modify(|v| {
+            let mut s = (*v.state).clone();
+            s.partitions[1].primary = 1;
+            s.partitions[1].epoch = 4;
+            v.state = Arc::new(s);
+        });
+        let s = code(ahead.await.unwrap());
+        assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
     }
 
     #[test]

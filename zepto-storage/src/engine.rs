@@ -295,12 +295,21 @@ impl Inner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        // The writer finishes everything queued before Shutdown.
-        let _ = self.ring.send_control(Request::Shutdown);
+        // The first thread is the WAL writer, the others maintenance.
+        let mut threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        let writer = (!threads.is_empty()).then(|| threads.remove(0));
+        // Maintenance stops first: a checkpoint it is taking waits for the writer to answer
+        // its cut, and a cut queued behind the writer's Shutdown was never answered (close
+        // then waited forever to join it).
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_maintenance();
-        for t in self.threads.lock().drain(..) {
+        for t in threads {
             let _ = t.join();
+        }
+        // The writer finishes everything queued before Shutdown.
+        let _ = self.ring.send_control(Request::Shutdown);
+        if let Some(w) = writer {
+            let _ = w.join();
         }
     }
 }

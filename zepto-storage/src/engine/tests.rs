@@ -1042,3 +1042,29 @@ fn a_corrupt_newest_checkpoint_falls_back_and_keeps_hdb_files_aside() {
     );
     assert!(newest.with_extension("corrupt").is_dir());
 }
+
+/// Found by the chaos suite (a SIGTERMed node logged "final checkpoint" and never exited):
+/// `close` told the writer to stop while the maintenance thread was taking an automatic
+/// checkpoint; its cut request queued behind the stop was never answered (a crossbeam
+/// channel keeps queued messages while any sender lives), and `close` waited forever to join
+/// it. Checkpoints run back to back here, so a close lands inside one every few tries.
+#[test]
+fn close_during_an_automatic_checkpoint_finishes() {
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.checkpoint_interval = Some(std::time::Duration::ZERO);
+        c.maintenance_interval = std::time::Duration::from_millis(1);
+        let db = Db::open(c).unwrap();
+        db.create_table(trades_schema()).unwrap();
+        db.insert("trades", rows(0..100)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = db.close();
+            let _ = tx.send(r.is_ok());
+        });
+        // A generous bound: a close takes milliseconds; only a hang takes this long.
+        let closed = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(closed, Ok(true), "close hung in round {round}");
+    }
+}

@@ -81,7 +81,12 @@ pub(super) fn run(
             break;
         }
     }
-    // Requests still queued are dropped with the receiver: their tickets answer Shutdown.
+    // Requests queued behind Shutdown are dropped here, so their tickets and reply channels
+    // answer Shutdown (a crossbeam channel would keep them, unanswered, while any sender
+    // lives); one sent after this finds the channel disconnected once `rx` is dropped.
+    while let Ok(req) = rx.try_recv() {
+        drop(req);
+    }
     if let Err(e) = wal.sync() {
         tracing::warn!(error = %e, "final WAL sync failed");
     }

@@ -7,8 +7,9 @@
 //! (`FENCED` when the sender's epoch is older, `NOT_PRIMARY` otherwise) and that every row
 //! of the part belongs to its partition, writes all parts as one local write, and — when the
 //! sender asks for replicated acks — waits for its replica like a local write does. A
-//! `NOT_PRIMARY`/`FENCED` refusal makes the sender wait for a newer map and retry that node's
-//! parts once.
+//! `NOT_PRIMARY`/`FENCED` refusal makes the sender wait for a newer map (at most a heartbeat
+//! interval) and retry that node's parts, within the replication bound. A receiver behind the
+//! sender's map waits until it applied it before answering.
 //!
 //! The client is answered `{"inserted":N}` only when every part is durable (and confirmed
 //! by the replica with `--ack replicated`). A failed part fails the request, naming its
@@ -92,8 +93,9 @@ pub(crate) fn from_ipc(bytes: &[u8]) -> std::result::Result<Vec<RecordBatch>, St
         .map_err(|e| format!("bad Arrow IPC: {e}"))
 }
 
-/// Tries of a write's part that reached a node that is not (or no longer) its primary.
-const ATTEMPTS: usize = 3;
+/// Most tries of a write's part that reached a node that is not (or no longer) its primary;
+/// all of them within the replication bound (see `write`).
+const ATTEMPTS: usize = 12;
 
 /// How one node's share of a write ended.
 enum PartResult {
@@ -119,6 +121,7 @@ pub(crate) async fn write(
     let mut rows = 0u64;
     let mut written: BTreeSet<u32> = BTreeSet::new();
     let mut failed: Vec<(Vec<u32>, Error)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + ack_wait_bound(&dp.timings);
     for attempt in 0..ATTEMPTS {
         let state = dp.view.borrow().state.clone();
         let mut by_node: BTreeMap<NodeId, Vec<(u32, u64, RecordBatch)>> = BTreeMap::new();
@@ -159,7 +162,9 @@ pub(crate) async fn write(
                     rows += n;
                     written.extend(ids);
                 }
-                PartResult::Stale(e) if attempt + 1 < ATTEMPTS => {
+                PartResult::Stale(e)
+                    if attempt + 1 < ATTEMPTS && tokio::time::Instant::now() < deadline =>
+                {
                     tracing::debug!(partitions = ?ids, error = %e, "stale partition map; refreshing and retrying");
                     pending.extend(kept);
                 }
@@ -169,15 +174,23 @@ pub(crate) async fn write(
         if pending.is_empty() {
             break;
         }
-        // Wait (bounded) until the map moved for the refused partitions (a new primary or
-        // epoch: a failover, a drain's handoff, or this node catching up), then retry there.
+        // Wait until the map moved for the refused partitions (a new primary or epoch: a
+        // failover, a drain's handoff, or this node catching up), then retry there; but at
+        // most a heartbeat interval: the refusal may come from a primary that is behind this
+        // node's map or has no write lease yet (just restarted), and catches up within one,
+        // while this node's map, already the newest, would never move (the write then hung
+        // for the whole bound and its client saw a timeout).
+        let wait = dp
+            .timings
+            .heartbeat_interval
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let mut view = dp.view.clone();
         let before: Vec<(u32, Option<(NodeId, u64)>)> = pending
             .keys()
             .map(|p| (*p, state.partition(*p).map(|i| (i.primary, i.epoch))))
             .collect();
         let _ = tokio::time::timeout(
-            ack_wait_bound(&dp.timings),
+            wait,
             view.wait_for(|v| {
                 before
                     .iter()

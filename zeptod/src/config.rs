@@ -54,7 +54,8 @@ pub(crate) enum LogFormat {
                   --peers 1=127.0.0.1:9124,2=127.0.0.1:9125,3=127.0.0.1:9126 \
                   --cluster-secret-file secret --data-dir d1` and likewise for nodes 2 and 3. \
                   Backups (ADR 0011): `zeptod backup --help`, `zeptod backup list --help`, \
-                  `zeptod backup prune --help`, `zeptod restore --help`."
+                  `zeptod backup prune --help`, `zeptod restore --help`. The Helm chart's \
+                  scale-in preStop hook: `zeptod prestop --help`."
 )]
 struct Cli {
     /// TOML file with any of the settings below (keys as the flag names with '_' for '-').

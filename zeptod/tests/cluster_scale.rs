@@ -30,6 +30,21 @@ fn start_data_node(c: &mut Cluster, id: u64, addr: &str, extra: &[&str]) {
     c.nodes[i] = Some(s);
 }
 
+/// Insert `n` rows into every partition of `table` (ids `p * 1000 + i`)
+/// through node 1, acknowledged.
+fn insert_per_partition(c: &Cluster, table: &str, n: u64) {
+    let mut body = String::new();
+    for p in 0..PARTITIONS {
+        let key = key_for(table, p);
+        for i in 0..n {
+            let id = u64::from(p) * 1000 + i;
+            body.push_str(&format!("{id},{key},{id}\n"));
+        }
+    }
+    let r = csv_insert(c.node(1), table, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 fn fresh_addr() -> String {
     format!("127.0.0.1:{}", free_ports(1)[0])
 }
@@ -499,16 +514,7 @@ fn a_data_node_with_a_wiped_disk_rejoins_and_gets_its_copies_back() {
     let mut c = Cluster::start_with(3, &[]);
     c.wait_ready();
     create_id_table(&c, "wd");
-    let mut body = String::new();
-    for p in 0..PARTITIONS {
-        let key = key_for("wd", p);
-        for i in 0..100u64 {
-            let id = u64::from(p) * 1000 + i;
-            body.push_str(&format!("{id},{key},{id}\n"));
-        }
-    }
-    let r = csv_insert(c.node(1), "wd", &body);
-    assert_eq!(r.status, 200, "{}", r.text());
+    insert_per_partition(&c, "wd", 100);
     let addr = fresh_addr();
     start_data_node(&mut c, 4, &addr, &[]);
     wait_until("balanced over 4 nodes", Duration::from_secs(60), || {
@@ -616,16 +622,7 @@ fn the_prestop_hook_decommissions_a_pod_the_statefulset_scaled_away_and_only_tha
     let mut c = Cluster::start_with(3, &[]);
     c.wait_ready();
     create_id_table(&c, "ps");
-    let mut body = String::new();
-    for p in 0..PARTITIONS {
-        let key = key_for("ps", p);
-        for i in 0..50u64 {
-            let id = u64::from(p) * 1000 + i;
-            body.push_str(&format!("{id},{key},{id}\n"));
-        }
-    }
-    let r = csv_insert(c.node(1), "ps", &body);
-    assert_eq!(r.status, 200, "{}", r.text());
+    insert_per_partition(&c, "ps", 50);
     start_data_node(&mut c, 4, &fresh_addr(), &[]);
     wait_until("balanced over 4 nodes", Duration::from_secs(60), || {
         balanced(&c, &[1, 2, 3, 4])

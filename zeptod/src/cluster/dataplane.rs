@@ -477,6 +477,45 @@ async fn follow_map(dp: Arc<DataPlane>, node: Arc<Node>, mut shutdown: watch::Re
     }
 }
 
+/// A data plane for unit tests: node `me` of a cluster whose committed map is `state` (the
+/// returned sender publishes later maps), with `partitions` storage partitions, default
+/// timings, replicated acks, no peers and no database.
+#[cfg(test)]
+pub(crate) fn test_plane(
+    me: NodeId,
+    partitions: u32,
+    state: zepto_cluster::ClusterState,
+) -> (watch::Sender<View>, Arc<DataPlane>) {
+    let view = View {
+        state: Arc::new(state),
+        ..Default::default()
+    };
+    let (tx, rx) = watch::channel(view);
+    let (events, _erx) = tokio::sync::mpsc::channel(1);
+    let (fatal, _frx) = tokio::sync::mpsc::channel(1);
+    let identity = crate::rpc::Identity {
+        node_id: me,
+        advertise_addr: format!("n:{me}"),
+        token: None,
+    };
+    let peers = PeerClients::start(
+        &identity,
+        &std::collections::BTreeMap::new(),
+        std::time::Duration::from_secs(1),
+        events,
+        fatal,
+    );
+    let dp = DataPlane::new(
+        me,
+        partitions,
+        rx,
+        peers,
+        Timings::defaults(),
+        AckPolicy::Replicated,
+    );
+    (tx, dp)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -485,22 +524,7 @@ mod tests {
     use super::*;
 
     fn plane() -> Arc<DataPlane> {
-        let (_tx, rx) = watch::channel(View::default());
-        let (events, _erx) = tokio::sync::mpsc::channel(1);
-        let (fatal, _frx) = tokio::sync::mpsc::channel(1);
-        let identity = crate::rpc::Identity {
-            node_id: 1,
-            advertise_addr: "a:1".into(),
-            token: None,
-        };
-        let peers = PeerClients::start(
-            &identity,
-            &std::collections::BTreeMap::new(),
-            Duration::from_secs(1),
-            events,
-            fatal,
-        );
-        let dp = DataPlane::new(1, 2, rx, peers, Timings::defaults(), AckPolicy::Replicated);
+        let (_tx, dp) = test_plane(1, 2, zepto_cluster::ClusterState::default());
         dp.renew_lease(dp.now());
         dp
     }

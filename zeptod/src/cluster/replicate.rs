@@ -947,7 +947,6 @@ mod tests {
     use zepto_cluster::state::PartitionInfo;
 
     use super::*;
-    use crate::config::AckPolicy;
 
     /// Partitions 0..4 alternately led by node 1 (this node) and node 2, each replicated on
     /// the other.
@@ -964,26 +963,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let view = super::super::driver::View {
-            state: Arc::new(state),
-            ..Default::default()
-        };
-        let (_tx, rx) = watch::channel(view);
-        let (events, _erx) = mpsc::channel(1);
-        let (fatal, _frx) = mpsc::channel(1);
-        let identity = crate::rpc::Identity {
-            node_id: 1,
-            advertise_addr: "a:1".into(),
-            token: None,
-        };
-        let peers = crate::rpc::client::PeerClients::start(
-            &identity,
-            &BTreeMap::new(),
-            Duration::from_secs(1),
-            events,
-            fatal,
-        );
-        DataPlane::new(1, 4, rx, peers, Timings::defaults(), AckPolicy::Replicated)
+        super::super::dataplane::test_plane(1, 4, state).1
     }
 
     #[tokio::test]

@@ -539,33 +539,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let view = super::super::driver::View {
-            state: Arc::new(state),
-            ..Default::default()
-        };
-        let (tx, rx) = tokio::sync::watch::channel(view);
-        let (events, _erx) = tokio::sync::mpsc::channel(1);
-        let (fatal, _frx) = tokio::sync::mpsc::channel(1);
-        let identity = crate::rpc::Identity {
-            node_id: 1,
-            advertise_addr: "a:1".into(),
-            token: None,
-        };
-        let peers = crate::rpc::client::PeerClients::start(
-            &identity,
-            &std::collections::BTreeMap::new(),
-            Duration::from_secs(1),
-            events,
-            fatal,
-        );
-        let dp = DataPlane::new(
-            1,
-            2,
-            rx,
-            peers,
-            zepto_cluster::Timings::defaults(),
-            AckPolicy::Replicated,
-        );
+        let (tx, dp) = super::super::dataplane::test_plane(1, 2, state);
         let req = |partition, epoch| ForwardRequest {
             table: "t".into(),
             parts: vec![ForwardPart {

@@ -176,34 +176,7 @@ fn answers_survive_the_wire_with_differing_dictionaries_and_garbage_is_an_error(
 
 #[tokio::test]
 async fn serve_refuses_bad_requests_and_stale_senders_before_anything_runs() {
-    use crate::config::AckPolicy;
-    let view = super::super::driver::View {
-        state: Arc::new(state()),
-        ..Default::default()
-    };
-    let (_tx, rx) = tokio::sync::watch::channel(view);
-    let (events, _erx) = tokio::sync::mpsc::channel(1);
-    let (fatal, _frx) = tokio::sync::mpsc::channel(1);
-    let identity = crate::rpc::Identity {
-        node_id: 2,
-        advertise_addr: "b:2".into(),
-        token: None,
-    };
-    let peers = crate::rpc::client::PeerClients::start(
-        &identity,
-        &BTreeMap::new(),
-        Duration::from_secs(1),
-        events,
-        fatal,
-    );
-    let dp = DataPlane::new(
-        2,
-        4,
-        rx,
-        peers,
-        zepto_cluster::Timings::defaults(),
-        AckPolicy::Replicated,
-    );
+    let (_tx, dp) = super::super::dataplane::test_plane(2, 4, state());
     let req = |mode: i32, sql: &str, epoch: u64| QueryRequest {
         sql: sql.into(),
         now_ns: 0,

@@ -24,8 +24,8 @@ use crate::checkpoint::{CheckpointInfo, LinkCache};
 use crate::error::{Error, Result};
 use crate::faults::Faults;
 use crate::ingest::{
-    partition_for, prepare_replicated, prepare_write, CommittedRecord, ReplicatedRecord, Request,
-    Ring, WriteReceipt, WriteTicket,
+    partition_for, prepare_replicated, prepare_split, prepare_write, split_write, CommittedRecord,
+    ReplicatedRecord, Request, Ring, WriteReceipt, WriteTicket,
 };
 use crate::rdb::{Chunk, TableData};
 use crate::scan::{ScanRequest, ScanStats, TableScan};
@@ -516,6 +516,31 @@ impl Db {
         }
         let t = s.table(table)?;
         let req = prepare_write(&t, batch, s.config.partitions)?;
+        self.inner.ring.push(req)
+    }
+
+    /// Convert rows to `table`'s types and split them by partition, as [`Db::write`] does,
+    /// without writing: a cluster router sends each piece to its partition's primary, which
+    /// writes it with [`Db::write_split`]. Pieces come in partition order.
+    pub fn split_write(&self, table: &str, batch: RecordBatch) -> Result<Vec<(u32, RecordBatch)>> {
+        let s = self.shared();
+        let t = s.table(table)?;
+        split_write(&t, batch, s.config.partitions)
+    }
+
+    /// Like [`Db::write`] for rows already split by partition (by [`Db::split_write`], here
+    /// or on another node): no second split. Each piece is checked to hold only rows of its
+    /// partition (`InvalidInput` otherwise, nothing written). Atomic like [`Db::write`].
+    pub fn write_split(&self, table: &str, pieces: Vec<(u32, RecordBatch)>) -> Result<WriteTicket> {
+        let s = self.shared();
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if let Some(p) = s.poisoned.lock().clone() {
+            return Err(Error::WalPoisoned(p));
+        }
+        let t = s.table(table)?;
+        let req = prepare_split(&t, pieces, s.config.partitions)?;
         self.inner.ring.push(req)
     }
 

@@ -217,7 +217,74 @@ pub(crate) fn prepare_write(
 ) -> Result<WriteRequest> {
     let batch = conform(table, batch)?;
     let pieces = split_by_partition(table, &batch, partitions)?;
-    let mut payload = Vec::with_capacity(batch.get_array_memory_size() + 64 * pieces.len());
+    encode_pieces(table, pieces, batch.get_array_memory_size())
+}
+
+/// Convert `batch` to the table's types and split it by partition, as [`prepare_write`]
+/// does, without encoding: a cluster router sends each piece to its partition's primary,
+/// which writes it with [`prepare_split`] (no second conversion or split).
+pub(crate) fn split_write(
+    table: &TableData,
+    batch: RecordBatch,
+    partitions: u32,
+) -> Result<Vec<(u32, RecordBatch)>> {
+    let batch = conform(table, batch)?;
+    split_by_partition(table, &batch, partitions)
+}
+
+/// Encode pieces already split by partition (by [`split_write`], possibly on another node).
+/// Every piece is converted to the table's types and checked to hold only rows of its
+/// partition: from the partition of each distinct key value (hashed once per dictionary
+/// value, not per row). A piece whose key dictionary holds values of other partitions (not
+/// the shape [`split_write`] makes) is split again and must come out as that one partition.
+pub(crate) fn prepare_split(
+    table: &Arc<TableData>,
+    pieces: Vec<(u32, RecordBatch)>,
+    partitions: u32,
+) -> Result<WriteRequest> {
+    let mut checked = Vec::with_capacity(pieces.len());
+    let mut bytes = 0;
+    for (p, piece) in pieces {
+        if p >= partitions {
+            return Err(Error::InvalidInput(format!(
+                "rows sent for partition {p} of {partitions}"
+            )));
+        }
+        let piece = conform(table, piece)?;
+        if piece.num_rows() == 0 {
+            continue;
+        }
+        bytes += piece.get_array_memory_size();
+        let key = piece
+            .column(table.schema.partition_key)
+            .as_dictionary::<Int32Type>();
+        let dict = key.values().as_string::<i32>();
+        let clean = (0..dict.len())
+            .all(|i| partition_for(&table.schema.name, dict.value(i), partitions) == p);
+        if clean {
+            checked.push((p, compact_symbols(table, piece, None)?));
+            continue;
+        }
+        let mut again = split_by_partition(table, &piece, partitions)?;
+        match (again.pop(), again.is_empty()) {
+            (Some((q, piece)), true) if q == p => checked.push((p, piece)),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "rows sent for partition {p} include rows of other partitions"
+                )))
+            }
+        }
+    }
+    encode_pieces(table, checked, bytes)
+}
+
+/// Encode the WAL payloads of pieces in the table's types, one per partition share.
+fn encode_pieces(
+    table: &Arc<TableData>,
+    pieces: Vec<(u32, RecordBatch)>,
+    size_hint: usize,
+) -> Result<WriteRequest> {
+    let mut payload = Vec::with_capacity(size_hint + 64 * pieces.len());
     let mut out = Vec::with_capacity(pieces.len());
     for (partition, piece) in pieces {
         let start = payload.len();

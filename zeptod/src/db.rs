@@ -247,14 +247,25 @@ impl Node {
         Ok(receipt.rows)
     }
 
-    /// Write one batch and wait until it is durable; returns the rows and the
-    /// `(partition, seq)` of every WAL record it became (what replication waits for).
-    pub(crate) async fn write_with_records(
+    /// Convert rows to the table's types and split them by partition (what the cluster
+    /// router sends to each partition's primary); pieces in partition order.
+    pub(crate) fn split_write(
         &self,
         table: &str,
         batch: RecordBatch,
+    ) -> Result<Vec<(u32, RecordBatch)>> {
+        self.db.split_write(table, batch).map_err(storage_error)
+    }
+
+    /// Write rows already split by partition (see [`Node::split_write`]) as one atomic write
+    /// and wait until it is durable; each piece is checked to hold only its partition's rows.
+    /// Returns the rows and the `(partition, seq)` of every WAL record it became.
+    pub(crate) async fn write_split_with_records(
+        &self,
+        table: &str,
+        pieces: Vec<(u32, RecordBatch)>,
     ) -> Result<(u64, Vec<(u32, u64)>)> {
-        let ticket = self.db.write(table, batch).map_err(storage_error)?;
+        let ticket = self.db.write_split(table, pieces).map_err(storage_error)?;
         let receipt = ticket.await.map_err(storage_error)?;
         Ok((receipt.rows, receipt.records))
     }
@@ -268,13 +279,6 @@ impl Node {
     /// replicated records, partition epochs and positions).
     pub(crate) fn storage(&self) -> &Db {
         &self.db
-    }
-
-    /// The index of a table's partition-key column and its Arrow schema (404 when the
-    /// table does not exist).
-    pub(crate) fn partition_key_of(&self, table: &str) -> Result<(usize, SchemaRef)> {
-        let t = self.db.table(table).map_err(storage_error)?;
-        Ok((t.partition_key, t.arrow_schema()))
     }
 
     /// Rows this node holds for one partition, over every table (memory and disk).

@@ -131,6 +131,55 @@ fn writes_are_visible_and_survive_restart_via_wal() {
 }
 
 #[test]
+fn split_pieces_are_written_as_they_are_and_foreign_rows_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_table(dir.path());
+    let pieces = db.split_write("trades", rows(0..500)).unwrap();
+    assert!(pieces.len() > 1, "5 symbols over 8 partitions");
+    for (p, piece) in &pieces {
+        let key = piece.column(1).as_dictionary::<Int32Type>();
+        let dict = key.values().as_string::<i32>();
+        for k in key.keys().values() {
+            assert_eq!(db.partition_of("trades", dict.value(*k as usize)), *p);
+        }
+    }
+    // A piece named for another partition, or two partitions' rows under one name, is
+    // refused whole: nothing of the write lands.
+    let (p0, b0) = pieces[0].clone();
+    let (_, b1) = pieces[1].clone();
+    let wrong = vec![(pieces[1].0, b1.clone()), ((p0 + 1) % 8, b0.clone())];
+    let e = db.write_split("trades", wrong).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    let mixed = arrow::compute::concat_batches(&b0.schema(), &[b0.clone(), b1]).unwrap();
+    let e = db.write_split("trades", vec![(p0, mixed)]).unwrap_err();
+    assert!(e.to_string().contains("other partitions"), "{e}");
+    assert!(contents(&db).is_empty());
+    db.write_split("trades", pieces).unwrap().wait().unwrap();
+    assert_eq!(contents(&db), expected(0..500));
+    // Rows of one partition whose key dictionary also holds other partitions' values (an
+    // unsplit batch filtered by hand): accepted, with the dictionary cut to its partition.
+    let more = rows(500..600);
+    let key = more.column(1).as_dictionary::<Int32Type>();
+    let dict = key.values().as_string::<i32>();
+    let mask: arrow::array::BooleanArray = key
+        .keys()
+        .values()
+        .iter()
+        .map(|k| Some(db.partition_of("trades", dict.value(*k as usize)) == p0))
+        .collect();
+    let only_p0 = arrow::compute::filter_record_batch(&more, &mask).unwrap();
+    let n = only_p0.num_rows();
+    assert!(n > 0 && n < 100);
+    let receipt = db
+        .write_split("trades", vec![(p0, only_p0)])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(receipt.rows, n as u64);
+    assert_eq!(contents(&db).len(), 500 + n);
+}
+
+#[test]
 fn checkpoint_then_more_writes_then_restart() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -9,8 +9,10 @@
 //!   durable position (`next_seq`); records below it are skipped, and a replica that is
 //!   behind (restart, lost batch, overflow) is caught up from `Db::wal_records_since`. Every
 //!   heartbeat interval the sender also probes the partitions it serves whose replica
-//!   position is unknown or behind, so a replica that returns after writes stopped still
-//!   catches up. A replica the WAL no longer reaches back to (`WalTruncated`), or whose log
+//!   position is unknown or behind and did not advance since the previous probe, so a
+//!   replica that returns after writes stopped still catches up (one the live stream is
+//!   moving forward is left to it: its missing records are queued, and reading them back
+//!   from the WAL would ship them twice while the queue waits). A replica the WAL no longer reaches back to (`WalTruncated`), or whose log
 //!   diverged from ours (ADR 0008), gets a whole copy of the partition ([`super::copy`]) and
 //!   then continues from the copy's cut.
 //! - **Replica side.** [`serve`] checks that the sender is the partition's primary and this
@@ -447,6 +449,7 @@ async fn sender(
         diverged: BTreeSet::new(),
         must_copy: BTreeSet::new(),
         failing: false,
+        at_last_tick: HashMap::new(),
     };
     let mut tick = tokio::time::interval(s.dp.timings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -472,7 +475,10 @@ async fn sender(
                 s.ship(records).await?;
             }
             if probe || overflow {
-                s.probe_and_catch_up().await?;
+                // A periodic probe leaves alone the partitions the live stream is moving
+                // forward; after an overflow, records may be missing from the queue: every
+                // partition behind is caught up.
+                s.probe_and_catch_up(!overflow).await?;
             }
             Ok::<(), Status>(())
         }
@@ -510,6 +516,11 @@ struct Sender {
     /// Of those, the ones the replica itself refused records of: only a copy clears them.
     must_copy: BTreeSet<u32>,
     failing: bool,
+    /// Per partition: `known` at the previous periodic probe. A replica whose position
+    /// advanced since is being fed by the live stream: the records it lacks are queued or
+    /// in flight, and reading them back from the WAL would only ship them twice (and, under
+    /// a steady ingest, chase the log end while the queue waits).
+    at_last_tick: HashMap<u32, u64>,
 }
 
 impl Sender {
@@ -561,7 +572,7 @@ impl Sender {
                     partition: r.partition,
                     epoch: r.epoch,
                     seq: r.seq,
-                    payload: r.payload.to_vec(),
+                    payload: r.payload,
                     sender_epoch: r.sender_epoch,
                     prev_epoch: r.prev_epoch,
                 })
@@ -717,7 +728,7 @@ impl Sender {
 
     /// Ask the replica where it is for every served partition that is unknown or behind,
     /// then catch up those behind.
-    async fn probe_and_catch_up(&mut self) -> Result<(), Status> {
+    async fn probe_and_catch_up(&mut self, periodic: bool) -> Result<(), Status> {
         let state = self.dp.view.borrow().state.clone();
         self.forget_stale_positions(&state);
         let node = self
@@ -737,9 +748,16 @@ impl Sender {
             let out_of_sync = state
                 .partition(p)
                 .is_some_and(|i| !i.in_sync.contains(&self.peer));
-            if self.known.get(&p) != Some(&next) || out_of_sync {
+            let known = self.known.get(&p).copied();
+            let advancing = periodic
+                && known
+                    .is_some_and(|k| self.at_last_tick.get(&p).is_some_and(|&before| before < k));
+            if (known != Some(next) && !advancing) || out_of_sync {
                 behind.push((p, next));
             }
+        }
+        if periodic {
+            self.at_last_tick = self.known.clone();
         }
         if behind.is_empty() {
             return Ok(());
@@ -894,7 +912,7 @@ pub(crate) async fn serve(
                 seq: r.seq,
                 sender_epoch: r.sender_epoch.max(r.epoch),
                 prev_epoch: r.prev_epoch,
-                payload: r.payload.into(),
+                payload: r.payload,
             })
             .collect();
         let applied = match node.storage().write_replicated(records) {

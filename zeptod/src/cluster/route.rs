@@ -1,11 +1,14 @@
-//! Write routing: a batch of rows reaching any node is split by partition (the storage
-//! engine's hash of table and partition key), the parts this node is primary for are written
-//! here, the rest are sent to their primaries with `Forward` (Arrow IPC, one call per node,
-//! each part with the epoch the sender believes).
+//! Write routing: a batch of rows reaching any node is converted to the table's types and
+//! split by partition once, by the storage engine (`Db::split_write`: its hash of table and
+//! partition key, computed once per distinct key value); the parts this node is primary for
+//! are written here as they are (`Db::write_split`, no second split), the rest are sent to
+//! their primaries with `Forward` (Arrow IPC, one call per node, each part with the epoch the
+//! sender believes).
 //!
 //! The receiver of a `Forward` checks, per part, that it is the primary at that epoch
-//! (`FENCED` when the sender's epoch is older, `NOT_PRIMARY` otherwise) and that every row
-//! of the part belongs to its partition, writes all parts as one local write, and — when the
+//! (`FENCED` when the sender's epoch is older, `NOT_PRIMARY` otherwise), writes all parts as
+//! one local write through `Db::write_split` (which refuses a part holding rows of another
+//! partition, from the partition of each distinct key value), and — when the
 //! sender asks for replicated acks — waits for its replica like a local write does. A
 //! `NOT_PRIMARY`/`FENCED` refusal makes the sender wait for a newer map (at most a heartbeat
 //! interval) and retry that node's parts, within the replication bound. A receiver behind the
@@ -20,9 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, UInt32Array};
-use arrow::compute::{cast, concat_batches, take_record_batch};
-use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use tonic::{Code, Status};
 use zepto_cluster::NodeId;
@@ -33,47 +33,6 @@ use crate::config::AckPolicy;
 use crate::db::Node;
 use crate::error::{Error, Result};
 use crate::rpc::pb::{ForwardPart, ForwardRequest, ForwardResponse, Position};
-
-/// Split a batch by partition: `partition -> rows`, in row order within each part.
-pub(crate) fn split(
-    table: &str,
-    key: usize,
-    batch: &RecordBatch,
-    partitions: u32,
-) -> Result<BTreeMap<u32, RecordBatch>> {
-    let mut out = BTreeMap::new();
-    if batch.num_rows() == 0 {
-        return Ok(out);
-    }
-    let col = batch.columns().get(key).ok_or_else(|| {
-        Error::Internal(format!("table '{table}': no partition-key column {key}"))
-    })?;
-    let keys = cast(col, &DataType::Utf8)
-        .map_err(|e| Error::BadRequest(format!("partition key of '{table}': {e}")))?;
-    let keys = keys.as_string::<i32>();
-    if keys.null_count() > 0 {
-        return Err(Error::BadRequest(format!(
-            "table '{table}': the partition key may not be null"
-        )));
-    }
-    let mut rows: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for r in 0..keys.len() {
-        let p = zepto_storage::partition_for(table, keys.value(r), partitions);
-        rows.entry(p).or_default().push(r as u32);
-    }
-    if rows.len() == 1 {
-        if let Some((p, _)) = rows.pop_first() {
-            out.insert(p, batch.clone());
-        }
-        return Ok(out);
-    }
-    for (p, idx) in rows {
-        let piece = take_record_batch(batch, &UInt32Array::from(idx))
-            .map_err(|e| Error::Internal(format!("split rows by partition: {e}")))?;
-        out.insert(p, piece);
-    }
-    Ok(out)
-}
 
 pub(crate) fn to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
@@ -112,12 +71,15 @@ pub(crate) async fn write(
     table: &str,
     batch: RecordBatch,
 ) -> Result<u64> {
-    let (key, _) = node.partition_key_of(table)?;
-    let partitions = node.storage().partitions();
-    let t = table.to_string();
-    let mut pending = tokio::task::spawn_blocking(move || split(&t, key, &batch, partitions))
-        .await
-        .map_err(|e| Error::Internal(format!("split task failed: {e}")))??;
+    // Converted to the table's types and split once, here: the primaries write the pieces
+    // as they are (checking, per distinct key value, that each holds only its partition).
+    let (n, t) = (node.clone(), table.to_string());
+    let mut pending: BTreeMap<u32, RecordBatch> =
+        tokio::task::spawn_blocking(move || n.split_write(&t, batch))
+            .await
+            .map_err(|e| Error::Internal(format!("split task failed: {e}")))??
+            .into_iter()
+            .collect();
     let mut rows = 0u64;
     let mut written: BTreeSet<u32> = BTreeSet::new();
     let mut failed: Vec<(Vec<u32>, Error)> = Vec::new();
@@ -259,19 +221,8 @@ async fn write_local(
         Err(e) => return PartResult::Failed(e),
     };
     let result = async {
-        let batches: Vec<RecordBatch> = parts.into_iter().map(|(_, _, b)| b).collect();
-        let batch = match batches.as_slice() {
-            [one] => one.clone(),
-            _ => {
-                let schema = batches
-                    .first()
-                    .map(RecordBatch::schema)
-                    .ok_or_else(|| Error::Internal("no parts".into()))?;
-                concat_batches(&schema, &batches)
-                    .map_err(|e| Error::Internal(format!("join parts: {e}")))?
-            }
-        };
-        let (rows, records) = node.write_with_records(table, batch).await?;
+        let pieces = parts.into_iter().map(|(p, _, b)| (p, b)).collect();
+        let (rows, records) = node.write_split_with_records(table, pieces).await?;
         if dp.ack == AckPolicy::Replicated {
             dp.wait_acknowledgeable(&records).await?;
         }
@@ -307,7 +258,7 @@ async fn forward(
             Ok(arrow_ipc) => req.parts.push(ForwardPart {
                 partition,
                 epoch,
-                arrow_ipc,
+                arrow_ipc: arrow_ipc.into(),
             }),
             Err(e) => return PartResult::Failed(e),
         }
@@ -425,30 +376,19 @@ pub(crate) async fn serve(
         e => status_of(&e),
     })?;
     let node = dp.node().map_err(|e| status_of(&e))?;
-    let (key, _) = node
-        .partition_key_of(&req.table)
-        .map_err(|e| status_of(&e))?;
-    let partitions = node.storage().partitions();
-    let mut batches = Vec::new();
+    // The parts come split by the sender; the storage engine checks that each holds only
+    // rows of its partition (from the partition of each distinct key value).
+    let mut pieces = Vec::with_capacity(req.parts.len());
     for part in &req.parts {
-        let p = part.partition;
         for b in from_ipc(&part.arrow_ipc).map_err(Status::invalid_argument)? {
-            let split = split(&req.table, key, &b, partitions).map_err(|e| status_of(&e))?;
-            if split.keys().any(|&q| q != p) {
-                return Err(Status::invalid_argument(format!(
-                    "forwarded rows for partition {p} include rows of other partitions"
-                )));
-            }
-            batches.push(b);
+            pieces.push((part.partition, b));
         }
     }
-    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+    if pieces.is_empty() {
         return Ok(ForwardResponse::default());
-    };
-    let batch = concat_batches(&schema, &batches)
-        .map_err(|e| Status::invalid_argument(format!("forwarded parts do not match: {e}")))?;
+    }
     let (rows, records) = node
-        .write_with_records(&req.table, batch)
+        .write_split_with_records(&req.table, pieces)
         .await
         .map_err(|e| status_of(&e))?;
     if req.ack_replicated {
@@ -475,54 +415,7 @@ fn forward_timeout(dp: &DataPlane) -> Duration {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{DictionaryArray, Float64Array, StringArray};
-    use arrow::datatypes::{Field, Int32Type, Schema};
-
     use super::*;
-
-    fn batch(dict: bool) -> RecordBatch {
-        let keys: Vec<String> = (0..500).map(|i| format!("S{}", i % 37)).collect();
-        let key: arrow::array::ArrayRef = if dict {
-            Arc::new(
-                keys.iter()
-                    .map(String::as_str)
-                    .collect::<DictionaryArray<Int32Type>>(),
-            )
-        } else {
-            Arc::new(StringArray::from_iter_values(&keys))
-        };
-        let v = Arc::new(Float64Array::from_iter_values((0..500).map(f64::from)));
-        let schema = Schema::new(vec![
-            Field::new("v", DataType::Float64, false),
-            Field::new("symbol", key.data_type().clone(), false),
-        ]);
-        RecordBatch::try_new(Arc::new(schema), vec![v, key]).unwrap()
-    }
-
-    #[test]
-    fn split_follows_the_storage_hash_and_keeps_every_row() {
-        for dict in [true, false] {
-            let b = batch(dict);
-            let parts = split("Trades", 1, &b, 8).unwrap();
-            assert!(parts.len() > 1);
-            assert_eq!(
-                parts.values().map(RecordBatch::num_rows).sum::<usize>(),
-                500
-            );
-            for (p, piece) in &parts {
-                let keys = cast(piece.column(1), &DataType::Utf8).unwrap();
-                for k in keys.as_string::<i32>().iter() {
-                    assert_eq!(zepto_storage::partition_for("trades", k.unwrap(), 8), *p);
-                }
-                // A part survives the wire.
-                let back = from_ipc(&to_ipc(piece).unwrap()).unwrap();
-                assert_eq!(
-                    back.iter().map(RecordBatch::num_rows).sum::<usize>(),
-                    piece.num_rows()
-                );
-            }
-        }
-    }
 
     #[tokio::test]
     async fn forward_is_fenced_per_part_before_anything_else() {
@@ -545,7 +438,7 @@ mod tests {
             parts: vec![ForwardPart {
                 partition,
                 epoch,
-                arrow_ipc: Vec::new(),
+                arrow_ipc: Default::default(),
             }],
             ack_replicated: true,
         };
@@ -584,13 +477,5 @@ mod tests {
         });
         let s = code(ahead.await.unwrap());
         assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
-    }
-
-    #[test]
-    fn null_partition_keys_are_refused() {
-        let key = Arc::new(StringArray::from(vec![Some("a"), None]));
-        let schema = Schema::new(vec![Field::new("symbol", DataType::Utf8, true)]);
-        let b = RecordBatch::try_new(Arc::new(schema), vec![key]).unwrap();
-        assert!(matches!(split("t", 0, &b, 4), Err(Error::BadRequest(_))));
     }
 }

@@ -441,16 +441,7 @@ async fn sender(
     mut rx: mpsc::Receiver<CommittedRecord>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut s = Sender {
-        dp,
-        peer,
-        known: HashMap::new(),
-        known_at: HashMap::new(),
-        diverged: BTreeSet::new(),
-        must_copy: BTreeSet::new(),
-        failing: false,
-        at_last_tick: HashMap::new(),
-    };
+    let mut s = Sender::new(dp, peer);
     let mut tick = tokio::time::interval(s.dp.timings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::with_capacity(BATCH);
@@ -524,6 +515,20 @@ struct Sender {
 }
 
 impl Sender {
+    /// A sender to `peer` that knows nothing of its positions yet.
+    fn new(dp: Arc<DataPlane>, peer: NodeId) -> Sender {
+        Sender {
+            dp,
+            peer,
+            known: HashMap::new(),
+            known_at: HashMap::new(),
+            diverged: BTreeSet::new(),
+            must_copy: BTreeSet::new(),
+            failing: false,
+            at_last_tick: HashMap::new(),
+        }
+    }
+
     /// Forget positions learned at another epoch of their partition.
     fn forget_stale_positions(&mut self, state: &ClusterState) {
         let stale: Vec<u32> = self
@@ -987,15 +992,7 @@ mod tests {
     #[tokio::test]
     async fn a_primary_that_lost_its_data_directory_serves_its_replica_nothing() {
         let dp = plane();
-        let s = Sender {
-            dp: dp.clone(),
-            peer: 2,
-            known: HashMap::new(),
-            known_at: HashMap::new(),
-            diverged: BTreeSet::new(),
-            must_copy: BTreeSet::new(),
-            failing: false,
-        };
+        let s = Sender::new(dp.clone(), 2);
         assert_eq!(s.served(), [0, 2].into_iter().collect());
         // Restarted with an empty data directory, still primary in the map: its empty log
         // must not be shipped (or copied whole) over the replica holding every row.

@@ -387,10 +387,19 @@ pub(crate) async fn serve(
     if pieces.is_empty() {
         return Ok(ForwardResponse::default());
     }
-    let (rows, records) = node
-        .write_split_with_records(&req.table, pieces)
+    let written = match node
+        .write_split_with_records(&req.table, pieces.clone())
         .await
-        .map_err(|e| status_of(&e))?;
+    {
+        // A table the sender knows and this node does not yet (created a moment ago, this
+        // node's metadata a heartbeat behind): nothing was written; catch up with the
+        // leader and try once more, as a query does.
+        Err(Error::NotFound(_)) if dp.catch_up_with_leader().await => {
+            node.write_split_with_records(&req.table, pieces).await
+        }
+        r => r,
+    };
+    let (rows, records) = written.map_err(|e| status_of(&e))?;
     if req.ack_replicated {
         dp.wait_acknowledgeable(&records)
             .await

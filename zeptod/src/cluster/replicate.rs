@@ -992,6 +992,7 @@ mod tests {
             peer: 2,
             known: HashMap::new(),
             known_at: HashMap::new(),
+            at_last_tick: HashMap::new(),
             diverged: BTreeSet::new(),
             must_copy: BTreeSet::new(),
             failing: false,

@@ -393,13 +393,7 @@ pub(crate) fn run(node: &Node, ctx: &ExecCtx, sink: &mut Sink<'_>) -> Result<boo
             aggs,
             mode,
             schema,
-        } if *mode != AggMode::Final
-            && group.is_empty()
-            && aggs
-                .iter()
-                .all(|a| a.func == crate::plan::agg::AggFunc::CountStar)
-            && matches!(input.as_ref(), Node::Scan(s) if s.filter.is_none()) =>
-        {
+        } if *mode != AggMode::Final && counts_from_metadata(input, group, aggs) => {
             // count(*) without a filter: the scan's row counts, no batch is looked at.
             let rows = match input.as_ref() {
                 Node::Scan(s) => scan_rows(s, ctx)?,
@@ -481,6 +475,61 @@ pub(crate) fn scan_request(s: &crate::plan::ScanNode, ctx: &ExecCtx) -> zepto_st
         });
     }
     req
+}
+
+/// Whether an aggregate over `input` is a bare `count(*)` of a scan without a filter: answered
+/// from the scan's row counts, no batch is looked at.
+fn counts_from_metadata(
+    input: &Node,
+    group: &[crate::expr::Expr],
+    aggs: &[crate::plan::agg::AggExpr],
+) -> bool {
+    group.is_empty()
+        && aggs
+            .iter()
+            .all(|a| a.func == crate::plan::agg::AggFunc::CountStar)
+        && matches!(input, Node::Scan(s) if s.filter.is_none())
+}
+
+/// See [`crate::Prepared::scan_rows`]: the rows the plan's scans will read (from piece
+/// metadata), or `None` when its work is not bounded by them.
+pub(crate) fn scan_rows_bound(node: &Node, ctx: &ExecCtx) -> Result<Option<u64>> {
+    let sum = |nodes: &mut dyn Iterator<Item = &Node>| -> Result<Option<u64>> {
+        let mut total = 0u64;
+        for n in nodes {
+            match scan_rows_bound(n, ctx)? {
+                Some(r) => total = total.saturating_add(r),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    };
+    match node {
+        Node::Scan(s) => {
+            let req = scan_request(s, ctx);
+            if req.time_range.is_empty() {
+                return Ok(Some(0));
+            }
+            Ok(Some(ctx.db.count_rows(&req)?.0))
+        }
+        Node::Values { .. } => Ok(Some(0)),
+        Node::Aggregate {
+            input,
+            group,
+            aggs,
+            mode,
+            ..
+        } if *mode != AggMode::Final && counts_from_metadata(input, group, aggs) => Ok(Some(0)),
+        Node::Filter { input, .. }
+        | Node::Project { input, .. }
+        | Node::Aggregate { input, .. }
+        | Node::Sort { input, .. }
+        | Node::Limit { input, .. }
+        | Node::Distinct { input } => scan_rows_bound(input, ctx),
+        Node::AsofJoin { left, right, .. } => sum(&mut [left.as_ref(), right.as_ref()].into_iter()),
+        Node::Union { inputs, .. } => sum(&mut inputs.iter()),
+        Node::HashJoin { .. } | Node::Window { .. } | Node::PartialInput { .. } => Ok(None),
+    }
 }
 
 /// Number of rows a scan returns, without touching its batches.

@@ -224,6 +224,35 @@ pub struct PartialOutput {
     pub rows_read: u64,
 }
 
+/// A statement parsed and, when it is a query, planned and pruned: what [`Engine::run`]
+/// executes. Its deadline counts from [`Engine::prepare`].
+#[derive(Debug)]
+pub struct Prepared {
+    stmt: Statement,
+    /// The pruned plan of a query; `None` for every other statement.
+    plan: Option<plan::Node>,
+    ctx: ExecCtx,
+}
+
+impl Prepared {
+    /// Does this statement only read?
+    pub fn is_read_only(&self) -> bool {
+        ddl::is_read_only(&self.stmt)
+    }
+
+    /// An upper bound, from piece metadata (no batch is touched), of the rows a query's
+    /// scans will read, for a query whose work grows with those rows (scans, filters,
+    /// projections, aggregates, sorts, limits, ASOF joins); `None` for any other statement and
+    /// for a plan that can do more work than it reads (a hash join's output, window frames).
+    /// A caller uses it to decide where to run the query before running it.
+    pub fn scan_rows(&self) -> Result<Option<u64>> {
+        match &self.plan {
+            Some(node) => exec::scan_rows_bound(node, &self.ctx),
+            None => Ok(None),
+        }
+    }
+}
+
 impl Engine {
     pub fn new(db: Db, settings: QuerySettings) -> Engine {
         Engine {
@@ -270,16 +299,42 @@ impl Engine {
 
     /// Parse, plan and run one statement with these limits.
     pub fn execute_with(&self, sql: &str, settings: &QuerySettings) -> Result<QueryOutput> {
+        self.run(self.prepare_with(sql, settings)?)
+    }
+
+    /// Parse one statement and, when it is a query, plan it (with the engine's default
+    /// settings); [`Engine::run`] executes it. Cheap next to running it: no batch is read.
+    pub fn prepare(&self, sql: &str) -> Result<Prepared> {
+        self.prepare_with(sql, &self.settings)
+    }
+
+    /// [`Engine::prepare`] with these limits. The deadline counts from here.
+    pub fn prepare_with(&self, sql: &str, settings: &QuerySettings) -> Result<Prepared> {
         let stmt = parse::parse_one(sql)?;
         let ctx = ExecCtx::new(
             self.db.clone(),
             settings.timeout,
             settings.memory_limit_bytes,
         );
+        let plan = match &stmt {
+            Statement::Query(q) => {
+                let mut binder = Binder::new(&self.db, &ctx, (self.clock)());
+                Some(plan::prune::prune_plan(binder.plan_query(q)?.0)?)
+            }
+            _ => None,
+        };
+        Ok(Prepared { stmt, plan, ctx })
+    }
+
+    /// Run a prepared statement.
+    pub fn run(&self, prepared: Prepared) -> Result<QueryOutput> {
+        let Prepared { stmt, plan, ctx } = prepared;
         let mut binder = Binder::new(&self.db, &ctx, (self.clock)());
         match &stmt {
-            Statement::Query(q) => {
-                let node = plan::prune::prune_plan(binder.plan_query(q)?.0)?;
+            Statement::Query(_) => {
+                let Some(node) = plan else {
+                    return Err(Error::Internal("a prepared query has no plan".into()));
+                };
                 let batches = exec::parallel::collect(&node, &ctx, &self.parallel, &self.workers)?;
                 let (schema, batches) = plain_strings(node.schema(), batches)?;
                 Ok(QueryOutput::Rows {

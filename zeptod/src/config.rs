@@ -99,6 +99,12 @@ struct Cli {
     #[arg(long, env = "ZEPTO_QUERY_TIMEOUT", default_value = "30s")]
     query_timeout: String,
 
+    /// Queries whose scans read at most this many rows (counted from chunk metadata before
+    /// the query runs; hash joins and window functions never qualify) run on the request's
+    /// own thread instead of being handed to the blocking pool. 0 = always hand off.
+    #[arg(long, env = "ZEPTO_INLINE_QUERY_ROWS", default_value_t = 50_000)]
+    inline_query_rows: u64,
+
     /// Memory a single query may hold (bytes: sort buffers, join tables, results); over it
     /// the query fails with 413. 0 = unlimited.
     #[arg(long, env = "ZEPTO_QUERY_MEMORY_LIMIT", default_value_t = 1 << 30)]
@@ -186,6 +192,7 @@ struct FileConfig {
     max_body_bytes: Option<u64>,
     query_timeout: Option<String>,
     query_memory_limit: Option<u64>,
+    inline_query_rows: Option<u64>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     shutdown_timeout: Option<String>,
@@ -232,6 +239,8 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: u64,
     pub(crate) query_timeout: Duration,
     pub(crate) query_memory_limit: Option<u64>,
+    /// See `--inline-query-rows`.
+    pub(crate) inline_query_rows: u64,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
@@ -402,6 +411,11 @@ impl Config {
             ),
             query_timeout,
             query_memory_limit: (query_memory_limit > 0).then_some(query_memory_limit),
+            inline_query_rows: pick(
+                explicit("inline_query_rows"),
+                cli.inline_query_rows,
+                file.inline_query_rows,
+            ),
             header_read_timeout,
             body_read_timeout,
             shutdown_timeout,

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use zepto_sql::{Engine, ErrorKind, QueryOutput, QuerySettings};
+use zepto_sql::{Engine, ErrorKind, Prepared, QueryOutput, QuerySettings};
 use zepto_storage::{ColumnDef, ColumnType, Db, TableSchema};
 
 use crate::config::Config;
@@ -218,9 +218,14 @@ impl Node {
         Engine::is_read_only(sql).map_err(sql_error)
     }
 
-    /// Run one statement. Blocking.
-    pub(crate) fn execute(&self, sql: &str) -> Result<SqlOutput> {
-        Ok(match self.engine.execute(sql).map_err(sql_error)? {
+    /// Parse one statement and plan it when it is a query (no batch is read).
+    pub(crate) fn prepare(&self, sql: &str) -> Result<Prepared> {
+        self.engine.prepare(sql).map_err(sql_error)
+    }
+
+    /// Run a prepared statement. Blocking.
+    pub(crate) fn run(&self, prepared: Prepared) -> Result<SqlOutput> {
+        Ok(match self.engine.run(prepared).map_err(sql_error)? {
             QueryOutput::Rows {
                 schema,
                 batches,

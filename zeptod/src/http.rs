@@ -364,7 +364,15 @@ async fn run_sql_inner(
             .or(default_format.map(|s| s.as_str()))
             .unwrap_or("JSON"),
     )?;
-    let read_only = Node::is_read_only(&sql)?;
+    // Single node: parse (and plan a query) once, here; the statement's kind comes from that.
+    let local = match (state.cluster.get(), state.node()) {
+        (None, Ok(node)) => Some((node.prepare(&sql)?, node)),
+        _ => None,
+    };
+    let read_only = match &local {
+        Some((prepared, _)) => prepared.is_read_only(),
+        None => Node::is_read_only(&sql)?,
+    };
     if get_only && !read_only {
         return Err(Error::MethodNotAllowed(
             "GET is for read-only statements; send writes with POST".into(),
@@ -414,14 +422,26 @@ async fn run_sql_inner(
             crate::cluster::query::Read::Other => {}
         }
     }
-    let task = tokio::task::spawn_blocking(move || node.execute(&sql));
-    // The engine enforces the timeout itself; this bound covers an engine that does not.
-    let result = match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
-        Err(_) => Err(Error::Timeout(format!(
-            "query did not finish within --query-timeout ({timeout:?})"
-        ))),
-        Ok(Err(e)) => Err(Error::Internal(format!("query task failed: {e}"))),
-        Ok(Ok(r)) => r,
+    let (prepared, node) = match local {
+        Some(l) => l,
+        None => (node.prepare(&sql)?, node),
+    };
+    let result = if runs_inline(&prepared, state.cfg.inline_query_rows)? {
+        // A query over few rows (one symbol's partition): run here, without the hand-off to a
+        // blocking-pool thread and back, which cost more than the query itself. The engine's
+        // own deadline and memory budget apply as on the pool.
+        state.metrics.inline_query();
+        node.run(prepared)
+    } else {
+        let task = tokio::task::spawn_blocking(move || node.run(prepared));
+        // The engine enforces the timeout itself; this bound covers an engine that does not.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
+            Err(_) => Err(Error::Timeout(format!(
+                "query did not finish within --query-timeout ({timeout:?})"
+            ))),
+            Ok(Err(e)) => Err(Error::Internal(format!("query task failed: {e}"))),
+            Ok(Ok(r)) => r,
+        }
     };
     match result? {
         SqlOutput::Rows {
@@ -447,6 +467,17 @@ async fn run_sql_inner(
             serde_json::json!({ "ok": true, "message": m }),
         )),
     }
+}
+
+/// Whether a prepared statement runs on the request's task: a query whose scans read at most
+/// `max_rows` rows by the chunk metadata, decided before it runs (never a hash join, a window
+/// function, or anything but a query).
+fn runs_inline(prepared: &zepto_sql::Prepared, max_rows: u64) -> Result<bool> {
+    if max_rows == 0 {
+        return Ok(false);
+    }
+    let rows = prepared.scan_rows().map_err(crate::db::sql_error)?;
+    Ok(rows.is_some_and(|r| r <= max_rows))
 }
 
 /// Results of at most this many cells are encoded on the request's task and sent whole.

@@ -61,6 +61,8 @@ pub(crate) struct Metrics {
     http_requests: [AtomicU64; 5],
     queries_ok: AtomicU64,
     queries_err: AtomicU64,
+    /// Queries run on the request's task instead of the blocking pool.
+    queries_inline: AtomicU64,
     query_ok_seconds: Histogram,
     query_err_seconds: Histogram,
     ingest_rows: [AtomicU64; INGEST_FORMATS.len()],
@@ -117,6 +119,11 @@ impl Metrics {
             self.queries_err.fetch_add(1, Ordering::Relaxed);
             self.query_err_seconds.observe(took);
         }
+    }
+
+    /// Count a query run on the request's task (`--inline-query-rows`).
+    pub(crate) fn inline_query(&self) {
+        self.queries_inline.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count rows and bytes acknowledged to a client.
@@ -177,6 +184,17 @@ impl Metrics {
             o,
             "zepto_queries_total{{status=\"error\"}} {}",
             self.queries_err.load(Ordering::Relaxed)
+        );
+        c(
+            &mut o,
+            "zepto_queries_inline_total",
+            "Queries run on the request's task, not handed to the blocking pool (--inline-query-rows).",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "zepto_queries_inline_total {}",
+            self.queries_inline.load(Ordering::Relaxed)
         );
         c(
             &mut o,

@@ -895,3 +895,72 @@ fn keep_alive_connection_serves_several_requests() {
     assert_eq!(all.matches("HTTP/1.1 400 Bad Request").count(), 1, "{all}");
     assert!(all.ends_with("Ok.\n"), "{all}");
 }
+
+fn inline_queries(s: &Server) -> u64 {
+    let m = s.get("/metrics").text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("zepto_queries_inline_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn inline_queries_answer_as_the_pool_and_keep_the_memory_limit() {
+    // Default: queries over few rows run on the request's task; `0`: every one on the pool.
+    let (_d1, inline) = start(&[]);
+    let (_d2, pooled) = start(&["--inline-query-rows", "0"]);
+    let (_d3, small) = start(&["--query-memory-limit", "10000"]);
+    let mut body = String::new();
+    for i in 0..5_000u64 {
+        body.push_str(&format!(
+            "trades,symbol=S{} price={}.5,volume={}i {}\n",
+            i % 10,
+            100 + i % 7,
+            i % 9 + 1,
+            i + 1
+        ));
+    }
+    assert_eq!(inline.ilp_ok(&body), 5_000);
+    assert_eq!(pooled.ilp_ok(&body), 5_000);
+    assert_eq!(small.ilp_ok(&body), 5_000);
+    for sql in [
+        "SELECT vwap(price, volume) FROM trades WHERE symbol = 'S3'",
+        "SELECT sum(price * volume) / sum(volume) FROM trades WHERE symbol = 'S3'",
+        "SELECT symbol, count(*), max(price) FROM trades GROUP BY symbol ORDER BY symbol",
+        "SELECT count(*) FROM trades",
+    ] {
+        let before = inline_queries(&inline);
+        let a = inline.sql(sql);
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(
+            inline_queries(&inline),
+            before + 1,
+            "{sql} did not run inline"
+        );
+        let b = pooled.sql(sql);
+        assert_eq!(b.status, 200, "{}", b.text());
+        assert_eq!(a.json()["data"], b.json()["data"], "{sql}");
+        assert_eq!(
+            a.json()["statistics"]["rows_read"],
+            b.json()["statistics"]["rows_read"]
+        );
+    }
+    assert_eq!(inline_queries(&pooled), 0);
+    // A hash join never runs inline.
+    let before = inline_queries(&inline);
+    let r = inline.sql("SELECT count(*) FROM trades a JOIN trades b ON a.ts = b.ts");
+    assert_eq!(
+        r.json()["data"],
+        serde_json::json!([[5000]]),
+        "{}",
+        r.text()
+    );
+    assert_eq!(inline_queries(&inline), before);
+    // The memory limit holds on the inline path.
+    let before = inline_queries(&small);
+    small
+        .sql("SELECT * FROM trades ORDER BY price DESC")
+        .expect_error(413, "TOO_LARGE");
+    assert_eq!(inline_queries(&small), before + 1);
+}

@@ -29,6 +29,28 @@ fn each(ids: Option<&[u32]>, n: usize, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// `(sum(p * q), sum(q))` with 4 independent accumulators per sum.
+fn vwap_sums(p: &[f64], q: &[f64]) -> (f64, f64) {
+    let (mut pq, mut qs) = ([0.0f64; 4], [0.0f64; 4]);
+    let (pc, qc) = (p.chunks_exact(4), q.chunks_exact(4));
+    let (pr, qr) = (pc.remainder(), qc.remainder());
+    for (a, b) in pc.zip(qc) {
+        for (((acc_pq, acc_q), x), y) in pq.iter_mut().zip(qs.iter_mut()).zip(a).zip(b) {
+            *acc_pq += x * y;
+            *acc_q += y;
+        }
+    }
+    let (mut sp, mut sv) = (
+        (pq[0] + pq[1]) + (pq[2] + pq[3]),
+        (qs[0] + qs[1]) + (qs[2] + qs[3]),
+    );
+    for (a, b) in pr.iter().zip(qr) {
+        sp += a * b;
+        sv += b;
+    }
+    (sp, sv)
+}
+
 #[inline]
 fn valid(nulls: Option<&NullBuffer>, i: usize) -> bool {
     nulls.is_none_or(|n| n.is_valid(i))
@@ -449,6 +471,18 @@ impl Acc {
                 let p = f64s(arg(args, 0)?)?;
                 let q = f64s(arg(args, 1)?)?;
                 let (pvals, qvals, pn, qn) = (p.values(), q.values(), p.nulls(), q.nulls());
+                if let (None, None, None, Some(a), Some(b), Some(z)) =
+                    (ids, pn, qn, pv.get_mut(0), v.get_mut(0), seen.get_mut(0))
+                {
+                    // Ungrouped without NULLs (VWAP of one symbol): independent accumulators
+                    // instead of one serial chain per sum.
+                    let m = n.min(pvals.len()).min(qvals.len());
+                    let (sp, sv) = vwap_sums(&pvals[..m], &qvals[..m]);
+                    *a += sp;
+                    *b += sv;
+                    *z |= m > 0;
+                    return Ok(());
+                }
                 each(ids, n, |i, g| {
                     if valid(pn, i) && valid(qn, i) {
                         if let (Some(a), Some(b), Some(z)) =

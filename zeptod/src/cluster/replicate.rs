@@ -12,9 +12,9 @@
 //!   position is unknown or behind and did not advance since the previous probe, so a
 //!   replica that returns after writes stopped still catches up (one the live stream is
 //!   moving forward is left to it: its missing records are queued, and reading them back
-//!   from the WAL would ship them twice while the queue waits). A replica the WAL no longer reaches back to (`WalTruncated`), or whose log
-//!   diverged from ours (ADR 0008), gets a whole copy of the partition ([`super::copy`]) and
-//!   then continues from the copy's cut.
+//!   from the WAL would ship them twice while the queue waits). A replica the WAL no longer
+//!   reaches back to (`WalTruncated`), or whose log diverged from ours (ADR 0008), gets a
+//!   whole copy of the partition ([`super::copy`]) and then continues from the copy's cut.
 //! - **Replica side.** [`serve`] checks that the sender is the partition's primary and this
 //!   node its replica in the committed map, applies the records with `Db::write_replicated`
 //!   (epochs checked, duplicates skipped, gaps refused: all or nothing) and answers its

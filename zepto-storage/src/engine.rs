@@ -407,6 +407,17 @@ impl Db {
         &self.inner.shared
     }
 
+    /// `Ok` while writes are admitted: not closing, WAL not poisoned.
+    fn check_accepting(&self) -> Result<()> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        if let Some(p) = self.shared().poisoned.lock().clone() {
+            return Err(Error::WalPoisoned(p));
+        }
+        Ok(())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.shared().dir
@@ -508,12 +519,7 @@ impl Db {
     /// and visible to scans. A write is atomic: all its rows or none.
     pub fn write(&self, table: &str, batch: RecordBatch) -> Result<WriteTicket> {
         let s = self.shared();
-        if !self.inner.accepting.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        if let Some(p) = s.poisoned.lock().clone() {
-            return Err(Error::WalPoisoned(p));
-        }
+        self.check_accepting()?;
         let t = s.table(table)?;
         let req = prepare_write(&t, batch, s.config.partitions)?;
         self.inner.ring.push(req)
@@ -533,12 +539,7 @@ impl Db {
     /// partition (`InvalidInput` otherwise, nothing written). Atomic like [`Db::write`].
     pub fn write_split(&self, table: &str, pieces: Vec<(u32, RecordBatch)>) -> Result<WriteTicket> {
         let s = self.shared();
-        if !self.inner.accepting.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        if let Some(p) = s.poisoned.lock().clone() {
-            return Err(Error::WalPoisoned(p));
-        }
+        self.check_accepting()?;
         let t = s.table(table)?;
         let req = prepare_split(&t, pieces, s.config.partitions)?;
         self.inner.ring.push(req)
@@ -548,12 +549,7 @@ impl Db {
     /// crash either every row of every table is there or none is.
     pub fn write_many(&self, batches: Vec<(String, RecordBatch)>) -> Result<WriteTicket> {
         let s = self.shared();
-        if !self.inner.accepting.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        if let Some(p) = s.poisoned.lock().clone() {
-            return Err(Error::WalPoisoned(p));
-        }
+        self.check_accepting()?;
         let mut reqs = Vec::with_capacity(batches.len());
         for (table, batch) in batches {
             let t = s.table(&table)?;
@@ -568,12 +564,7 @@ impl Db {
     /// [`Error::SeqGap`]; records this node already has are skipped (idempotent resend).
     pub fn write_replicated(&self, records: Vec<ReplicatedRecord>) -> Result<WriteTicket> {
         let s = self.shared();
-        if !self.inner.accepting.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        if let Some(p) = s.poisoned.lock().clone() {
-            return Err(Error::WalPoisoned(p));
-        }
+        self.check_accepting()?;
         let req = prepare_replicated(records, s.config.partitions, |id| s.table_by_id(id))?;
         self.inner.ring.push(req)
     }

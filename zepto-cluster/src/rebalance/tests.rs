@@ -4,22 +4,7 @@ use crate::placement;
 fn cluster(nodes: &[NodeId], partitions: u32) -> ClusterState {
     let mut s = ClusterState::default();
     for &id in nodes {
-        s.apply(&Command::SetSetting {
-            key: disk_low_key(id),
-            value: String::new(),
-        })
-        .unwrap();
-        s.apply(&Command::AddNode {
-            id,
-            http_addr: String::new(),
-            grpc_addr: format!("n{id}"),
-        })
-        .unwrap();
-        s.apply(&Command::SetNodeState {
-            id,
-            state: NodeState::Active,
-        })
-        .unwrap();
+        join(&mut s, id);
     }
     s.apply(&placement::init_command(
         placement::place(nodes, partitions, 2).unwrap(),
@@ -28,6 +13,7 @@ fn cluster(nodes: &[NodeId], partitions: u32) -> ClusterState {
     s
 }
 
+/// An ACTIVE node `id` with disk space reported.
 fn join(s: &mut ClusterState, id: NodeId) {
     s.apply(&Command::SetSetting {
         key: disk_low_key(id),

@@ -258,19 +258,24 @@ async fn hand_off(
         if !idle {
             return Err("the partition's admitted writes did not finish in time".to_string());
         }
+        let mut changes = cluster.data.repl.acked_changes();
         loop {
+            changes.borrow_and_update();
             let written = written_now(&node, partition);
             let acked = cluster.data.repl.acked(partition);
             if acked >= written {
                 break;
             }
-            if Instant::now() >= deadline {
+            // The replica's position arrives with its next answer.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !matches!(
+                tokio::time::timeout(left, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
                 return Err(format!(
                     "replica {to} had not confirmed every record ({acked} of {written})"
                 ));
             }
-            // A poll inside a deadline: the replica's position arrives with its next answer.
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // The remembered position may predate a wipe of the replica's disk (it restarted
         // empty and has not given up its in-sync place yet, ADR 0012): the replica's own

@@ -198,6 +198,11 @@ impl Replication {
         }
     }
 
+    /// Changes whenever a replica's confirmed position (or an in-sync decision) changes.
+    pub(crate) fn acked_changes(&self) -> watch::Receiver<u64> {
+        self.acked_changed.subscribe()
+    }
+
     /// Wake every write waiting for an acknowledgement decision.
     fn bump(&self) {
         self.acked_changed.send_modify(|v| *v = v.wrapping_add(1));

@@ -123,6 +123,22 @@ fn generate(spec: Spec, batch_rows: usize, quotes: bool) -> Vec<RecordBatch> {
     out
 }
 
+/// `batch` (trades or quotes: the timestamp is column 0) moved `days` days later: a load
+/// that sends the same rows again keeps going forward in time, as a live feed does.
+pub(crate) fn shifted(
+    batch: &RecordBatch,
+    days: i64,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampNanosecondType;
+    let by = days * 86_400 * 1_000_000_000;
+    let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
+    let moved: TimestampNanosecondArray = ts.unary(|t| t + by);
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(moved.with_timezone_opt(ts.timezone()));
+    RecordBatch::try_new(batch.schema(), columns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +171,26 @@ mod tests {
         let other = trades(Spec { seed: 8, ..spec }, 3000);
         assert_ne!(a, other);
         assert_eq!(quotes(spec, 10_000)[0].num_rows(), 5_000);
+    }
+
+    #[test]
+    fn a_shifted_batch_moves_only_its_timestamps() {
+        let spec = Spec {
+            seed: 3,
+            rows: 100,
+            symbols: 10,
+        };
+        let b = trades(spec, 100).remove(0);
+        let s = shifted(&b, 2).unwrap();
+        let ts = |b: &RecordBatch| -> Vec<i64> {
+            b.column(0)
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec()
+        };
+        let day = 86_400 * 1_000_000_000;
+        assert!(ts(&b).iter().zip(ts(&s)).all(|(a, c)| c == a + 2 * day));
+        assert_eq!(b.columns()[1..], s.columns()[1..]);
+        assert_eq!(b.schema(), s.schema());
     }
 }

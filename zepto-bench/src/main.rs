@@ -125,8 +125,19 @@ struct MixedArgs {
     /// Target ingest rate while queries run (rows/s).
     #[arg(long, default_value_t = 500_000)]
     ingest_rate: usize,
+    /// Rounds of Q1-Q8 (each query once per round, interleaved).
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// The table the load writes: `trades` (the queried table, which grows while the
+    /// queries run) or another name (created with the same columns, dropped at the end).
+    #[arg(long, default_value = "trades")]
+    ingest_table: String,
+    /// Concurrent ingest clients sharing the rate.
+    #[arg(long, default_value_t = 2)]
+    ingest_clients: usize,
+    /// Rows per ingest body.
+    #[arg(long, default_value_t = 10_000)]
+    body_rows: usize,
 }
 
 fn main() {
@@ -315,60 +326,143 @@ fn cmd_mixed(a: MixedArgs) -> Result<(), Error> {
     let client = connect(&a.common)?;
     let s = spec(&a.common);
     load(&client, s)?;
+    let same_table = a.ingest_table == "trades";
+    if !same_table {
+        recreate(
+            &client,
+            &a.ingest_table,
+            &TRADES_DDL.replace("trades", &a.ingest_table),
+        )?;
+    }
     let qs = query::queries(a.common.symbols);
-    let idle = query::run(&client, &qs, 2, a.runs)?;
-    // Ingest more of the same shape at a fixed rate while the queries run again.
+    eprintln!("idle: Q1-Q8 interleaved, {} rounds", a.runs);
+    let idle = query::run_interleaved(&client, &qs, 2, a.runs)?;
+    // Trades of the same shape (another seed), sent round-robin for as long as the queries
+    // run, each round one day later than the one before (and than the loaded day), like a
+    // live feed: the load lasts the whole measurement, however long it takes.
     let extra = Spec {
         seed: s.seed + 1,
+        rows: a.body_rows * 64,
         ..s
     };
-    let per_body = 10_000usize;
-    let t_bodies = bodies(&gen::trades(extra, per_body), Format::Arrow)?;
-    let interval = Duration::from_secs_f64(per_body as f64 / a.ingest_rate.max(1) as f64);
+    let t_batches = gen::trades(extra, a.body_rows);
+    let clients = a.ingest_clients.max(1);
+    // Each client sends every `clients`-th body of the schedule.
+    let interval =
+        Duration::from_secs_f64(a.body_rows as f64 * clients as f64 / a.ingest_rate.max(1) as f64);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let busy = std::thread::scope(|sc| {
-        let writer = sc.spawn(|| -> Result<usize, Error> {
-            // Its own connection, so queries and ingest do not share a pool.
-            let client = Client::new(&a.common.url, a.common.token.clone());
-            let mut sent = 0;
-            let start = Instant::now();
-            for (i, (rows, body)) in t_bodies.iter().enumerate() {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                // Pace to the target rate: the schedule of the load, not a wait for an event.
-                let due = start + interval * i as u32;
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                client.ingest("trades", Format::Arrow, body)?;
-                sent += rows;
-            }
-            Ok(sent)
-        });
-        let r = query::run(&client, &qs, 0, a.runs);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let sent = writer
-            .join()
-            .map_err(|_| Error::Usage("ingest thread panicked".into()))??;
-        eprintln!("ingested {sent} rows during the query runs");
-        r
-    })?;
-    println!(
-        "{:<4} {:>14} {:>18} {:>8}",
-        "", "idle p50 us", "under-load p99 us", "ratio"
+    let started = std::sync::Barrier::new(clients + 1);
+    eprintln!(
+        "under load: ingest at {} rows/s into `{}` ({clients} clients, {}-row Arrow bodies) while Q1-Q8 run {} rounds",
+        a.ingest_rate, a.ingest_table, a.body_rows, a.runs
     );
-    for (i, b) in idle.iter().zip(&busy) {
+    let (busy, sent, secs) = std::thread::scope(|sc| {
+        let writers: Vec<_> = (0..clients)
+            .map(|c| {
+                let (stop, started, t_batches) = (&stop, &started, &t_batches);
+                let (url, token, table) = (&a.common.url, &a.common.token, &a.ingest_table);
+                sc.spawn(move || -> Result<usize, Error> {
+                    // Own connections, so queries and ingest do not share a pool.
+                    let client = Client::new(url, token.clone());
+                    let mut sent = 0;
+                    started.wait();
+                    let start = Instant::now() + interval.mul_f64(c as f64 / clients as f64);
+                    for i in 0.. {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        // Pace to the target rate: the schedule of the load, not a wait
+                        // for an event. A client behind its schedule sends at once.
+                        let due = start + interval * i as u32;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let k = i * clients + c;
+                        let round = (k / t_batches.len()) as i64;
+                        let batch = gen::shifted(&t_batches[k % t_batches.len()], round + 1)?;
+                        client.ingest(
+                            table,
+                            Format::Arrow,
+                            &encode::body(&batch, Format::Arrow)?,
+                        )?;
+                        sent += batch.num_rows();
+                    }
+                    Ok(sent)
+                })
+            })
+            .collect();
+        started.wait();
+        let t0 = Instant::now();
+        // Let the load reach its rate before the first timed query.
+        let r = query::run_interleaved(&client, &qs, 2, a.runs);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut sent = 0;
+        for w in writers {
+            sent += w
+                .join()
+                .map_err(|_| Error::Usage("ingest thread panicked".into()))??;
+        }
+        Ok::<_, Error>((r?, sent, t0.elapsed().as_secs_f64()))
+    })?;
+    let achieved = sent as f64 / secs;
+    // Every acknowledged row is there (the loaded trades too, on the queried table).
+    let want = sent + if same_table { s.rows } else { 0 };
+    let (_, count) = client.sql(&format!("SELECT count(*) FROM {}", a.ingest_table))?;
+    if !count.contains(&format!("[[{want}]]")) {
+        return Err(Error::Usage(format!(
+            "`{}` should hold {want} rows after the load, the server answered {}",
+            a.ingest_table,
+            count.trim()
+        )));
+    }
+    println!(
+        "ingest: {sent} rows into `{}` in {secs:.2} s = {achieved:.0} rows/s (target {}); \
+         {want} rows acknowledged, all counted",
+        a.ingest_table, a.ingest_rate
+    );
+    // On the queried table the data grew while the queries ran: measure idle again at the
+    // final size, so the growth and the interference can be told apart.
+    let after = if same_table {
+        eprintln!("idle again at the final size");
+        Some(query::run_interleaved(&client, &qs, 2, a.runs)?)
+    } else {
+        None
+    };
+    println!(
+        "{:<4} {:>14} {:>18} {:>8} {:>24} {:>20} {:>8}",
+        "",
+        "idle p50 us",
+        "under-load p99 us",
+        "ratio",
+        "server p50/p99 idle,load",
+        "idle-after p50 us",
+        "ratio"
+    );
+    for (k, (i, b)) in idle.iter().zip(&busy).enumerate() {
+        let tail = match after.as_ref().and_then(|a| a.get(k)) {
+            Some(f) => format!("{:>20.0} {:>7.2}x", f.p50_us, b.p99_us / f.p50_us.max(1e-9)),
+            None => String::new(),
+        };
+        let srv = |t: &query::Timing| match (t.server_p50_us, t.server_p99_us) {
+            (Some(a), Some(b)) => format!("{a:.0}/{b:.0}"),
+            _ => "-".into(),
+        };
         println!(
-            "{:<4} {:>14.0} {:>18.0} {:>7.2}x",
+            "{:<4} {:>14.0} {:>18.0} {:>7.2}x {:>24} {tail}",
             i.name,
             i.p50_us,
             b.p99_us,
-            b.p99_us / i.p50_us.max(1e-9)
+            b.p99_us / i.p50_us.max(1e-9),
+            format!("{},{}", srv(i), srv(b)),
         );
+    }
+    if !same_table {
+        let _ = client.sql(&format!("DROP TABLE {}", a.ingest_table));
     }
     write_json(
         &a.common.json,
-        &json!({ "idle": idle, "under_load": busy, "ingest_rate": a.ingest_rate }),
+        &json!({ "idle": idle, "under_load": busy, "idle_after": after,
+                 "ingest_table": a.ingest_table, "ingest_rate": a.ingest_rate,
+                 "ingested_rows": sent, "ingest_seconds": secs, "achieved_rows_per_sec": achieved }),
     )
 }

@@ -104,6 +104,11 @@ pub(crate) struct Timing {
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
     pub(crate) max_us: f64,
+    /// The server's own `elapsed_us` (parse to last byte encoded), when it was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) server_p50_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) server_p99_us: Option<f64>,
 }
 
 pub(crate) fn summarize(name: &str, mut samples: Vec<Duration>) -> Timing {
@@ -120,7 +125,19 @@ pub(crate) fn summarize(name: &str, mut samples: Vec<Duration>) -> Timing {
         p50_us: at(0.5),
         p99_us: at(0.99),
         max_us: at(1.0),
+        server_p50_us: None,
+        server_p99_us: None,
     }
+}
+
+/// The `elapsed_us` statistic of a JSON answer.
+fn server_elapsed(answer: &str) -> Option<Duration> {
+    let at = answer.rfind("\"elapsed_us\":")? + "\"elapsed_us\":".len();
+    let digits: String = answer[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok().map(Duration::from_micros)
 }
 
 /// Run each query `warmup` times untimed, then `runs` times timed, over HTTP.
@@ -142,4 +159,38 @@ pub(crate) fn run(
         out.push(summarize(q.name, samples));
     }
     Ok(out)
+}
+
+/// Run Q1..Q8 in rounds (each query once per round), `warmup` untimed rounds first: every
+/// query sees the same conditions, e.g. a concurrent load and its effects, over the run.
+pub(crate) fn run_interleaved(
+    client: &Client,
+    qs: &[Query],
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<Timing>, Error> {
+    let mut samples = vec![Vec::with_capacity(runs); qs.len()];
+    let mut server = vec![Vec::with_capacity(runs); qs.len()];
+    for round in 0..warmup + runs.max(1) {
+        for (k, q) in qs.iter().enumerate() {
+            let (took, answer) = client.sql(&q.zepto)?;
+            if round >= warmup {
+                samples[k].push(took);
+                server[k].extend(server_elapsed(&answer));
+            }
+        }
+    }
+    Ok(qs
+        .iter()
+        .zip(samples.into_iter().zip(server))
+        .map(|(q, (s, srv))| {
+            let complete = srv.len() == s.len();
+            let srv = summarize(q.name, srv);
+            Timing {
+                server_p50_us: complete.then_some(srv.p50_us),
+                server_p99_us: complete.then_some(srv.p99_us),
+                ..summarize(q.name, s)
+            }
+        })
+        .collect())
 }

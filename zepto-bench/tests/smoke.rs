@@ -121,4 +121,37 @@ fn smoke_ingest_and_queries_against_a_real_server() {
     } else {
         assert!(out.contains("DuckDB "), "{out}");
     }
+    // Mixed load, into the queried table and into another one: the load runs for the whole
+    // query phase and what was sent is what the table holds.
+    for table in ["trades", "live"] {
+        let out = bench(
+            &server.url,
+            &[
+                "mixed",
+                "--ingest-rate",
+                "50000",
+                "--runs",
+                "2",
+                "--body-rows",
+                "500",
+                "--ingest-table",
+                table,
+            ],
+        );
+        let sent: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("ingest: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no ingest line:\n{out}"));
+        assert!(sent > 0, "{out}");
+        for q in ["Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8"] {
+            assert!(out.lines().any(|l| l.starts_with(q)), "{q} missing:\n{out}");
+        }
+        // zepto-bench itself fails when the table does not hold every acknowledged row.
+        assert!(out.contains("rows acknowledged, all counted"), "{out}");
+        if table == "trades" {
+            assert!(out.contains("idle-after"), "{out}");
+        }
+    }
 }

@@ -95,6 +95,9 @@ pub struct Config {
     pub max_memory_bytes: usize,
     /// How often maintenance looks for work when nothing wakes it.
     pub maintenance_interval: Duration,
+    /// Niceness the WAL writer and maintenance threads add to their own (Linux), so that
+    /// queries get the cores first while ingest runs (see [`crate::priority`]); 0 = none.
+    pub background_nice: i32,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -113,6 +116,7 @@ impl Config {
             max_chunk_rows: 4 << 20,
             max_memory_bytes: 8 << 30,
             maintenance_interval: Duration::from_millis(500),
+            background_nice: 0,
             clock: Arc::new(MonotonicClock::default()),
         }
     }
@@ -379,10 +383,14 @@ impl Db {
         let s = shared.clone();
         let wal = recovered.wal;
         let next_seq = recovered.next_seq;
+        let nice = config.background_nice;
         threads.push(
             std::thread::Builder::new()
                 .name("zepto-wal".into())
-                .spawn(move || writer::run(s, rx, wal, next_seq))
+                .spawn(move || {
+                    crate::priority::lower_current_thread(nice);
+                    writer::run(s, rx, wal, next_seq)
+                })
                 .map_err(|e| Error::io("start the WAL writer thread", e))?,
         );
         let inner = Arc::new(Inner {
@@ -397,7 +405,10 @@ impl Db {
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name("zepto-maint".into())
-            .spawn(move || maintenance::run(s, ring))
+            .spawn(move || {
+                crate::priority::lower_current_thread(nice);
+                maintenance::run(s, ring)
+            })
             .map_err(|e| Error::io("start the maintenance thread", e))?;
         db.inner.threads.lock().push(handle);
         Ok(db)

@@ -9,8 +9,10 @@
 //! partition and encodes WAL payloads on the caller's thread (`ingest.rs`); the request
 //! waits in the bounded ingest ring; the single WAL writer (`engine/writer.rs`)
 //! group-commits it (`wal.rs`: one write, one fdatasync), applies it to memory (`rdb.rs`)
-//! and only then acknowledges. The maintenance thread (`engine/maintenance.rs`) seals
-//! chunks into Arrow IPC files (`hdb.rs`) and takes checkpoints (`checkpoint.rs`).
+//! and only then acknowledges. The maintenance thread (`engine/maintenance.rs`) merges
+//! small pieces, seals chunks into Arrow IPC files (`hdb.rs`) and takes checkpoints
+//! (`checkpoint.rs`). Both threads can run below the queries' priority
+//! (`Config::background_nice`, `priority.rs`; ADR 0013).
 //! Recovery (`engine/recovery.rs`) loads the newest checkpoint and replays the WAL.
 //! Whole partitions are copied between nodes with [`Db::export_partition`] and
 //! [`Db::begin_partition_import`] (`engine/transfer.rs`).
@@ -32,6 +34,7 @@ pub mod faults;
 mod fsutil;
 mod hdb;
 mod ingest;
+pub mod priority;
 mod rdb;
 pub mod scan;
 pub mod schema;

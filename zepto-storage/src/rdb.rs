@@ -11,6 +11,7 @@
 //! order, scans filter unsorted pieces instead of binary searching them, and flushing sorts.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::UInt32Array;
@@ -110,10 +111,27 @@ impl MemChunk {
         m
     }
 
-    /// Replace the first `n` pieces by `merged` (the same rows, compacted).
-    pub(crate) fn replace_prefix(&mut self, n: usize, merged: Vec<Piece>) {
+    /// Replace runs of pieces by their merged piece (the same rows, compacted). The runs
+    /// are ascending, disjoint ranges within the first `n` pieces, planned when the chunk
+    /// had `n` pieces: appends since then only added pieces after them.
+    pub(crate) fn replace_runs(&mut self, n: usize, merged: Vec<(Range<usize>, Option<Piece>)>) {
         let rest = self.pieces.split_off(n.min(self.pieces.len()));
-        self.pieces = merged;
+        let old = std::mem::take(&mut self.pieces);
+        let mut runs = merged.into_iter().peekable();
+        for (i, p) in old.into_iter().enumerate() {
+            // Runs wholly before `i` are done (a run past the prefix never matches).
+            while runs.peek().is_some_and(|(r, _)| r.end <= i) {
+                runs.next();
+            }
+            match runs.peek_mut() {
+                Some((r, m)) if r.contains(&i) => {
+                    if let Some(m) = m.take() {
+                        self.pieces.push(m);
+                    }
+                }
+                _ => self.pieces.push(p),
+            }
+        }
         self.pieces.extend(rest);
         self.bytes = self
             .pieces
@@ -433,12 +451,12 @@ fn level(rows: usize) -> u32 {
     rows.max(1).ilog(COMPACT_FANOUT)
 }
 
-/// Merge runs of at least [`COMPACT_FANOUT`] consecutive pieces of the same size class
-/// (up to [`COMPACT_TARGET_ROWS`] rows per merged piece), each merged piece sorted by time. Returns `None`
-/// when no run is long enough.
-pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<Vec<Piece>>> {
-    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
-    let mut merged_any = false;
+/// The runs of a chunk's pieces that compaction merges, one merged piece each: at least
+/// [`COMPACT_FANOUT`] consecutive pieces of the same size class, up to
+/// [`COMPACT_TARGET_ROWS`] rows. Reads only piece metadata, so the maintenance thread plans
+/// under the partition's read lock and copies out only the pieces it merges.
+pub(crate) fn plan_compaction(pieces: &[Piece]) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
         let rows = pieces[i].batch.num_rows();
@@ -455,20 +473,56 @@ pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<V
             j += 1;
         }
         if j - i >= COMPACT_FANOUT {
-            let batches: Vec<RecordBatch> = pieces[i..j].iter().map(|p| p.batch.clone()).collect();
-            // Sorted while we copy anyway: time-range scans then binary search the piece.
-            let merged = sort_by_ts(concat_batches(&batches)?, ts_col)?;
-            if let Some(p) = Piece::new(merged, ts_col) {
-                out.push(p);
-            }
-            merged_any = true;
+            runs.push(i..j);
             i = j;
         } else {
-            out.push(pieces[i].clone());
             i += 1;
         }
     }
-    Ok(merged_any.then_some(out))
+    runs
+}
+
+/// Merge the pieces of one run into one piece sorted by time (`None` if they hold no row).
+///
+/// Sorted pieces that do not overlap in time, the usual shape of a stream written by several
+/// clients at once (each batch in order, batches arriving slightly out of order), are
+/// concatenated in time order without sorting a row. Otherwise the concatenation is sorted;
+/// either way rows with equal timestamps keep their arrival order, as a stable sort would.
+pub(crate) fn merge_run(pieces: &[Piece], ts_col: usize) -> Result<Option<Piece>> {
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_by_key(|&k| (pieces[k].min, k));
+    let disjoint = pieces.iter().all(|p| p.sorted)
+        && order.windows(2).all(|w| {
+            let (a, b) = (&pieces[w[0]], &pieces[w[1]]);
+            // A tie at the boundary keeps arrival order only if `a` came first.
+            a.max < b.min || (a.max == b.min && w[0] < w[1])
+        });
+    let merged = if disjoint {
+        let batches: Vec<RecordBatch> = order.iter().map(|&k| pieces[k].batch.clone()).collect();
+        concat_batches(&batches)?
+    } else {
+        let batches: Vec<RecordBatch> = pieces.iter().map(|p| p.batch.clone()).collect();
+        sort_by_ts(concat_batches(&batches)?, ts_col)?
+    };
+    Ok(Piece::new(merged, ts_col))
+}
+
+/// Merge every run [`plan_compaction`] finds; `None` when there is none (tests).
+#[cfg(test)]
+pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<Vec<Piece>>> {
+    let runs = plan_compaction(pieces);
+    if runs.is_empty() {
+        return Ok(None);
+    }
+    let mut merged = Vec::with_capacity(runs.len());
+    for r in runs {
+        let piece = merge_run(&pieces[r.clone()], ts_col)?;
+        merged.push((r, piece));
+    }
+    let mut chunk = MemChunk::new(0, 0, 0, 0);
+    chunk.pieces = pieces.to_vec();
+    chunk.replace_runs(pieces.len(), merged);
+    Ok(Some(chunk.pieces))
 }
 
 #[cfg(test)]

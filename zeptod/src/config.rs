@@ -105,6 +105,12 @@ struct Cli {
     #[arg(long, env = "ZEPTO_INLINE_QUERY_ROWS", default_value_t = 50_000)]
     inline_query_rows: u64,
 
+    /// How much lower than queries the ingest path runs (Linux thread niceness, 0-19): the
+    /// ingest decode threads, the WAL writer and the maintenance thread add it to their own,
+    /// so a query gets a core first while ingest runs. 0 = the same priority as queries.
+    #[arg(long, env = "ZEPTO_INGEST_NICE", default_value_t = 10)]
+    ingest_nice: i32,
+
     /// Memory a single query may hold (bytes: sort buffers, join tables, results); over it
     /// the query fails with 413. 0 = unlimited.
     #[arg(long, env = "ZEPTO_QUERY_MEMORY_LIMIT", default_value_t = 1 << 30)]
@@ -193,6 +199,7 @@ struct FileConfig {
     query_timeout: Option<String>,
     query_memory_limit: Option<u64>,
     inline_query_rows: Option<u64>,
+    ingest_nice: Option<i32>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     shutdown_timeout: Option<String>,
@@ -241,6 +248,8 @@ pub(crate) struct Config {
     pub(crate) query_memory_limit: Option<u64>,
     /// See `--inline-query-rows`.
     pub(crate) inline_query_rows: u64,
+    /// See `--ingest-nice`.
+    pub(crate) ingest_nice: i32,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
@@ -416,6 +425,7 @@ impl Config {
                 cli.inline_query_rows,
                 file.inline_query_rows,
             ),
+            ingest_nice: pick(explicit("ingest_nice"), cli.ingest_nice, file.ingest_nice),
             header_read_timeout,
             body_read_timeout,
             shutdown_timeout,
@@ -460,6 +470,12 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir must not be empty".into());
+        }
+        if !(0..=19).contains(&self.ingest_nice) {
+            return bad(format!(
+                "ingest_nice must be between 0 and 19 (got {})",
+                self.ingest_nice
+            ));
         }
         if self.max_body_bytes == 0 {
             return bad("max_body_bytes must be at least 1".into());

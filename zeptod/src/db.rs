@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use zepto_sql::{Engine, ErrorKind, Prepared, QueryOutput, QuerySettings};
-use zepto_storage::{ColumnDef, ColumnType, Db, TableSchema};
+use zepto_storage::{ColumnDef, ColumnType, Db, TableSchema, WriteTicket};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -93,6 +93,7 @@ impl Node {
         scfg.ring_capacity = cfg.ingest_queue_requests;
         scfg.ring_max_bytes = cfg.ingest_queue_bytes;
         scfg.wal_segment_bytes = cfg.wal_segment_bytes;
+        scfg.background_nice = cfg.ingest_nice;
         let db = Db::open(scfg).map_err(storage_error)?;
         let r = db.recovery_info();
         tracing::info!(
@@ -247,9 +248,19 @@ impl Node {
 
     /// Write one batch atomically and wait until it is durable. Returns the rows written.
     pub(crate) async fn write(&self, table: &str, batch: RecordBatch) -> Result<u64> {
-        let ticket = self.db.write(table, batch).map_err(storage_error)?;
-        let receipt = ticket.await.map_err(storage_error)?;
-        Ok(receipt.rows)
+        let ticket = self.start_write(table, batch)?;
+        Node::finish_write(ticket).await
+    }
+
+    /// The CPU half of [`Node::write`]: convert, split by partition, encode and queue the
+    /// write (no waiting). Run it on an ingest thread, then [`Node::finish_write`].
+    pub(crate) fn start_write(&self, table: &str, batch: RecordBatch) -> Result<WriteTicket> {
+        self.db.write(table, batch).map_err(storage_error)
+    }
+
+    /// Wait until a started write is durable; the rows written.
+    pub(crate) async fn finish_write(ticket: WriteTicket) -> Result<u64> {
+        Ok(ticket.await.map_err(storage_error)?.rows)
     }
 
     /// Convert rows to the table's types and split them by partition (what the cluster
@@ -299,18 +310,20 @@ impl Node {
             .sum()
     }
 
-    /// Write one batch per table as one atomic write: after a crash either every table
-    /// has its rows or none has.
-    pub(crate) async fn write_all(&self, batches: Vec<(String, RecordBatch)>) -> Result<u64> {
+    /// [`Node::start_write`] for one batch per table, as one atomic write: after a crash
+    /// either every table has its rows or none has. `None` when there is no row to write.
+    pub(crate) fn start_write_all(
+        &self,
+        batches: Vec<(String, RecordBatch)>,
+    ) -> Result<Option<WriteTicket>> {
         let batches: Vec<(String, RecordBatch)> = batches
             .into_iter()
             .filter(|(_, b)| b.num_rows() > 0)
             .collect();
         if batches.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
-        let ticket = self.db.write_many(batches).map_err(storage_error)?;
-        Ok(ticket.await.map_err(storage_error)?.rows)
+        self.db.write_many(batches).map(Some).map_err(storage_error)
     }
 
     /// The table a line-protocol measurement goes to, created on first write:

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use arrow::record_batch::RecordBatch;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -37,6 +38,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::db::{Node, SqlOutput};
 use crate::error::{Error, Result};
+use crate::ingest_pool::IngestPool;
 use crate::metrics::Metrics;
 use crate::sql_text;
 use input::InputFormat;
@@ -59,6 +61,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     /// Base backups and WAL archiving (ADR 0011).
     pub(crate) backups: crate::backup::Backups,
+    /// Decodes ingest bodies at a lower priority than queries (`--ingest-nice`).
+    pub(crate) ingest: IngestPool,
     node: OnceLock<Arc<Node>>,
     /// Set in cluster mode.
     cluster: OnceLock<Arc<Cluster>>,
@@ -67,12 +71,13 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn new(cfg: Config, auth: Auth) -> AppState {
+    pub(crate) fn new(cfg: Config, auth: Auth, ingest: IngestPool) -> AppState {
         AppState {
             cfg,
             auth,
             metrics: Metrics::default(),
             backups: crate::backup::Backups::default(),
+            ingest,
             node: OnceLock::new(),
             cluster: OnceLock::new(),
             phase: AtomicU8::new(STARTING),
@@ -558,6 +563,16 @@ fn stream_rows(
     Ok(resp)
 }
 
+/// A decoded ingest body, on its way to storage.
+enum Decoded {
+    /// No rows.
+    Empty,
+    /// Cluster mode: the router splits and sends it.
+    Route(RecordBatch),
+    /// Single node: prepared and queued; wait for durability.
+    Started(zepto_storage::WriteTicket),
+}
+
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response {
     let mut resp = (status, format!("{v}\n")).into_response();
     resp.headers_mut().insert(
@@ -595,18 +610,29 @@ async fn bulk_insert_inner(
     let schema = node.table_arrow_schema(&h.table)?;
     let table = h.table.clone();
     let bytes = data.len() as u64;
-    let batch = tokio::task::spawn_blocking(move || {
-        input::decode(format, &h.table, &schema, h.columns.as_deref(), &data)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??;
+    let clustered = state.cluster.get().is_some();
+    let n = node.clone();
+    // Decode and (single node) prepare the write on an ingest thread; only the wait for
+    // durability stays on this task.
+    let decoded = state
+        .ingest
+        .run(move || -> Result<Decoded> {
+            let batch = input::decode(format, &h.table, &schema, h.columns.as_deref(), &data)?;
+            Ok(if batch.num_rows() == 0 {
+                Decoded::Empty
+            } else if clustered {
+                Decoded::Route(batch)
+            } else {
+                Decoded::Started(n.start_write(&h.table, batch)?)
+            })
+        })
+        .await??;
     let start = Instant::now();
-    let rows = if batch.num_rows() == 0 {
-        0
-    } else if let Some(c) = state.cluster.get() {
-        c.write(&node, &table, batch).await?
-    } else {
-        node.write(&table, batch).await?
+    let rows = match (decoded, state.cluster.get()) {
+        (Decoded::Empty, _) => 0,
+        (Decoded::Started(ticket), _) => Node::finish_write(ticket).await?,
+        (Decoded::Route(batch), Some(c)) => c.write(&node, &table, batch).await?,
+        (Decoded::Route(batch), None) => node.write(&table, batch).await?,
     };
     state
         .metrics
@@ -631,31 +657,38 @@ async fn ilp_write(State(state): State<Arc<AppState>>, req: Request) -> Result<R
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let node2 = node.clone();
-        // Parse everything and build every batch before the first write.
-        let batches = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
-            let measurements = ilp::parse(&body, factor, now_ns)?;
-            let mut out = Vec::with_capacity(measurements.len());
-            for mut m in measurements {
-                let (schema, ts_index) = node2.ensure_ilp_table(&m)?;
-                let batch = m.take_batch(&schema, ts_index)?;
-                out.push((m.name, batch));
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("line protocol task failed: {e}")))??;
+        let clustered = state.cluster.get().is_some();
+        // Parse everything and build every batch before the first write; on a single node
+        // also prepare the write there (see `bulk_insert_inner`).
+        let (batches, ticket) = state
+            .ingest
+            .run(move || -> Result<_> {
+                let measurements = ilp::parse(&body, factor, now_ns)?;
+                let mut out = Vec::with_capacity(measurements.len());
+                for mut m in measurements {
+                    let (schema, ts_index) = node2.ensure_ilp_table(&m)?;
+                    let batch = m.take_batch(&schema, ts_index)?;
+                    out.push((m.name, batch));
+                }
+                if clustered {
+                    return Ok((out, None));
+                }
+                Ok((Vec::new(), node2.start_write_all(out)?))
+            })
+            .await??;
         let start = Instant::now();
-        let rows = match state.cluster.get() {
+        let rows = match (state.cluster.get(), ticket) {
             // Each table through the router: in cluster mode a line-protocol body spanning
             // tables is not one atomic write.
-            Some(c) => {
+            (Some(c), _) => {
                 let mut rows = 0;
                 for (table, batch) in batches.into_iter().filter(|(_, b)| b.num_rows() > 0) {
                     rows += c.write(&node, &table, batch).await?;
                 }
                 rows
             }
-            None => node.write_all(batches).await?,
+            (None, Some(ticket)) => Node::finish_write(ticket).await?,
+            (None, None) => 0,
         };
         state.metrics.ingested("ilp", rows, bytes, start.elapsed());
         Ok(json_response(

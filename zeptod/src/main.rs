@@ -19,6 +19,7 @@ mod config;
 mod db;
 mod error;
 mod http;
+mod ingest_pool;
 mod metrics;
 mod prestop;
 mod rpc;

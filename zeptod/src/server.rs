@@ -40,7 +40,9 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     println!("zeptod listening on http={addr}");
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "zeptod listening");
 
-    let state = Arc::new(AppState::new(cfg.clone(), auth));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ingest = crate::ingest_pool::IngestPool::start(cores, cfg.ingest_nice)?;
+    let state = Arc::new(AppState::new(cfg.clone(), auth, ingest));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<Error>(4);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // Whether this data directory has been part of a cluster before (checked before the

@@ -964,3 +964,72 @@ fn inline_queries_answer_as_the_pool_and_keep_the_memory_limit() {
         .expect_error(413, "TOO_LARGE");
     assert_eq!(inline_queries(&small), before + 1);
 }
+
+/// Name and niceness of every thread of a process (Linux).
+#[cfg(target_os = "linux")]
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the `(comm)`: state is field 3, nice field 19.
+        let after = stat.rsplit_once(')').unwrap().1;
+        let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), nice));
+    }
+    out
+}
+
+/// `--ingest-nice`: the ingest threads, the WAL writer and the maintenance thread run below
+/// the threads that serve queries, which keep the process's priority; 0 turns it off; a
+/// value outside 0-19 is refused at startup.
+#[cfg(target_os = "linux")]
+#[test]
+fn ingest_threads_run_below_the_query_threads() {
+    for (args, lower) in [(&[][..], 10), (&["--ingest-nice", "0"][..], 0)] {
+        let (_dir, s) = start(args);
+        assert_eq!(s.ilp_ok(TRADES_ILP), 2);
+        let threads = thread_nices(s.child.id());
+        let base = threads
+            .iter()
+            .find(|(name, _)| name == "zeptod")
+            .map(|t| t.1)
+            .unwrap();
+        let want = (base + lower).min(19);
+        for name in ["zepto-ingest-0", "zepto-wal", "zepto-maint"] {
+            let got = threads.iter().find(|(n, _)| n == name);
+            assert_eq!(got.map(|t| t.1), Some(want), "{name} in {threads:?}");
+        }
+        // Every thread that may run a query (async workers, blocking pool) is at `base`.
+        assert!(
+            threads
+                .iter()
+                .filter(|(n, _)| n == "zeptod")
+                .all(|t| t.1 == base),
+            "{threads:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(harness::bin())
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--ingest-nice",
+            "20",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ingest_nice must be between 0 and 19"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The maintenance thread: compaction of small pieces, sealing and flushing chunks to HDB,
 //! the memory limit, and periodic checkpoints. None of it is on the write path.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::hdb::{chunk_rel_path, write_chunk_file, DiskChunk};
 use crate::ingest::{Request, Ring};
-use crate::rdb::{compact_pieces, Chunk, Piece, TableData, COMPACT_TRIGGER_PIECES};
+use crate::rdb::{merge_run, plan_compaction, Chunk, Piece, TableData, COMPACT_TRIGGER_PIECES};
 use crate::wal::obsolete_segments;
 
 /// How many obsolete WAL segments are kept for reuse.
@@ -68,22 +69,34 @@ fn tables(shared: &Shared) -> Vec<Arc<TableData>> {
 /// Merge small pieces of memory chunks that have many.
 fn compact(shared: &Shared) -> Result<()> {
     for t in tables(shared) {
+        let ts_col = t.ts_col();
         for part in &t.partitions {
-            let todo: Vec<(u64, Vec<Piece>)> = part
+            // Plan under the read lock from piece metadata; copy out only the pieces of
+            // the runs to merge (not every chunk's whole piece list, every pass).
+            type Todo = (u64, usize, Vec<(Range<usize>, Vec<Piece>)>);
+            let todo: Vec<Todo> = part
                 .read()
                 .chunks
                 .iter()
                 .filter_map(|c| match c {
                     Chunk::Mem(m) if m.pieces.len() >= COMPACT_TRIGGER_PIECES => {
-                        Some((m.id, m.pieces.clone()))
+                        let runs = plan_compaction(&m.pieces);
+                        (!runs.is_empty()).then(|| {
+                            let runs = runs
+                                .into_iter()
+                                .map(|r| (r.clone(), m.pieces[r].to_vec()))
+                                .collect();
+                            (m.id, m.pieces.len(), runs)
+                        })
                     }
                     _ => None,
                 })
                 .collect();
-            for (id, pieces) in todo {
-                let Some(merged) = compact_pieces(&pieces, t.ts_col())? else {
-                    continue;
-                };
+            for (id, n, runs) in todo {
+                let mut merged = Vec::with_capacity(runs.len());
+                for (r, pieces) in runs {
+                    merged.push((r, merge_run(&pieces, ts_col)?));
+                }
                 let mut guard = part.write();
                 // Only the writer touches chunks meanwhile, and it only appends.
                 if let Some(Chunk::Mem(m)) = guard
@@ -91,8 +104,8 @@ fn compact(shared: &Shared) -> Result<()> {
                     .iter_mut()
                     .find(|c| matches!(c, Chunk::Mem(m) if m.id == id))
                 {
-                    if m.pieces.len() >= pieces.len() {
-                        m.replace_prefix(pieces.len(), merged);
+                    if m.pieces.len() >= n {
+                        m.replace_runs(n, merged);
                         shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -159,3 +159,129 @@ fn compaction_sorts_out_of_order_pieces() {
     want.sort();
     assert_eq!(timestamps(&merged[0].batch, 0), want.as_slice());
 }
+
+/// Pieces with the given timestamps and values (one piece per slice), as appended.
+fn pieces_of(t: &TableData, parts: &[(&[i64], &[f64])]) -> Vec<Piece> {
+    parts
+        .iter()
+        .map(|(ts, v)| {
+            let b = rows(t, ts);
+            let b = RecordBatch::try_new(
+                b.schema(),
+                vec![
+                    b.column(0).clone(),
+                    b.column(1).clone(),
+                    Arc::new(Float64Array::from(v.to_vec())),
+                ],
+            )
+            .unwrap();
+            Piece::new(b, 0).unwrap()
+        })
+        .collect()
+}
+
+fn ts_and_values(p: &Piece) -> Vec<(i64, f64)> {
+    let ts = timestamps(&p.batch, 0);
+    let v = p.batch.column(2).as_primitive::<Float64Type>().values();
+    ts.iter().copied().zip(v.iter().copied()).collect()
+}
+
+/// What a stable sort of the concatenation (in arrival order) by timestamp gives.
+fn stable_sorted(pieces: &[Piece]) -> Vec<(i64, f64)> {
+    let mut all: Vec<(i64, f64)> = pieces.iter().flat_map(ts_and_values).collect();
+    all.sort_by_key(|r| r.0);
+    all
+}
+
+#[test]
+fn a_run_of_sorted_disjoint_pieces_out_of_order_is_merged_in_time_order() {
+    let t = table();
+    // Batches of two writers arriving interleaved: each in order, not with each other.
+    let pieces = pieces_of(
+        &t,
+        &[
+            (&[10, 11], &[1.0, 2.0]),
+            (&[0, 5], &[3.0, 4.0]),
+            (&[20, 29], &[5.0, 6.0]),
+            (&[12, 19], &[7.0, 8.0]),
+        ],
+    );
+    let merged = merge_run(&pieces, 0).unwrap().unwrap();
+    assert!(merged.sorted);
+    assert_eq!((merged.min, merged.max), (0, 29));
+    assert_eq!(ts_and_values(&merged), stable_sorted(&pieces));
+}
+
+#[test]
+fn equal_timestamps_across_pieces_keep_their_arrival_order() {
+    let t = table();
+    // Touching at 5 in arrival order: concatenated as they are.
+    let in_order = pieces_of(&t, &[(&[0, 5], &[1.0, 2.0]), (&[5, 9], &[3.0, 4.0])]);
+    let m = merge_run(&in_order, 0).unwrap().unwrap();
+    assert_eq!(ts_and_values(&m), stable_sorted(&in_order));
+    assert_eq!(ts_and_values(&m)[1..3], [(5, 2.0), (5, 3.0)]);
+    // Touching at 5, the later piece first: reordering whole pieces would put the second
+    // piece's 5 first; the rows must come out as a stable sort leaves them.
+    let swapped = pieces_of(&t, &[(&[5, 9], &[1.0, 2.0]), (&[0, 5], &[3.0, 4.0])]);
+    let m = merge_run(&swapped, 0).unwrap().unwrap();
+    assert!(m.sorted);
+    assert_eq!(ts_and_values(&m), stable_sorted(&swapped));
+    assert_eq!(ts_and_values(&m)[1..3], [(5, 1.0), (5, 4.0)]);
+    // Overlapping pieces are sorted row by row, stably.
+    let overlapping = pieces_of(
+        &t,
+        &[(&[3, 8], &[1.0, 2.0]), (&[1, 3, 9], &[3.0, 4.0, 5.0])],
+    );
+    let m = merge_run(&overlapping, 0).unwrap().unwrap();
+    assert_eq!(ts_and_values(&m), stable_sorted(&overlapping));
+}
+
+#[test]
+fn replacing_runs_keeps_pieces_between_and_after_them() {
+    let t = table();
+    let mut id = 0;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    // 8 one-row pieces, one 100-row piece, 8 one-row pieces: two runs around the big one.
+    for i in 0..8 {
+        t.append(0, &rows(&t, &[i]), 1_000_000, 0, &mut next)
+            .unwrap();
+    }
+    let big: Vec<i64> = (100..200).collect();
+    t.append(0, &rows(&t, &big), 1_000_000, 0, &mut next)
+        .unwrap();
+    for i in 200..208 {
+        t.append(0, &rows(&t, &[i]), 1_000_000, 0, &mut next)
+            .unwrap();
+    }
+    let mut part = t.partitions[0].write();
+    let Chunk::Mem(m) = &mut part.chunks[0] else {
+        unreachable!()
+    };
+    let runs = plan_compaction(&m.pieces);
+    assert_eq!(runs, vec![0..8, 9..17]);
+    let n = m.pieces.len();
+    let merged: Vec<_> = runs
+        .iter()
+        .map(|r| (r.clone(), merge_run(&m.pieces[r.clone()], 0).unwrap()))
+        .collect();
+    // A piece appended after the plan stays, after the merged ones.
+    m.push(Piece::new(rows(&t, &[300]), 0).unwrap(), 0);
+    m.replace_runs(n, merged);
+    let sizes: Vec<usize> = m.pieces.iter().map(|p| p.batch.num_rows()).collect();
+    assert_eq!(sizes, vec![8, 100, 8, 1]);
+    assert!(m.sorted);
+    let all: Vec<i64> = m
+        .pieces
+        .iter()
+        .flat_map(|p| timestamps(&p.batch, 0).to_vec())
+        .collect();
+    let want: Vec<i64> = (0..8)
+        .chain(100..200)
+        .chain(200..208)
+        .chain([300])
+        .collect();
+    assert_eq!(all, want);
+}

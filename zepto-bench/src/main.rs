@@ -323,6 +323,11 @@ fn cmd_query(a: QueryArgs) -> Result<(), Error> {
 }
 
 fn cmd_mixed(a: MixedArgs) -> Result<(), Error> {
+    if a.ingest_table.eq_ignore_ascii_case("quotes") {
+        return Err(Error::Usage(
+            "--ingest-table quotes: Q6 reads quotes; write `trades` or a table of its own".into(),
+        ));
+    }
     let client = connect(&a.common)?;
     let s = spec(&a.common);
     load(&client, s)?;

@@ -104,7 +104,8 @@ pub(crate) struct Timing {
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
     pub(crate) max_us: f64,
-    /// The server's own `elapsed_us` (parse to last byte encoded), when it was reported.
+    /// The server's own `elapsed_us` (from the request's start in its handler to the end
+    /// of the encoding), when every answer reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) server_p50_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,10 +1,10 @@
 //! The ingest pool: the threads that turn request bodies into writes.
 //!
 //! Decoding a body (Arrow, CSV, line protocol) and preparing its write (conversion to the
-//! table's types, the split by partition, the WAL payloads) is CPU work of about a
-//! millisecond per 10,000 rows. Done on the async workers, it held up every request
-//! behind it, a 100 us `count(*)` included; done on the blocking pool, it competed with the
-//! queries there as an equal. Here it runs on its own threads at a lower priority
+//! table's types, the split by partition, the WAL payloads) is CPU work of a few hundred
+//! microseconds per 10,000-row body. Done on the async workers, it held up every request
+//! behind it, a 100 us `count(*)` included; done on the blocking pool, it competed with
+//! the queries there as an equal. Here it runs on its own threads at a lower priority
 //! (`--ingest-nice`, see `zepto_storage::priority`): the async workers only move bytes, and
 //! a query gets a core before the ingest work does.
 

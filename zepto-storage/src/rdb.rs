@@ -453,9 +453,56 @@ fn level(rows: usize) -> u32 {
 
 /// The runs of a chunk's pieces that compaction merges, one merged piece each: at least
 /// [`COMPACT_FANOUT`] consecutive pieces of the same size class, up to
-/// [`COMPACT_TARGET_ROWS`] rows. Reads only piece metadata, so the maintenance thread plans
-/// under the partition's read lock and copies out only the pieces it merges.
-pub(crate) fn plan_compaction(pieces: &[Piece]) -> Vec<Range<usize>> {
+/// [`COMPACT_TARGET_ROWS`] rows; if there is none and the chunk is `quiet` (no append for
+/// [`QUIET_MS`]), every two or more consecutive small pieces (see [`quiet_runs`]). Reads only
+/// piece metadata, so the maintenance thread plans under the partition's read lock and
+/// copies out only the pieces it merges.
+pub(crate) fn plan_compaction(pieces: &[Piece], quiet: bool) -> Vec<Range<usize>> {
+    let runs = level_runs(pieces);
+    if runs.is_empty() && quiet {
+        return quiet_runs(pieces);
+    }
+    runs
+}
+
+/// A chunk with no append for this long is quiet.
+pub(crate) const QUIET_MS: u64 = 1_000;
+/// Pieces below this many rows are "small" for [`quiet_runs`].
+const QUIET_SMALL_ROWS: usize = COMPACT_TARGET_ROWS / COMPACT_FANOUT;
+
+/// Runs of two or more consecutive pieces of fewer than [`QUIET_SMALL_ROWS`] rows each, up
+/// to [`COMPACT_TARGET_ROWS`] rows. A bulk load leaves chunks of a few hundred-row pieces,
+/// fewer than the level rule ever merges, and every scan paid for each; once nothing is
+/// written there they are merged once. Only small pieces take part, so a slow trickle of
+/// appends re-copies at most a small piece per merge, never a big one.
+fn quiet_runs(pieces: &[Piece]) -> Vec<Range<usize>> {
+    let small = |p: &Piece| p.batch.num_rows() < QUIET_SMALL_ROWS;
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < pieces.len() {
+        if !small(&pieces[i]) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        let mut total = pieces[i].batch.num_rows();
+        while j < pieces.len()
+            && small(&pieces[j])
+            && total + pieces[j].batch.num_rows() <= COMPACT_TARGET_ROWS
+        {
+            total += pieces[j].batch.num_rows();
+            j += 1;
+        }
+        if j - i >= 2 {
+            runs.push(i..j);
+        }
+        i = j;
+    }
+    runs
+}
+
+/// The runs of the size-class rule (see [`plan_compaction`]).
+fn level_runs(pieces: &[Piece]) -> Vec<Range<usize>> {
     let mut runs = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
@@ -510,7 +557,7 @@ pub(crate) fn merge_run(pieces: &[Piece], ts_col: usize) -> Result<Option<Piece>
 /// Merge every run [`plan_compaction`] finds; `None` when there is none (tests).
 #[cfg(test)]
 pub(crate) fn compact_pieces(pieces: &[Piece], ts_col: usize) -> Result<Option<Vec<Piece>>> {
-    let runs = plan_compaction(pieces);
+    let runs = plan_compaction(pieces, false);
     if runs.is_empty() {
         return Ok(None);
     }

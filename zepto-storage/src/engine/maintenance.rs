@@ -12,7 +12,9 @@ use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::hdb::{chunk_rel_path, write_chunk_file, DiskChunk};
 use crate::ingest::{Request, Ring};
-use crate::rdb::{merge_run, plan_compaction, Chunk, Piece, TableData, COMPACT_TRIGGER_PIECES};
+use crate::rdb::{
+    merge_run, plan_compaction, Chunk, MemChunk, Piece, TableData, COMPACT_TRIGGER_PIECES, QUIET_MS,
+};
 use crate::wal::obsolete_segments;
 
 /// How many obsolete WAL segments are kept for reuse.
@@ -66,11 +68,18 @@ fn tables(shared: &Shared) -> Vec<Arc<TableData>> {
     shared.tables.read().values().cloned().collect()
 }
 
-/// Merge small pieces of memory chunks that have many.
+/// No append for [`QUIET_MS`] (and not sealed: a sealed chunk goes to HDB, which merges).
+fn quiet(m: &MemChunk, now_ms: u64) -> bool {
+    !m.sealed && now_ms.saturating_sub(m.last_write_ms) >= QUIET_MS
+}
+
+/// Merge small pieces of memory chunks that have many, or a few once nothing is written
+/// to the chunk any more.
 fn compact(shared: &Shared) -> Result<()> {
     for t in tables(shared) {
         let ts_col = t.ts_col();
         for part in &t.partitions {
+            let now = shared.now_ms();
             // Plan under the read lock from piece metadata; copy out only the pieces of
             // the runs to merge (not every chunk's whole piece list, every pass).
             type Todo = (u64, usize, Vec<(Range<usize>, Vec<Piece>)>);
@@ -79,8 +88,11 @@ fn compact(shared: &Shared) -> Result<()> {
                 .chunks
                 .iter()
                 .filter_map(|c| match c {
-                    Chunk::Mem(m) if m.pieces.len() >= COMPACT_TRIGGER_PIECES => {
-                        let runs = plan_compaction(&m.pieces);
+                    Chunk::Mem(m)
+                        if m.pieces.len() >= COMPACT_TRIGGER_PIECES
+                            || (m.pieces.len() >= 2 && quiet(m, now)) =>
+                    {
+                        let runs = plan_compaction(&m.pieces, quiet(m, now));
                         (!runs.is_empty()).then(|| {
                             let runs = runs
                                 .into_iter()

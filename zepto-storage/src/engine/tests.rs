@@ -527,6 +527,45 @@ fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
 }
 
 #[test]
+fn a_quiet_chunk_with_a_few_small_pieces_is_compacted() {
+    #[derive(Debug, Default)]
+    struct ManualClock(AtomicU64);
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let mut c = config(dir.path());
+    c.clock = clock.clone();
+    c.maintenance_interval = Duration::from_millis(10);
+    let db = Db::open(c).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    // Three small writes: fewer pieces per chunk than the size-class rule ever merges.
+    for k in 0..3 {
+        db.insert("trades", rows(k * 10..(k + 1) * 10)).unwrap();
+    }
+    // Not quiet yet: nothing is merged however often maintenance runs.
+    for _ in 0..20 {
+        db.inner.shared.wake_maintenance();
+        std::thread::yield_now();
+    }
+    assert_eq!(db.stats().compactions, 0);
+    clock.0.store(crate::rdb::QUIET_MS, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.stats().compactions == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "maintenance did not merge the quiet chunk's pieces"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(db.stats().memory_rows, 30, "still in memory, not flushed");
+    assert_eq!(contents(&db), expected(0..30));
+}
+
+#[test]
 fn damaged_wal_keeps_the_prefix_and_reports_where() {
     let dir = tempfile::tempdir().unwrap();
     {

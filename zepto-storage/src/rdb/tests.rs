@@ -260,7 +260,7 @@ fn replacing_runs_keeps_pieces_between_and_after_them() {
     let Chunk::Mem(m) = &mut part.chunks[0] else {
         unreachable!()
     };
-    let runs = plan_compaction(&m.pieces);
+    let runs = plan_compaction(&m.pieces, false);
     assert_eq!(runs, vec![0..8, 9..17]);
     let n = m.pieces.len();
     let merged: Vec<_> = runs
@@ -284,4 +284,48 @@ fn replacing_runs_keeps_pieces_between_and_after_them() {
         .chain([300])
         .collect();
     assert_eq!(all, want);
+}
+
+#[test]
+fn a_quiet_chunk_merges_its_few_small_pieces_and_leaves_big_ones() {
+    let t = table();
+    // A bulk load's shape: a few small pieces, fewer than the level rule merges, around a
+    // big one.
+    let big: Vec<i64> = (100..100 + QUIET_SMALL_ROWS as i64).collect();
+    let mut parts: Vec<Vec<i64>> = vec![vec![0, 1], vec![2], vec![3, 4, 5]];
+    parts.push(big.clone());
+    parts.push(vec![50_000]);
+    parts.push(vec![50_001, 50_002]);
+    let pieces: Vec<Piece> = parts
+        .iter()
+        .map(|ts| Piece::new(rows(&t, ts), 0).unwrap())
+        .collect();
+    assert!(
+        plan_compaction(&pieces, false).is_empty(),
+        "too few for the level rule"
+    );
+    assert_eq!(plan_compaction(&pieces, true), vec![0..3, 4..6]);
+    let merged = compact_quiet(&pieces);
+    let sizes: Vec<usize> = merged.iter().map(|p| p.batch.num_rows()).collect();
+    assert_eq!(sizes, vec![6, QUIET_SMALL_ROWS, 3]);
+    // Once merged, nothing more to do: no run is planned again (no endless re-copying).
+    assert!(plan_compaction(&merged, true).is_empty());
+    let all: Vec<i64> = merged
+        .iter()
+        .flat_map(|p| timestamps(&p.batch, 0).to_vec())
+        .collect();
+    let want: Vec<i64> = parts.concat();
+    assert_eq!(all, want);
+}
+
+fn compact_quiet(pieces: &[Piece]) -> Vec<Piece> {
+    let runs = plan_compaction(pieces, true);
+    let merged: Vec<_> = runs
+        .iter()
+        .map(|r| (r.clone(), merge_run(&pieces[r.clone()], 0).unwrap()))
+        .collect();
+    let mut m = MemChunk::new(1, 0, 0, 0);
+    m.pieces = pieces.to_vec();
+    m.replace_runs(pieces.len(), merged);
+    m.pieces
 }

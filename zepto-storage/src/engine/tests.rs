@@ -496,22 +496,31 @@ fn wal_segments_are_recycled_after_checkpoints() {
     assert_eq!(contents(&db), expected(0..6000));
 }
 
-#[test]
-fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
-    #[derive(Debug, Default)]
-    struct ManualClock(AtomicU64);
-    impl Clock for ManualClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::Relaxed)
-        }
+/// An engine clock the test moves by hand.
+#[derive(Debug, Default)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
-    let dir = tempfile::tempdir().unwrap();
+}
+
+/// A database with `trades`, on a hand-moved clock, with maintenance every 10 ms.
+fn open_with_manual_clock(dir: &std::path::Path) -> (Db, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
-    let mut c = config(dir.path());
+    let mut c = config(dir);
     c.clock = clock.clone();
     c.maintenance_interval = Duration::from_millis(10);
     let db = Db::open(c).unwrap();
     db.create_table(trades_schema()).unwrap();
+    (db, clock)
+}
+
+#[test]
+fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, clock) = open_with_manual_clock(dir.path());
     db.insert("trades", rows(0..100)).unwrap();
     clock.0.store(10 * 60 * 1000, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -528,20 +537,8 @@ fn idle_chunks_are_sealed_and_flushed_by_maintenance() {
 
 #[test]
 fn a_quiet_chunk_with_a_few_small_pieces_is_compacted() {
-    #[derive(Debug, Default)]
-    struct ManualClock(AtomicU64);
-    impl Clock for ManualClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::Relaxed)
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::default());
-    let mut c = config(dir.path());
-    c.clock = clock.clone();
-    c.maintenance_interval = Duration::from_millis(10);
-    let db = Db::open(c).unwrap();
-    db.create_table(trades_schema()).unwrap();
+    let (db, clock) = open_with_manual_clock(dir.path());
     // Three small writes: fewer pieces per chunk than the size-class rule ever merges.
     for k in 0..3 {
         db.insert("trades", rows(k * 10..(k + 1) * 10)).unwrap();

@@ -146,13 +146,18 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}");
             let _ = writeln!(o, "# TYPE {name} {kind}");
         };
-        c(
+        // A metric with one unlabeled value.
+        let g = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            c(o, name, help, kind);
+            let _ = writeln!(o, "{name} {v}");
+        };
+        g(
             &mut o,
             "zepto_up",
             "1 when the database is open and ready.",
             "gauge",
+            u64::from(ready),
         );
-        let _ = writeln!(o, "zepto_up {}", u8::from(ready));
 
         c(
             &mut o,
@@ -185,16 +190,12 @@ impl Metrics {
             "zepto_queries_total{{status=\"error\"}} {}",
             self.queries_err.load(Ordering::Relaxed)
         );
-        c(
+        g(
             &mut o,
             "zepto_queries_inline_total",
             "Queries run on the request's task, not handed to the blocking pool (--inline-query-rows).",
             "counter",
-        );
-        let _ = writeln!(
-            o,
-            "zepto_queries_inline_total {}",
-            self.queries_inline.load(Ordering::Relaxed)
+            self.queries_inline.load(Ordering::Relaxed),
         );
         c(
             &mut o,
@@ -233,16 +234,12 @@ impl Metrics {
                 self.ingest_bytes[i].load(Ordering::Relaxed)
             );
         }
-        c(
+        g(
             &mut o,
             "zepto_ingest_failed_requests_total",
             "Insert requests that inserted nothing (bad input, overload, errors).",
             "counter",
-        );
-        let _ = writeln!(
-            o,
-            "zepto_ingest_failed_requests_total {}",
-            self.ingest_failed.load(Ordering::Relaxed)
+            self.ingest_failed.load(Ordering::Relaxed),
         );
         c(
             &mut o,
@@ -254,11 +251,6 @@ impl Metrics {
             .render(&mut o, "zepto_write_ack_duration_seconds", "");
 
         if let Some(s) = storage {
-            let g = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
-                let _ = writeln!(o, "# HELP {name} {help}");
-                let _ = writeln!(o, "# TYPE {name} {kind}");
-                let _ = writeln!(o, "{name} {v}");
-            };
             g(
                 &mut o,
                 "zepto_tables",

@@ -88,11 +88,12 @@ fn compact(shared: &Shared) -> Result<()> {
                 .chunks
                 .iter()
                 .filter_map(|c| match c {
-                    Chunk::Mem(m)
-                        if m.pieces.len() >= COMPACT_TRIGGER_PIECES
-                            || (m.pieces.len() >= 2 && quiet(m, now)) =>
-                    {
-                        let runs = plan_compaction(&m.pieces, quiet(m, now));
+                    Chunk::Mem(m) if m.pieces.len() >= 2 => {
+                        let quiet = quiet(m, now);
+                        if m.pieces.len() < COMPACT_TRIGGER_PIECES && !quiet {
+                            return None;
+                        }
+                        let runs = plan_compaction(&m.pieces, quiet);
                         (!runs.is_empty()).then(|| {
                             let runs = runs
                                 .into_iter()

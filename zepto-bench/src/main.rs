@@ -116,6 +116,9 @@ struct QueryArgs {
     /// DuckDB threads (the server machine's cores by default).
     #[arg(long, default_value_t = 2)]
     duckdb_threads: usize,
+    /// Only these queries, by name (`--queries Q1,Q3`); all of Q1-Q8 by default.
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +141,9 @@ struct MixedArgs {
     /// Rows per ingest body.
     #[arg(long, default_value_t = 10_000)]
     body_rows: usize,
+    /// Only these queries, by name (`--queries Q1,Q3`); all of Q1-Q8 by default.
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<String>,
 }
 
 fn main() {
@@ -249,10 +255,12 @@ fn cmd_query(a: QueryArgs) -> Result<(), Error> {
     if a.load {
         load(&client, s)?;
     }
-    let qs = query::queries(a.common.symbols);
+    let qs = query::select(query::queries(a.common.symbols), &a.queries)?;
     eprintln!(
-        "running Q1-Q8: {} warm-up + {} timed runs each",
-        a.warmup, a.runs
+        "running {}: {} warm-up + {} timed runs each",
+        query::names(&qs),
+        a.warmup,
+        a.runs
     );
     let zepto = query::run(&client, &qs, a.warmup, a.runs)?;
     let duck = match a.compare.as_deref() {
@@ -339,8 +347,9 @@ fn cmd_mixed(a: MixedArgs) -> Result<(), Error> {
             &TRADES_DDL.replace("trades", &a.ingest_table),
         )?;
     }
-    let qs = query::queries(a.common.symbols);
-    eprintln!("idle: Q1-Q8 interleaved, {} rounds", a.runs);
+    let qs = query::select(query::queries(a.common.symbols), &a.queries)?;
+    let names = query::names(&qs);
+    eprintln!("idle: {names} interleaved, {} rounds", a.runs);
     let idle = query::run_interleaved(&client, &qs, 2, a.runs)?;
     // Trades of the same shape (another seed), sent round-robin for as long as the queries
     // run, each round one day later than the one before (and than the loaded day), like a
@@ -358,7 +367,7 @@ fn cmd_mixed(a: MixedArgs) -> Result<(), Error> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let started = std::sync::Barrier::new(clients + 1);
     eprintln!(
-        "under load: ingest at {} rows/s into `{}` ({clients} clients, {}-row Arrow bodies) while Q1-Q8 run {} rounds",
+        "under load: ingest at {} rows/s into `{}` ({clients} clients, {}-row Arrow bodies) while {names} run {} rounds",
         a.ingest_rate, a.ingest_table, a.body_rows, a.runs
     );
     let (busy, sent, secs) = std::thread::scope(|sc| {

@@ -17,6 +17,29 @@ pub(crate) struct Query {
     pub(crate) duckdb: String,
 }
 
+/// The queries named in `only` (all when it is empty), in the set's order; an unknown name
+/// is an error that lists the known ones.
+pub(crate) fn select(all: Vec<Query>, only: &[String]) -> Result<Vec<Query>, Error> {
+    if let Some(bad) = only
+        .iter()
+        .find(|n| !all.iter().any(|q| q.name.eq_ignore_ascii_case(n.trim())))
+    {
+        return Err(Error::Usage(format!(
+            "no query named `{bad}` (the set is {})",
+            names(&all)
+        )));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|q| only.is_empty() || only.iter().any(|n| q.name.eq_ignore_ascii_case(n.trim())))
+        .collect())
+}
+
+/// `Q1,Q3`: the names of a query list, for progress lines.
+pub(crate) fn names(qs: &[Query]) -> String {
+    qs.iter().map(|q| q.name).collect::<Vec<_>>().join(",")
+}
+
 /// The symbol single-symbol queries use.
 pub(crate) fn probe_symbol(symbols: usize) -> String {
     symbol_name(42 % symbols.max(1))

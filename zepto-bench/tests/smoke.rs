@@ -121,6 +121,34 @@ fn smoke_ingest_and_queries_against_a_real_server() {
     } else {
         assert!(out.contains("DuckDB "), "{out}");
     }
+    // A subset of the queries, by name; an unknown name is refused with the set's names.
+    let out = bench(
+        &server.url,
+        &[
+            "query",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+            "--queries",
+            "q3,Q1",
+        ],
+    );
+    let ran: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 2 && w.starts_with('Q'))
+        .collect();
+    assert_eq!(ran, ["Q1", "Q3"], "{out}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_zepto-bench"))
+        .args(["query", "--url", &server.url, "--queries", "Q1,Q9"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("no query named `Q9`") && err.contains("Q1,Q2"),
+        "{err}"
+    );
     // Mixed load, into the queried table and into another one: the load runs for the whole
     // query phase and what was sent is what the table holds.
     for table in ["trades", "live"] {

@@ -271,6 +271,15 @@ impl Engine {
         self
     }
 
+    /// Start the threads parallel queries use now rather than on the first such query, so
+    /// they take the calling thread's scheduling priority (a thread inherits its creator's;
+    /// a server calls this from a normal-priority thread at startup). Idempotent.
+    pub fn start_query_threads(&self) {
+        if self.parallel.threads > 1 {
+            self.workers.start(self.parallel.threads - 1);
+        }
+    }
+
     /// How many queries of this engine (and its clones) ran on more than one thread.
     pub fn parallel_queries(&self) -> u64 {
         self.workers

@@ -117,6 +117,9 @@ impl Node {
                 memory_limit_bytes: limit,
             },
         );
+        // Here, on a normal-priority thread: the query threads must not inherit the lowered
+        // priority of an ingest or background thread.
+        engine.start_query_threads();
         Ok(Node {
             db,
             engine,

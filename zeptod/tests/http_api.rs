@@ -1005,14 +1005,21 @@ fn ingest_threads_run_below_the_query_threads() {
             let got = threads.iter().find(|(n, _)| n == name);
             assert_eq!(got.map(|t| t.1), Some(want), "{name} in {threads:?}");
         }
-        // Every thread that may run a query (async workers, blocking pool) is at `base`.
+        // Every thread that may run a query (async workers, blocking pool, the parallel
+        // queries' helpers) is at `base`.
         assert!(
             threads
                 .iter()
-                .filter(|(n, _)| n == "zeptod")
+                .filter(|(n, _)| n == "zeptod" || n.starts_with("zepto-query"))
                 .all(|t| t.1 == base),
             "{threads:?}"
         );
+        let helpers = threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("zepto-query"))
+            .count();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(helpers, cores - 1, "{threads:?}");
     }
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(harness::bin())

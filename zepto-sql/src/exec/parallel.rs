@@ -1,18 +1,29 @@
 //! One aggregate query on several cores: a query whose plan is an aggregate over one table's
 //! scan (the shape a cluster splits, see `plan/split.rs`) and that reads enough rows runs its
-//! partial aggregate on contiguous runs of partitions, one run per thread (scoped threads,
-//! the calling thread takes the first run), and merges the partial states on the calling
-//! thread with the same `Final` aggregate a cluster uses.
+//! partial aggregate on contiguous runs of partitions, and merges the partial states on the
+//! calling thread with the same `Final` aggregate a cluster uses. There are a few runs per
+//! thread ([`RUNS_PER_THREAD`]); the calling thread and the engine's helper threads take them
+//! one at a time until none is left, so a helper that gets a core late leaves its share to
+//! the others instead of holding the query up.
 //!
-//! The runs are contiguous in partition order and merged in that order, so groups come out in
-//! the order a single pass finds them and `first`/`last` ties resolve as in a single pass;
-//! only the rounding of floating-point sums can differ from the serial path.
+//! The runs are contiguous in partition order and merged in that order (whichever thread ran
+//! them), so groups come out in the order a single pass finds them and `first`/`last` ties
+//! resolve as in a single pass; only the rounding of floating-point sums can differ from the
+//! serial path.
 //!
 //! Bounded: an [`Engine`](crate::Engine) lends at most `threads - 1` extra threads at a time
 //! over all its concurrent queries; a query that finds none free runs serially. Memory and
 //! the deadline are shared by every thread of a query.
+//!
+//! The helper threads are started once per engine and wait parked between queries. A thread
+//! spawned per query did not help: Linux (6.x, measured on the 2-vCPU benchmark guest) queues
+//! a new thread on its parent's core, so the spawned part started about when the caller's part
+//! ended (~1 ms later on 1 M rows) and the two ran one after the other; a parked thread woken
+//! with a job usually runs on the idle core within ~10 us.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::RecordBatch;
 
@@ -59,6 +70,76 @@ pub(crate) struct Workers {
     busy: AtomicUsize,
     /// Queries that ran on more than one thread so far.
     pub(crate) parallel_runs: AtomicU64,
+    /// The threads, started by the first parallel query or by
+    /// [`Engine::start_query_threads`](crate::Engine::start_query_threads) (`None`: they
+    /// could not be started; queries then run on one thread).
+    pool: OnceLock<Option<Pool>>,
+}
+
+impl Workers {
+    /// Start the engine's `n` threads if they are not running yet.
+    pub(crate) fn start(&self, n: usize) {
+        let _ = self.pool(n);
+    }
+
+    /// The engine's threads, `n` of them, started on first use.
+    fn pool(&self, n: usize) -> Option<&Pool> {
+        self.pool
+            .get_or_init(|| match Pool::start(n) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the query threads; queries run on one thread");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Parked threads that run the parts of parallel queries; they exit when the engine (the
+/// last clone of it) is dropped. Leases keep the parts in flight at or below the number of
+/// threads, so a part never waits behind another query's.
+#[derive(Debug)]
+struct Pool {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl Pool {
+    fn start(n: usize) -> std::result::Result<Pool, String> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..n {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("zepto-query-{i}"))
+                .spawn(move || {
+                    for job in rx.iter() {
+                        job();
+                    }
+                })
+                .map_err(|e| format!("start query thread {i}: {e}"))?;
+        }
+        Ok(Pool { tx })
+    }
+
+    /// Run `f` on a pool thread; its result (or the panic it raised, as an error) arrives on
+    /// the returned channel.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> crossbeam_channel::Receiver<Result<T>> {
+        let (done, answer) = crossbeam_channel::bounded(1);
+        let job: Job = Box::new(move || {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(f))
+                .unwrap_or_else(|_| Err(Error::Internal("a query worker thread panicked".into())));
+            let _ = done.send(r);
+        });
+        // The threads only stop when this sender is dropped: a failed send leaves `done`
+        // dropped, which the caller sees as a closed channel.
+        let _ = self.tx.send(job);
+        answer
+    }
 }
 
 /// Extra threads lent out, released on drop.
@@ -211,34 +292,45 @@ fn try_parallel(
         Err(Error::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let runs = cut(&parts, &rows, lease.n + 1);
+    let Some(pool) = workers.pool(par.threads - 1) else {
+        return Ok(None);
+    };
+    // More runs than threads, taken one at a time by whichever thread is free: a helper that
+    // gets a core late (or never) leaves its runs to the others instead of holding the
+    // query up. The runs' results are merged in run order whoever ran them.
+    let runs = Arc::new(cut(
+        &parts,
+        &rows,
+        (lease.n + 1).saturating_mul(RUNS_PER_THREAD),
+    ));
     workers.parallel_runs.fetch_add(1, Ordering::Relaxed);
-    let partial = &split.partial;
-    let results: Vec<Result<PartOut>> =
-        std::thread::scope(|sc| {
-            let handles: Vec<_> = runs
-                .iter()
-                .skip(1)
-                .map(|run| {
-                    let sub = ctx.fork(run.clone());
-                    sc.spawn(move || run_part(partial, &sub))
-                })
-                .collect();
-            let mut all = Vec::with_capacity(runs.len());
-            all.push(match runs.first() {
-                Some(run) => run_part(partial, &ctx.fork(run.clone())),
-                None => Ok(PartOut::default()),
-            });
-            for h in handles {
-                all.push(h.join().unwrap_or_else(|_| {
-                    Err(Error::Internal("a query worker thread panicked".into()))
-                }));
-            }
-            all
-        });
+    let partial = Arc::new(split.partial);
+    let next = Arc::new(AtomicUsize::new(0));
+    let helpers: Vec<_> = (0..lease.n)
+        .map(|_| {
+            let (part, runs, next) = (Arc::clone(&partial), Arc::clone(&runs), Arc::clone(&next));
+            let base = ctx.fork(vec![]);
+            pool.submit(move || Ok(take_runs(&part, &base, &runs, &next)))
+        })
+        .collect();
+    let mut results = take_runs(&partial, ctx, &runs, &next);
+    // Wait for the helpers also when a run failed: their budget charges end with them.
+    for answer in helpers {
+        match answer.recv() {
+            Ok(Ok(done)) => results.extend(done),
+            Ok(Err(e)) => results.push((usize::MAX, Err(e))),
+            Err(_) => results.push((
+                usize::MAX,
+                Err(Error::Internal(
+                    "the query worker threads have stopped".into(),
+                )),
+            )),
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
     drop(lease);
     let mut partials = vec![];
-    for r in results {
+    for (_, r) in results {
         let r = r?;
         ctx.rows_read.set(ctx.rows_read.get() + r.rows_read);
         ctx.scan_stats.borrow_mut().extend(r.scan_stats);
@@ -256,6 +348,31 @@ struct PartOut {
     batches: Vec<RecordBatch>,
     rows_read: u64,
     scan_stats: Vec<(String, zepto_storage::ScanStats)>,
+}
+
+/// Runs per thread of a parallel query (fewer when there are fewer partitions).
+const RUNS_PER_THREAD: usize = 4;
+
+/// Run the runs not yet taken, one at a time, until none is left; each result with its run's
+/// index. A failed run stops the taking (the query fails with it).
+fn take_runs(
+    partial: &Node,
+    base: &ExecCtx,
+    runs: &[Vec<u32>],
+    next: &AtomicUsize,
+) -> Vec<(usize, Result<PartOut>)> {
+    let mut out = vec![];
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(run) = runs.get(i) else {
+            return out;
+        };
+        let r = run_part(partial, &base.fork(run.clone()));
+        if r.is_err() {
+            next.store(runs.len(), Ordering::Relaxed);
+        }
+        out.push((i, r));
+    }
 }
 
 fn run_part(partial: &Node, ctx: &ExecCtx) -> Result<PartOut> {

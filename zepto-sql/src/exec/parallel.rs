@@ -23,7 +23,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
 
@@ -115,7 +115,9 @@ impl Pool {
                 .name(format!("zepto-query-{i}"))
                 .spawn(move || {
                     for job in rx.iter() {
-                        job();
+                        // A job catches its runs' panics itself; this keeps the thread
+                        // serving if anything else in it panics.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
                     }
                 })
                 .map_err(|e| format!("start query thread {i}: {e}"))?;
@@ -123,22 +125,11 @@ impl Pool {
         Ok(Pool { tx })
     }
 
-    /// Run `f` on a pool thread; its result (or the panic it raised, as an error) arrives on
-    /// the returned channel.
-    fn submit<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> crossbeam_channel::Receiver<Result<T>> {
-        let (done, answer) = crossbeam_channel::bounded(1);
-        let job: Job = Box::new(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(f))
-                .unwrap_or_else(|_| Err(Error::Internal("a query worker thread panicked".into())));
-            let _ = done.send(r);
-        });
-        // The threads only stop when this sender is dropped: a failed send leaves `done`
-        // dropped, which the caller sees as a closed channel.
-        let _ = self.tx.send(job);
-        answer
+    /// Run `job` on a pool thread. Its results travel through whatever it captured.
+    fn execute(&self, job: impl FnOnce() + Send + 'static) {
+        // The threads stop only when this sender is dropped, so the send cannot fail while
+        // `self` exists.
+        let _ = self.tx.send(Box::new(job));
     }
 }
 
@@ -298,39 +289,20 @@ fn try_parallel(
     // More runs than threads, taken one at a time by whichever thread is free: a helper that
     // gets a core late (or never) leaves its runs to the others instead of holding the
     // query up. The runs' results are merged in run order whoever ran them.
-    let runs = Arc::new(cut(
-        &parts,
-        &rows,
-        (lease.n + 1).saturating_mul(RUNS_PER_THREAD),
-    ));
+    let runs = cut(&parts, &rows, (lease.n + 1).saturating_mul(RUNS_PER_THREAD));
     workers.parallel_runs.fetch_add(1, Ordering::Relaxed);
-    let partial = Arc::new(split.partial);
-    let next = Arc::new(AtomicUsize::new(0));
-    let helpers: Vec<_> = (0..lease.n)
-        .map(|_| {
-            let (part, runs, next) = (Arc::clone(&partial), Arc::clone(&runs), Arc::clone(&next));
-            let base = ctx.fork(vec![]);
-            pool.submit(move || Ok(take_runs(&part, &base, &runs, &next)))
-        })
-        .collect();
-    let mut results = take_runs(&partial, ctx, &runs, &next);
-    // Wait for the helpers also when a run failed: their budget charges end with them.
-    for answer in helpers {
-        match answer.recv() {
-            Ok(Ok(done)) => results.extend(done),
-            Ok(Err(e)) => results.push((usize::MAX, Err(e))),
-            Err(_) => results.push((
-                usize::MAX,
-                Err(Error::Internal(
-                    "the query worker threads have stopped".into(),
-                )),
-            )),
-        }
+    let shared = Arc::new(Runs::new(split.partial, runs));
+    for _ in 0..lease.n {
+        let (shared, base) = (Arc::clone(&shared), ctx.fork(vec![]));
+        pool.execute(move || shared.take(&base));
     }
-    results.sort_by_key(|(i, _)| *i);
+    shared.take(ctx);
+    // Only the runs a helper took are waited for (also when one failed: their budget
+    // charges end with them); a helper that starts after the last run was taken does nothing.
+    let results = shared.wait();
     drop(lease);
     let mut partials = vec![];
-    for (_, r) in results {
+    for r in results {
         let r = r?;
         ctx.rows_read.set(ctx.rows_read.get() + r.rows_read);
         ctx.scan_stats.borrow_mut().extend(r.scan_stats);
@@ -353,25 +325,84 @@ struct PartOut {
 /// Runs per thread of a parallel query (fewer when there are fewer partitions).
 const RUNS_PER_THREAD: usize = 4;
 
-/// Run the runs not yet taken, one at a time, until none is left; each result with its run's
-/// index. A failed run stops the taking (the query fails with it).
-fn take_runs(
-    partial: &Node,
-    base: &ExecCtx,
-    runs: &[Vec<u32>],
-    next: &AtomicUsize,
-) -> Vec<(usize, Result<PartOut>)> {
-    let mut out = vec![];
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(run) = runs.get(i) else {
-            return out;
-        };
-        let r = run_part(partial, &base.fork(run.clone()));
-        if r.is_err() {
-            next.store(runs.len(), Ordering::Relaxed);
+/// The runs of one parallel query and their results, shared by the threads that take them.
+struct Runs {
+    partial: Node,
+    runs: Vec<Vec<u32>>,
+    state: Mutex<Taken>,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct Taken {
+    /// The next run to take; `runs.len()` once all are taken or one failed.
+    next: usize,
+    /// Runs taken so far, and how many of them have finished.
+    taken: usize,
+    done: usize,
+    results: Vec<Option<Result<PartOut>>>,
+}
+
+impl Runs {
+    fn new(partial: Node, runs: Vec<Vec<u32>>) -> Runs {
+        let results = runs.iter().map(|_| None).collect();
+        Runs {
+            partial,
+            runs,
+            state: Mutex::new(Taken {
+                results,
+                ..Taken::default()
+            }),
+            finished: Condvar::new(),
         }
-        out.push((i, r));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Taken> {
+        // A panic is caught around each run, never while the lock is held.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Run the runs not yet taken, one at a time, until none is left. A failed run stops the
+    /// taking (the query fails with it); a run that panics fails the same way.
+    fn take(&self, base: &ExecCtx) {
+        loop {
+            let i = {
+                let mut st = self.lock();
+                if st.next >= self.runs.len() {
+                    return;
+                }
+                st.next += 1;
+                st.taken += 1;
+                st.next - 1
+            };
+            let sub = base.fork(self.runs[i].clone());
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_part(&self.partial, &sub)))
+                .unwrap_or_else(|_| Err(Error::Internal("a query worker thread panicked".into())));
+            drop(sub);
+            let mut st = self.lock();
+            if r.is_err() {
+                st.next = self.runs.len();
+            }
+            st.results[i] = Some(r);
+            st.done += 1;
+            drop(st);
+            self.finished.notify_all();
+        }
+    }
+
+    /// Once the caller's [`Runs::take`] returned (nothing is left to take): wait for the runs
+    /// other threads are still on, then the results of the taken runs, in run order.
+    fn wait(&self) -> Vec<Result<PartOut>> {
+        let mut st = self.lock();
+        while st.done < st.taken {
+            st = self
+                .finished
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        st.results.iter_mut().filter_map(Option::take).collect()
     }
 }
 

@@ -724,8 +724,13 @@ impl Db {
                     continue;
                 }
                 stats.partitions_scanned += 1;
-                let got =
-                    t.scan_partition(p, &req.time_range, &columns, &mut stats.chunks_total)?;
+                let got = t.scan_partition(
+                    p,
+                    &req.time_range,
+                    &columns,
+                    &schema,
+                    &mut stats.chunks_total,
+                )?;
                 chunks.extend(got);
             }
         }

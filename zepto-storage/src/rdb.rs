@@ -18,7 +18,7 @@ use arrow::array::UInt32Array;
 use arrow::buffer::BooleanBuffer;
 use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use parking_lot::RwLock;
 
 use crate::batch::{concat_batches, sort_by_ts, timestamps, ts_stats};
@@ -309,6 +309,7 @@ impl TableData {
         p: u32,
         range: &TimeRange,
         columns: &[usize],
+        projected: &SchemaRef,
         chunks_total: &mut u64,
     ) -> Result<Vec<ScanChunk>> {
         let Some(part) = self.partitions.get(p as usize) else {
@@ -328,6 +329,8 @@ impl TableData {
                 .collect()
         };
         let ts = self.ts_col();
+        let identity = columns.len() == self.schema.columns.len()
+            && columns.iter().enumerate().all(|(i, &c)| i == c);
         let mut out = Vec::with_capacity(selected.len());
         for chunk in selected {
             let (source, bucket, min, max, sorted, pieces): (_, _, _, _, _, Vec<Piece>) =
@@ -349,12 +352,14 @@ impl TableData {
                         d.pieces.clone(),
                     ),
                 };
-            let identity = columns.len() == self.schema.columns.len()
-                && columns.iter().enumerate().all(|(i, &c)| i == c);
             let mut batches = Vec::with_capacity(pieces.len());
             for piece in &pieces {
                 if let Some(b) = restrict(piece, range, ts)? {
-                    batches.push(if identity { b } else { b.project(columns)? });
+                    batches.push(if identity {
+                        b
+                    } else {
+                        project_to(&b, columns, projected)?
+                    });
                 }
             }
             if !batches.is_empty() {
@@ -370,6 +375,18 @@ impl TableData {
             }
         }
         Ok(out)
+    }
+}
+
+/// `columns` of `b` as a batch of `projected` (the scan's schema, built once per scan):
+/// `RecordBatch::project` would build a new schema for every piece of every chunk. A piece
+/// whose columns do not fit that schema (none should) is projected the slow way.
+fn project_to(b: &RecordBatch, columns: &[usize], projected: &SchemaRef) -> Result<RecordBatch> {
+    let cols = columns.iter().map(|&c| Arc::clone(b.column(c))).collect();
+    let opts = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+    match RecordBatch::try_new_with_options(Arc::clone(projected), cols, &opts) {
+        Ok(batch) => Ok(batch),
+        Err(_) => Ok(b.project(columns)?),
     }
 }
 

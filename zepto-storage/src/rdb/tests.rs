@@ -44,7 +44,11 @@ fn rows(t: &TableData, ts: &[i64]) -> RecordBatch {
 fn scan_ts(t: &TableData, p: u32, r: TimeRange) -> Vec<i64> {
     let mut total = 0;
     let mut out = Vec::new();
-    for c in t.scan_partition(p, &r, &[0, 2], &mut total).unwrap() {
+    let projected = Arc::new(t.arrow_schema.project(&[0, 2]).unwrap());
+    for c in t
+        .scan_partition(p, &r, &[0, 2], &projected, &mut total)
+        .unwrap()
+    {
         for b in &c.batches {
             out.extend_from_slice(
                 b.column(0)

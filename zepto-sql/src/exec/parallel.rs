@@ -380,7 +380,6 @@ impl Runs {
             let sub = base.fork(self.runs[i].clone());
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_part(&self.partial, &sub)))
                 .unwrap_or_else(|_| Err(Error::Internal("a query worker thread panicked".into())));
-            drop(sub);
             let mut st = self.lock();
             if r.is_err() {
                 st.next = self.runs.len();

@@ -66,14 +66,36 @@ pub fn decommission_key(node: NodeId) -> String {
     format!("{DECOMMISSION_PREFIX}{node}")
 }
 
-/// Nodes whose decommission was requested and that are still members.
-pub fn leaving(state: &ClusterState) -> BTreeSet<NodeId> {
+/// Nodes whose decommission setting is `value`.
+fn decommissions<'a>(state: &'a ClusterState, value: &'a str) -> impl Iterator<Item = NodeId> + 'a {
     state
         .settings
         .iter()
-        .filter(|(_, v)| v.as_str() == DECOMMISSION_REQUESTED)
+        .filter(move |(_, v)| v.as_str() == value)
         .filter_map(|(k, _)| k.strip_prefix(DECOMMISSION_PREFIX)?.parse().ok())
+}
+
+/// Nodes whose decommission was requested and that are still members.
+pub fn leaving(state: &ClusterState) -> BTreeSet<NodeId> {
+    decommissions(state, DECOMMISSION_REQUESTED)
         .filter(|id| state.nodes.contains_key(id))
+        .collect()
+}
+
+/// Nodes a decommission removed. The leader commits the removal and then the `removed`
+/// mark, two entries: a node already gone whose mark is still `requested` (the next entry,
+/// or a leader that failed between the two) counts as removed.
+pub fn decommissioned(state: &ClusterState) -> BTreeSet<NodeId> {
+    decommissions(state, DECOMMISSION_REMOVED)
+        .chain(decommissions(state, DECOMMISSION_REQUESTED))
+        .filter(|id| !state.nodes.contains_key(id))
+        .collect()
+}
+
+/// Removed nodes whose `removed` mark is not committed yet (the leader commits it).
+pub fn unmarked_removals(state: &ClusterState) -> BTreeSet<NodeId> {
+    decommissions(state, DECOMMISSION_REQUESTED)
+        .filter(|id| !state.nodes.contains_key(id))
         .collect()
 }
 

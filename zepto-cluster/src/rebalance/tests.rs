@@ -103,6 +103,35 @@ fn scale_out_then_in_balances_within_one() {
 }
 
 #[test]
+fn a_removed_node_counts_as_decommissioned_before_its_mark_commits() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    run(&mut s);
+    let mark = |s: &mut ClusterState, value: &str| {
+        s.apply(&Command::SetSetting {
+            key: decommission_key(4),
+            value: value.into(),
+        })
+        .unwrap();
+    };
+    mark(&mut s, DECOMMISSION_REQUESTED);
+    assert_eq!(leaving(&s), BTreeSet::from([4]));
+    assert!(decommissioned(&s).is_empty());
+    run(&mut s);
+    // The leader's two entries: the removal, then the mark.
+    s.apply(&Command::RemoveNode { id: 4 }).unwrap();
+    assert!(leaving(&s).is_empty());
+    assert_eq!(decommissioned(&s), BTreeSet::from([4]));
+    assert_eq!(unmarked_removals(&s), BTreeSet::from([4]));
+    mark(&mut s, DECOMMISSION_REMOVED);
+    assert_eq!(decommissioned(&s), BTreeSet::from([4]));
+    assert!(unmarked_removals(&s).is_empty());
+    // The same id joining again is a new member, neither leaving nor decommissioned.
+    join(&mut s, 4);
+    assert!(leaving(&s).is_empty() && decommissioned(&s).is_empty());
+}
+
+#[test]
 fn nothing_moves_while_a_copy_runs_or_a_node_is_down() {
     let mut s = cluster(&[1, 2, 3], 8);
     join(&mut s, 4);

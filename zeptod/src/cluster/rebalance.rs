@@ -214,8 +214,21 @@ async fn report_disk(cluster: &Cluster, state: &zepto_cluster::ClusterState) {
     }
 }
 
-/// Leader: remove every decommissioned node that holds nothing any more.
+/// Leader: remove every decommissioned node that holds nothing any more, and mark it
+/// removed (also a removal an earlier leader committed without its mark).
 async fn finish_decommissions(cluster: &Cluster, state: &zepto_cluster::ClusterState) {
+    let mark_removed = |id: NodeId| async move {
+        let done = Command::SetSetting {
+            key: rebalance::decommission_key(id),
+            value: rebalance::DECOMMISSION_REMOVED.into(),
+        };
+        if let Err(e) = cluster.propose(&done).await {
+            tracing::warn!(node = id, error = %e, "decommission: not marked removed");
+        }
+    };
+    for id in rebalance::unmarked_removals(state) {
+        mark_removed(id).await;
+    }
     for id in rebalance::leaving(state) {
         if !state.partitions_of(id).is_empty() {
             continue;
@@ -225,15 +238,7 @@ async fn finish_decommissions(cluster: &Cluster, state: &zepto_cluster::ClusterS
             "decommission: the node holds nothing; removing it"
         );
         match cluster.propose(&Command::RemoveNode { id }).await {
-            Ok(o) if o.rejected.is_none() => {
-                let done = Command::SetSetting {
-                    key: rebalance::decommission_key(id),
-                    value: rebalance::DECOMMISSION_REMOVED.into(),
-                };
-                if let Err(e) = cluster.propose(&done).await {
-                    tracing::warn!(node = id, error = %e, "decommission: not marked removed");
-                }
-            }
+            Ok(o) if o.rejected.is_none() => mark_removed(id).await,
             Ok(o) => {
                 tracing::info!(node = id, rejected = ?o.rejected, "decommission: removal refused")
             }
@@ -348,8 +353,7 @@ impl Cluster {
     pub(crate) async fn decommission(&self, node: NodeId) -> Result<(bool, serde_json::Value)> {
         let state = self.view.borrow().state.clone();
         let key = rebalance::decommission_key(node);
-        let status = state.settings.get(&key).map(String::as_str);
-        if !state.nodes.contains_key(&node) && status == Some(rebalance::DECOMMISSION_REMOVED) {
+        if rebalance::decommissioned(&state).contains(&node) {
             return Ok((
                 false,
                 serde_json::json!({ "node": node, "status": "removed" }),
@@ -441,18 +445,8 @@ impl Cluster {
                 Some(m)
             })
             .collect();
-        let status = |want: &str| -> Vec<String> {
-            state
-                .settings
-                .iter()
-                .filter(|(k, v)| {
-                    k.starts_with(rebalance::DECOMMISSION_PREFIX) && v.as_str() == want
-                })
-                .map(|(k, _)| {
-                    k.trim_start_matches(rebalance::DECOMMISSION_PREFIX)
-                        .to_string()
-                })
-                .collect()
+        let ids = |ids: std::collections::BTreeSet<NodeId>| -> Vec<String> {
+            ids.iter().map(NodeId::to_string).collect()
         };
         serde_json::json!({
             "plan": plan,
@@ -461,8 +455,8 @@ impl Cluster {
                 .map(|(id, why)| (id.to_string(), serde_json::Value::from(why)))
                 .collect::<serde_json::Map<_, _>>(),
             "migrations": migrations,
-            "decommissioning": status(rebalance::DECOMMISSION_REQUESTED),
-            "decommissioned": status(rebalance::DECOMMISSION_REMOVED),
+            "decommissioning": ids(rebalance::leaving(&state)),
+            "decommissioned": ids(rebalance::decommissioned(&state)),
             "moves_committed_here": self.rebalancer.moves.load(Ordering::Relaxed),
             "copy_bytes_sent_here": self.data.copy_bytes.load(Ordering::Relaxed),
             "catch_up_bytes_sent_here": self.data.catch_up_bytes.load(Ordering::Relaxed),

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::ipc::reader::FileReader;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
@@ -367,24 +366,10 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     Ok(m)
 }
 
-/// Read a memory chunk saved in a checkpoint into the heap.
+/// Read a memory chunk saved in a checkpoint into the heap, its values checked against the
+/// file's checksum.
 pub(crate) fn read_memory_chunk(path: &Path) -> Result<Vec<RecordBatch>> {
-    let f = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
-    let reader =
-        FileReader::try_new(std::io::BufReader::new(f), None).map_err(|e| Error::Corrupt {
-            path: path.to_path_buf(),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
-    reader
-        .map(|b| {
-            b.map_err(|e| Error::Corrupt {
-                path: path.to_path_buf(),
-                offset: 0,
-                reason: e.to_string(),
-            })
-        })
-        .collect()
+    crate::hdb::read_ipc_file_checked(path)
 }
 
 /// Delete checkpoints beyond the newest [`KEEP_CHECKPOINTS`]; returns the WAL position the

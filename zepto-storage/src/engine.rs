@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::checkpoint::{CheckpointInfo, LinkCache};
 use crate::error::{Error, Result};
 use crate::faults::Faults;
+use crate::hdb::Verified;
 use crate::ingest::{
     partition_for, prepare_replicated, prepare_split, prepare_write, split_write, CommittedRecord,
     ReplicatedRecord, Request, Ring, WriteReceipt, WriteTicket,
@@ -156,6 +157,33 @@ pub struct RecoveryInfo {
     pub rows: u64,
 }
 
+/// What [`Db::verify_files`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// HDB files the database holds.
+    pub files: u64,
+    /// Files whose values were read and matched their checksum in this call.
+    pub checked_now: u64,
+    /// Bytes read by this call.
+    pub bytes_checked: u64,
+    /// Files already checked (by an earlier read or call, or written by this process).
+    pub checked_before: u64,
+    /// Files written before content checksums existed: nothing to check against.
+    pub without_checksum: u64,
+    /// Files whose values do not match their checksum.
+    pub corrupt: Vec<CorruptFile>,
+}
+
+/// An HDB file whose values do not match its checksum.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorruptFile {
+    pub table: String,
+    pub partition: u32,
+    /// Relative to the data directory.
+    pub path: String,
+    pub reason: String,
+}
+
 /// Numbers for `/metrics` and `/admin/cluster`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DbStats {
@@ -167,6 +195,11 @@ pub struct DbStats {
     pub disk_chunks: u64,
     pub disk_rows: u64,
     pub disk_bytes: u64,
+    /// HDB files whose values have been checked against their checksum (by a read, by
+    /// [`Db::verify_files`], or written by this process) and matched.
+    pub disk_chunks_verified: u64,
+    /// HDB files whose values did not match their checksum: every read of them fails.
+    pub disk_chunks_corrupt: u64,
     pub rows_written: u64,
     pub bytes_written: u64,
     pub write_requests: u64,
@@ -763,12 +796,54 @@ impl Db {
         if !req.time_range.is_empty() {
             for p in parts.into_iter().filter(|&p| p < s.config.partitions) {
                 stats.partitions_scanned += 1;
-                let (rows, chunks) = t.count_partition(p, &req.time_range, &mut stats.chunks_total);
+                let (rows, chunks) =
+                    t.count_partition(p, &req.time_range, &mut stats.chunks_total)?;
                 stats.rows_scanned += rows;
                 stats.chunks_scanned += chunks;
             }
         }
         Ok((stats.rows_scanned, stats))
+    }
+
+    /// Check every HDB file's values against its content checksum now (blocking; reads every
+    /// file not checked yet, at the disk's speed). `progress` is called after each file. A
+    /// corrupt file is reported (and from now on fails every read of it), not an error.
+    pub fn verify_files(&self, progress: &mut dyn FnMut(&VerifyReport)) -> Result<VerifyReport> {
+        let s = self.shared();
+        // The file list first (Arc clones under each partition's lock), the reading after.
+        let mut files = Vec::new();
+        for t in s.tables.read().values() {
+            for (p, part) in t.partitions.iter().enumerate() {
+                for c in &part.read().chunks {
+                    if let Chunk::Disk(d) = c {
+                        files.push((t.schema.name.clone(), p as u32, Arc::clone(d)));
+                    }
+                }
+            }
+        }
+        let mut report = VerifyReport {
+            files: files.len() as u64,
+            ..VerifyReport::default()
+        };
+        for (table, partition, d) in files {
+            let before = d.verified().is_some();
+            match d.verify() {
+                Verified::Good if before => report.checked_before += 1,
+                Verified::Good => {
+                    report.checked_now += 1;
+                    report.bytes_checked += d.file_bytes;
+                }
+                Verified::NoChecksum => report.without_checksum += 1,
+                Verified::Corrupt(reason) => report.corrupt.push(CorruptFile {
+                    table,
+                    partition,
+                    path: d.rel_path.clone(),
+                    reason: reason.clone(),
+                }),
+            }
+            progress(&report);
+        }
+        Ok(report)
     }
 
     /// Take a checkpoint now (blocking). Concurrent calls run one after the other.
@@ -822,6 +897,11 @@ impl Db {
                             st.disk_chunks += 1;
                             st.disk_rows += d.rows;
                             st.disk_bytes += d.file_bytes;
+                            match d.verified() {
+                                Some(Verified::Good) => st.disk_chunks_verified += 1,
+                                Some(Verified::Corrupt(_)) => st.disk_chunks_corrupt += 1,
+                                Some(Verified::NoChecksum) | None => {}
+                            }
                         }
                     }
                 }

@@ -5,11 +5,21 @@
 //! file: pyarrow, polars or DuckDB open it as it is. Its schema metadata carries
 //! `zepto.min_ts`, `zepto.max_ts` and `zepto.rows`; the checkpoint manifest repeats them so
 //! that pruning never opens a file. Rows inside a file are sorted by timestamp.
+//!
+//! Content checksum: the footer's custom metadata carries `zepto.crc32c` (CRC-32C of the
+//! file's first `zepto.crc32c_bytes` bytes: the schema and every record batch, so every
+//! value). Opening a file checks only its structure (the footer and the batches' metadata,
+//! which the mapping serves without reading the values); the values are checked once, the
+//! first time anything reads them (a scan, an export for a copy or a backup) or when
+//! [`crate::Db::verify_files`] is asked to. A mismatch is [`Error::Corrupt`] naming the file,
+//! for every read of it from then on. Files written before the checksum existed have none
+//! and are read unchecked (counted as such by `verify_files`).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::buffer::Buffer;
 use arrow::ipc::convert::try_fb_to_schema;
@@ -28,6 +38,79 @@ use crate::schema::TableSchema;
 /// Rows per record batch inside an HDB file.
 const FILE_BATCH_ROWS: usize = 128 * 1024;
 
+/// Footer metadata key: the CRC-32C of the file's first `CRC_BYTES_KEY` bytes, 8 hex digits.
+const CRC_KEY: &str = "zepto.crc32c";
+/// Footer metadata key: how many bytes from the file's start [`CRC_KEY`] covers.
+const CRC_BYTES_KEY: &str = "zepto.crc32c_bytes";
+
+/// A file's recorded content checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checksum {
+    crc: u32,
+    len: usize,
+}
+
+impl Checksum {
+    /// Check `file` (the whole file) against the checksum.
+    fn check(&self, path: &Path, file: &[u8]) -> Result<()> {
+        let Some(content) = file.get(..self.len) else {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "content checksum covers {} bytes, the file has {}",
+                    self.len,
+                    file.len()
+                ),
+            ));
+        };
+        let got = crc32c::crc32c(content);
+        if got != self.crc {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "content checksum mismatch (recorded {:08x}, computed {got:08x}): the \
+                     file changed after it was written",
+                    self.crc
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A writer that keeps the CRC-32C and the count of the bytes written through it.
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+    len: usize,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What checking a file's values found (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verified {
+    /// The values match the file's checksum (or this process wrote the file).
+    Good,
+    /// The file predates checksums: nothing to check against.
+    NoChecksum,
+    /// The values do not match: why, for every read from now on.
+    Corrupt(String),
+}
+
 /// A chunk stored in an HDB file, mapped into memory.
 #[derive(Debug)]
 pub(crate) struct DiskChunk {
@@ -35,11 +118,18 @@ pub(crate) struct DiskChunk {
     pub(crate) seq: u32,
     /// Path relative to the data directory.
     pub(crate) rel_path: String,
-    pub(crate) pieces: Vec<Piece>,
+    /// The batches, pointing into `file`: read them through [`DiskChunk::pieces`], which
+    /// checks the values first.
+    pieces: Vec<Piece>,
     pub(crate) min: i64,
     pub(crate) max: i64,
     pub(crate) rows: u64,
     pub(crate) file_bytes: u64,
+    /// The whole mapped file.
+    file: Buffer,
+    path: PathBuf,
+    checksum: Option<Checksum>,
+    verified: OnceLock<Verified>,
 }
 
 /// The relative path of a chunk file.
@@ -88,7 +178,12 @@ pub(crate) fn write_ipc_file(path: &Path, batch: &RecordBatch, min: i64, max: i6
         .open(path)
         .ctx(|| format!("create {}", path.display()))?;
     let opts = IpcWriteOptions::default(); // 64-byte alignment, metadata V5, no compression
-    let mut w = FileWriter::try_new_with_options(std::io::BufWriter::new(file), &schema, opts)?;
+    let out = CrcWriter {
+        inner: std::io::BufWriter::new(file),
+        crc: 0,
+        len: 0,
+    };
+    let mut w = FileWriter::try_new_with_options(out, &schema, opts)?;
     let mut off = 0;
     while off < batch.num_rows() || off == 0 {
         let n = FILE_BATCH_ROWS.min(batch.num_rows() - off);
@@ -100,9 +195,15 @@ pub(crate) fn write_ipc_file(path: &Path, batch: &RecordBatch, min: i64, max: i6
             break;
         }
     }
+    // Everything written so far (schema, dictionaries, batches) is covered; `finish` adds
+    // the end-of-stream marker and the footer that records the checksum.
+    let (crc, len) = (w.get_ref().crc, w.get_ref().len);
+    w.write_metadata(CRC_KEY, format!("{crc:08x}"));
+    w.write_metadata(CRC_BYTES_KEY, len.to_string());
     w.finish()?;
     let file = w
         .into_inner()?
+        .inner
         .into_inner()
         .map_err(|e| Error::io(format!("flush {}", path.display()), e.into_error()))?;
     file.sync_all()
@@ -118,18 +219,39 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Map an IPC file and decode its batches without copying: every array points into the
-/// mapping, which lives as long as any array does.
-pub(crate) fn read_ipc_file_mmap(path: &Path) -> Result<Vec<RecordBatch>> {
+/// Map an IPC file: every array decoded from the buffer points into the mapping, which
+/// lives as long as any array does.
+fn map_file(path: &Path) -> Result<Buffer> {
     let file = File::open(path).ctx(|| format!("open {}", path.display()))?;
     // SAFETY: chunk files are written once, renamed into place and never modified or
     // truncated while the engine runs; the mapping is read-only.
     let map = unsafe { memmap2::Mmap::map(&file) }.ctx(|| format!("mmap {}", path.display()))?;
-    let buffer = Buffer::from(bytes::Bytes::from_owner(map));
-    decode_ipc_file(path, &buffer)
+    Ok(Buffer::from(bytes::Bytes::from_owner(map)))
 }
 
-fn decode_ipc_file(path: &Path, buffer: &Buffer) -> Result<Vec<RecordBatch>> {
+/// Read a whole IPC file into memory (64-byte aligned), check its content checksum (when it
+/// has one) and decode its batches, which point into that memory.
+pub(crate) fn read_ipc_file_checked(path: &Path) -> Result<Vec<RecordBatch>> {
+    let mut f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let len = f
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
+    let len = usize::try_from(len).map_err(|_| corrupt(path, 0, "file too large"))?;
+    let mut bytes = arrow::buffer::MutableBuffer::from_len_zeroed(len);
+    std::io::Read::read_exact(&mut f, bytes.as_slice_mut())
+        .ctx(|| format!("read {}", path.display()))?;
+    let buffer: Buffer = bytes.into();
+    let (batches, checksum) = decode_ipc_file(path, &buffer)?;
+    if let Some(sum) = checksum {
+        sum.check(path, &buffer)?;
+    }
+    Ok(batches)
+}
+
+/// Decode an IPC file's batches (checking its structure, not its values) and its recorded
+/// content checksum, if it has one.
+fn decode_ipc_file(path: &Path, buffer: &Buffer) -> Result<(Vec<RecordBatch>, Option<Checksum>)> {
     let len = buffer.len();
     if len < 6 + 2 + 10 || &buffer[..6] != b"ARROW1" || &buffer[len - 6..] != b"ARROW1" {
         return Err(corrupt(path, 0, "not an Arrow IPC file (magic missing)"));
@@ -145,6 +267,7 @@ fn decode_ipc_file(path: &Path, buffer: &Buffer) -> Result<Vec<RecordBatch>> {
     let footer_start = len - 10 - footer_len;
     let footer = root_as_footer(&buffer[footer_start..len - 10])
         .map_err(|e| corrupt(path, footer_start as u64, format!("bad footer: {e}")))?;
+    let checksum = footer_checksum(path, &footer, footer_start)?;
     let fb_schema = footer
         .schema()
         .ok_or_else(|| corrupt(path, footer_start as u64, "footer has no schema"))?;
@@ -182,7 +305,40 @@ fn decode_ipc_file(path: &Path, buffer: &Buffer) -> Result<Vec<RecordBatch>> {
             out.push(b);
         }
     }
-    Ok(out)
+    Ok((out, checksum))
+}
+
+/// The content checksum recorded in a footer (none in files written before it existed).
+fn footer_checksum(
+    path: &Path,
+    footer: &arrow::ipc::Footer<'_>,
+    footer_start: usize,
+) -> Result<Option<Checksum>> {
+    let (mut crc, mut len) = (None, None);
+    for kv in footer.custom_metadata().iter().flatten() {
+        match (kv.key(), kv.value()) {
+            (Some(CRC_KEY), Some(v)) => crc = Some(v),
+            (Some(CRC_BYTES_KEY), Some(v)) => len = Some(v),
+            _ => {}
+        }
+    }
+    let bad = |what: String| corrupt(path, footer_start as u64, what);
+    match (crc, len) {
+        (None, None) => Ok(None),
+        (Some(crc), Some(len)) => {
+            let crc = u32::from_str_radix(crc, 16)
+                .map_err(|_| bad(format!("bad {CRC_KEY} {crc:?} in the footer")))?;
+            let len = len
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n <= footer_start)
+                .ok_or_else(|| bad(format!("bad {CRC_BYTES_KEY} {len:?} in the footer")))?;
+            Ok(Some(Checksum { crc, len }))
+        }
+        _ => Err(bad(format!(
+            "the footer has one of {CRC_KEY} and {CRC_BYTES_KEY} without the other"
+        ))),
+    }
 }
 
 impl DiskChunk {
@@ -198,7 +354,8 @@ impl DiskChunk {
         let file_bytes = fs::metadata(&path)
             .ctx(|| format!("stat HDB file {}", path.display()))?
             .len();
-        let raw = read_ipc_file_mmap(&path)?;
+        let file = map_file(&path)?;
+        let (raw, checksum) = decode_ipc_file(&path, &file)?;
         let want = schema.arrow_schema();
         let ts = schema.timestamp;
         let mut pieces = Vec::with_capacity(raw.len());
@@ -242,7 +399,49 @@ impl DiskChunk {
             max,
             rows,
             file_bytes,
+            file,
+            path,
+            checksum,
+            verified: OnceLock::new(),
         })
+    }
+
+    /// The chunk's batches, once its values have been checked against the file's checksum
+    /// (the first call checks; a corrupt file is an error for every call).
+    pub(crate) fn pieces(&self) -> Result<&[Piece]> {
+        match self.verify() {
+            Verified::Good | Verified::NoChecksum => Ok(&self.pieces),
+            Verified::Corrupt(reason) => Err(corrupt(&self.path, 0, reason.clone())),
+        }
+    }
+
+    /// Check the values against the checksum, once: what was found.
+    pub(crate) fn verify(&self) -> &Verified {
+        self.verified.get_or_init(|| match &self.checksum {
+            None => Verified::NoChecksum,
+            Some(sum) => match sum.check(&self.path, &self.file) {
+                Ok(()) => Verified::Good,
+                Err(e) => {
+                    tracing::error!(file = %self.path.display(), error = %e, "HDB file is corrupt");
+                    match e {
+                        Error::Corrupt { reason, .. } => Verified::Corrupt(reason),
+                        other => Verified::Corrupt(other.to_string()),
+                    }
+                }
+            },
+        })
+    }
+
+    /// Whether the values have been checked (and what was found).
+    pub(crate) fn verified(&self) -> Option<&Verified> {
+        self.verified.get()
+    }
+
+    /// Mark a file this process has just written (from the values in memory, with the
+    /// checksum of the bytes it wrote) as checked.
+    pub(crate) fn written_here(self) -> DiskChunk {
+        let _ = self.verified.set(Verified::Good);
+        self
     }
 }
 
@@ -302,14 +501,16 @@ mod tests {
         assert!(size > 300_000 * 16);
         let c = DiskChunk::open(dir.path(), &rel, &s, 0, 0).unwrap();
         assert_eq!((c.min, c.max, c.rows), (0, 299_999, 300_000));
-        assert!(c.pieces.len() >= 2, "written in several record batches");
+        let pieces = c.pieces().unwrap();
+        assert!(pieces.len() >= 2, "written in several record batches");
         let back = crate::batch::concat_batches(
-            &c.pieces.iter().map(|p| p.batch.clone()).collect::<Vec<_>>(),
+            &pieces.iter().map(|p| p.batch.clone()).collect::<Vec<_>>(),
         )
         .unwrap();
         assert_eq!(back, b);
+        assert_eq!(c.verified(), Some(&Verified::Good));
         // Zero-copy: the f64 values point into the mapping, 64-byte aligned.
-        let col = c.pieces[0].batch.column(2).to_data();
+        let col = pieces[0].batch.column(2).to_data();
         let ptr = col.buffers()[0].as_ptr() as usize;
         assert_eq!(ptr % 64, 0);
     }
@@ -344,6 +545,105 @@ mod tests {
             *b = 0xAB;
         }
         fs::write(&path, &bad).unwrap();
+        assert!(DiskChunk::open(dir.path(), &rel, &s, 0, 0).is_err());
+    }
+
+    /// Write a 1,000-row chunk file; returns its path and bytes.
+    fn written(dir: &Path, s: &TableSchema) -> (String, PathBuf, Vec<u8>) {
+        let rel = chunk_rel_path("t", 0, 0, 0);
+        write_chunk_file(dir, &rel, &batch(s, 1000), 0, 999, &Faults::default()).unwrap();
+        let path = dir.join(&rel);
+        let bytes = fs::read(&path).unwrap();
+        (rel, path, bytes)
+    }
+
+    /// Where the f64 value of row `i` (`i * 0.5`) is stored in the file.
+    fn value_offset(file: &[u8], i: usize) -> usize {
+        let needle = (i as f64 * 0.5).to_le_bytes();
+        let at: Vec<usize> = file
+            .windows(8)
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(at.len(), 1, "value of row {i} stored once");
+        at[0]
+    }
+
+    #[test]
+    fn a_changed_value_opens_but_fails_every_read_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schema();
+        let (rel, path, mut bytes) = written(dir.path(), &s);
+        // Opening a good file checks nothing yet; the first read checks once.
+        let c = DiskChunk::open(dir.path(), &rel, &s, 0, 0).unwrap();
+        assert_eq!(c.verified(), None);
+        assert_eq!(c.pieces().unwrap()[0].batch.num_rows(), 1000);
+        assert_eq!(c.verified(), Some(&Verified::Good));
+        // A file this process has just written is known good without reading it back.
+        let c = DiskChunk::open(dir.path(), &rel, &s, 0, 0)
+            .unwrap()
+            .written_here();
+        assert_eq!(c.verified(), Some(&Verified::Good));
+        // One bit of one value flipped: the structure is intact, so the file opens (with
+        // its row count and time range), but its values are refused.
+        let at = value_offset(&bytes, 777);
+        bytes[at] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let c = DiskChunk::open(dir.path(), &rel, &s, 0, 0).unwrap();
+        assert_eq!((c.rows, c.min, c.max), (1000, 0, 999));
+        for _ in 0..2 {
+            let e = c.pieces().unwrap_err().to_string();
+            assert!(
+                e.contains("0_0.arrow") && e.contains("checksum mismatch"),
+                "{e}"
+            );
+        }
+        assert!(matches!(c.verified(), Some(Verified::Corrupt(_))));
+    }
+
+    #[test]
+    fn checkpoint_files_are_checked_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schema();
+        let (_, path, mut bytes) = written(dir.path(), &s);
+        let back = read_ipc_file_checked(&path).unwrap();
+        assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+        let at = value_offset(&bytes, 5);
+        bytes[at + 7] ^= 0x80;
+        fs::write(&path, &bytes).unwrap();
+        let e = read_ipc_file_checked(&path).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+    }
+
+    #[test]
+    fn files_without_a_checksum_are_read_unchecked_and_half_a_checksum_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schema();
+        let rel = chunk_rel_path("t", 0, 0, 0);
+        let path = dir.path().join(&rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // As written before checksums existed: a plain IPC file.
+        let write = |extra: Option<(&str, &str)>| {
+            let b = batch(&s, 100);
+            let f = File::create(&path).unwrap();
+            let mut w = FileWriter::try_new(f, &b.schema()).unwrap();
+            w.write(&b).unwrap();
+            if let Some((k, v)) = extra {
+                w.write_metadata(k, v);
+            }
+            w.finish().unwrap();
+        };
+        write(None);
+        let c = DiskChunk::open(dir.path(), &rel, &s, 0, 0).unwrap();
+        assert_eq!(c.pieces().unwrap()[0].batch.num_rows(), 100);
+        assert_eq!(c.verified(), Some(&Verified::NoChecksum));
+        write(Some((CRC_KEY, "0badc0de")));
+        let e = DiskChunk::open(dir.path(), &rel, &s, 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without the other"), "{e}");
+        write(Some((CRC_KEY, "not hex")));
         assert!(DiskChunk::open(dir.path(), &rel, &s, 0, 0).is_err());
     }
 }

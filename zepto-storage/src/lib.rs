@@ -43,8 +43,9 @@ pub mod wal;
 pub use catalog::FORMAT_VERSION;
 pub use checkpoint::CheckpointInfo;
 pub use engine::{
-    Clock, CommitListenerFn, Config, Db, DbStats, MonotonicClock, PartitionExport, PartitionImport,
-    PartitionLog, RecoveryInfo, TableExport, DEFAULT_IMPORT_BUDGET_BYTES,
+    Clock, CommitListenerFn, Config, CorruptFile, Db, DbStats, MonotonicClock, PartitionExport,
+    PartitionImport, PartitionLog, RecoveryInfo, TableExport, VerifyReport,
+    DEFAULT_IMPORT_BUDGET_BYTES,
 };
 pub use error::{Error, Result};
 pub use ingest::{partition_for, CommittedRecord, ReplicatedRecord, WriteReceipt, WriteTicket};

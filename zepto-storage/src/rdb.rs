@@ -271,36 +271,46 @@ impl TableData {
         Ok(wants_compaction)
     }
 
-    /// How many rows of partition `p` lie inside `range`: `(rows, chunks with rows)`.
+    /// How many rows of partition `p` lie inside `range`: `(rows, chunks with rows)`. An
+    /// HDB chunk inside the range counts from its metadata; one the range cuts reads its
+    /// timestamps, outside the partition's lock (the first read checks the file).
     pub(crate) fn count_partition(
         &self,
         p: u32,
         range: &TimeRange,
         chunks_total: &mut u64,
-    ) -> (u64, u64) {
+    ) -> Result<(u64, u64)> {
         let Some(part) = self.partitions.get(p as usize) else {
-            return (0, 0);
+            return Ok((0, 0));
         };
-        let part = part.read();
-        *chunks_total += part.chunks.len() as u64;
         let ts = self.ts_col();
         let (mut rows, mut chunks) = (0, 0);
-        for c in &part.chunks {
-            let (min, max) = c.min_max();
-            if !range.overlaps(min, max) {
-                continue;
-            }
-            let pieces = match c {
-                Chunk::Mem(m) => &m.pieces,
-                Chunk::Disk(d) => &d.pieces,
-            };
-            let n: u64 = pieces.iter().map(|piece| count_in(piece, range, ts)).sum();
+        let mut add = |n: u64| {
             if n > 0 {
                 rows += n;
                 chunks += 1;
             }
+        };
+        let mut cut_files = Vec::new();
+        {
+            let part = part.read();
+            *chunks_total += part.chunks.len() as u64;
+            for c in &part.chunks {
+                let (min, max) = c.min_max();
+                if !range.overlaps(min, max) {
+                    continue;
+                }
+                match c {
+                    Chunk::Mem(m) => add(m.pieces.iter().map(|pc| count_in(pc, range, ts)).sum()),
+                    Chunk::Disk(d) if range.covers(min, max) => add(d.rows),
+                    Chunk::Disk(d) => cut_files.push(Arc::clone(d)),
+                }
+            }
         }
-        (rows, chunks)
+        for d in cut_files {
+            add(d.pieces()?.iter().map(|pc| count_in(pc, range, ts)).sum());
+        }
+        Ok((rows, chunks))
     }
 
     /// The rows of partition `p` inside `range`, projected to `columns`.
@@ -349,7 +359,7 @@ impl TableData {
                         d.min,
                         d.max,
                         true,
-                        d.pieces.clone(),
+                        d.pieces()?.to_vec(),
                     ),
                 };
             let mut batches = Vec::with_capacity(pieces.len());

@@ -75,6 +75,11 @@ struct Cli {
     #[arg(long, env = "ZEPTO_CHECKPOINT_INTERVAL", default_value = "60s")]
     checkpoint_interval: String,
 
+    /// A memory chunk without writes for this long is sealed and written to an HDB file
+    /// (memory-mapped from then on; see docs/storage-format.md).
+    #[arg(long, env = "ZEPTO_SEAL_IDLE", default_value = "120s")]
+    seal_idle: String,
+
     /// When an INSERT is acknowledged: `local` (after the local fdatasync) or `replicated`
     /// (after the replica's fsync too; on a single node this is the same as `local`).
     /// Default: `local` on a single node, `replicated` in cluster mode.
@@ -192,6 +197,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http_addr: Option<String>,
     checkpoint_interval: Option<String>,
+    seal_idle: Option<String>,
     ack: Option<AckPolicy>,
     admin_key: Option<String>,
     api_keys_file: Option<PathBuf>,
@@ -240,6 +246,7 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) http_addr: SocketAddr,
     pub(crate) checkpoint_interval: Option<Duration>,
+    pub(crate) seal_idle: Duration,
     pub(crate) ack: AckPolicy,
     pub(crate) admin_key: Option<String>,
     pub(crate) api_keys_file: Option<PathBuf>,
@@ -307,6 +314,16 @@ impl Config {
             file.checkpoint_interval,
         );
         let checkpoint_interval = parse_duration("checkpoint_interval", &checkpoint_interval)?;
+        let seal_idle = parse_duration(
+            "seal_idle",
+            &pick(explicit("seal_idle"), cli.seal_idle, file.seal_idle),
+        )?;
+        if seal_idle.is_zero() {
+            return Err(Error::Config(
+                "seal_idle: must be above 0 (a chunk being written to would be sealed at once)"
+                    .into(),
+            ));
+        }
         let query_timeout = parse_duration(
             "query_timeout",
             &pick(
@@ -402,6 +419,7 @@ impl Config {
             data_dir: pick(explicit("data_dir"), cli.data_dir, file.data_dir),
             http_addr,
             checkpoint_interval: (!checkpoint_interval.is_zero()).then_some(checkpoint_interval),
+            seal_idle,
             ack,
             admin_key: if explicit("admin_key") {
                 cli.admin_key

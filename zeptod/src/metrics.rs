@@ -79,6 +79,8 @@ pub(crate) struct StorageFigures {
     pub(crate) memory_bytes: u64,
     pub(crate) disk_chunks: u64,
     pub(crate) disk_bytes: u64,
+    pub(crate) disk_chunks_verified: u64,
+    pub(crate) disk_chunks_corrupt: u64,
     pub(crate) wal_fsyncs: u64,
     pub(crate) wal_fsync_seconds_total: f64,
     /// (upper bound in seconds, cumulative count).
@@ -285,6 +287,21 @@ impl Metrics {
                 "Bytes of sealed chunk files on disk (HDB).",
                 "gauge",
                 s.disk_bytes,
+            );
+            g(
+                &mut o,
+                "zepto_hdb_chunks_verified",
+                "HDB files whose values matched their content checksum (read, verified or \
+                 written since start).",
+                "gauge",
+                s.disk_chunks_verified,
+            );
+            g(
+                &mut o,
+                "zepto_hdb_chunks_corrupt",
+                "HDB files whose values do not match their content checksum: reads of them fail.",
+                "gauge",
+                s.disk_chunks_corrupt,
             );
             g(
                 &mut o,

@@ -1040,3 +1040,85 @@ fn ingest_threads_run_below_the_query_threads() {
         "{err}"
     );
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let text = s.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
+    let admin = [("ZEPTO_ADMIN_KEY", "the-admin-key-0123456789")];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_with_env(&data, &["--seal-idle", "1s"], &admin);
+    s.wait_ready();
+    s.auth = Some("the-admin-key-0123456789".into());
+    s.sql_ok("CREATE TABLE m (ts TIMESTAMP, s SYMBOL, id BIGINT)");
+    let values: Vec<String> = (0..2000)
+        .map(|i| format!("({}, 's{}', {})", 1_000_000_000 + i, i % 4, 7_000_000 + i))
+        .collect();
+    s.sql_ok(&format!("INSERT INTO m VALUES {}", values.join(",")));
+    // Idle for --seal-idle: the chunks are written to HDB files.
+    wait_until("the rows are in HDB files", Duration::from_secs(30), || {
+        (metric(&s, "zepto_hdb_chunks") > 0 && metric(&s, "zepto_memory_rows") == 0).then_some(())
+    });
+    let v = s.req("POST", "/admin/verify", b"").json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["files"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["files"], v["checked_before"], "written here: {v}");
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(Duration::from_secs(30)).success());
+
+    // One bit of one stored value flipped on disk (id 7001234).
+    let needle = 7_001_234i64.to_le_bytes();
+    let (file, _) = files_under(&data.join("hdb"))
+        .into_iter()
+        .find_map(|f| {
+            let mut bytes = std::fs::read(&f).unwrap();
+            let at = bytes.windows(8).position(|w| w == needle)?;
+            bytes[at] ^= 0x02;
+            std::fs::write(&f, &bytes).unwrap();
+            Some((f, at))
+        })
+        .expect("id 7001234 is in an HDB file");
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    let mut s = Server::start_with_env(&data, &["--seal-idle", "1s"], &admin);
+    s.wait_ready();
+    s.auth = Some("the-admin-key-0123456789".into());
+    // A count from metadata still answers; reading the values is an error naming the file.
+    assert_eq!(s.count("m"), 2000);
+    let m = s.sql("SELECT sum(id) FROM m").expect_error(500, "INTERNAL");
+    assert!(m.contains(&name) && m.contains("checksum mismatch"), "{m}");
+    assert_eq!(metric(&s, "zepto_hdb_chunks_corrupt"), 1);
+    let v = s.req("POST", "/admin/verify", b"").json();
+    assert_eq!(v["ok"], false, "{v}");
+    let corrupt = v["corrupt"].as_array().unwrap();
+    assert_eq!(corrupt.len(), 1, "{v}");
+    assert_eq!(corrupt[0]["table"], "m");
+    assert!(corrupt[0]["path"].as_str().unwrap().ends_with(&name), "{v}");
+    assert!(v["bytes_checked"].as_u64().is_some(), "{v}");
+    s.auth = None;
+    s.req("POST", "/admin/verify", b"")
+        .expect_error(401, "UNAUTHORIZED");
+}

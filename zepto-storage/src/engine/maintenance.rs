@@ -234,7 +234,7 @@ fn flush_chunk(
     let batch = sort_by_ts(concat_batches(&batches)?, t.ts_col())?;
     let rel = chunk_rel_path(&t.schema.name, p, bucket, seq);
     write_chunk_file(&shared.dir, &rel, &batch, min, max, &shared.faults)?;
-    let disk = Arc::new(DiskChunk::open(&shared.dir, &rel, &t.schema, bucket, seq)?);
+    let disk = Arc::new(DiskChunk::open(&shared.dir, &rel, &t.schema, bucket, seq)?.written_here());
     let mut guard = t.partitions[p as usize].write();
     if let Some(c) = guard
         .chunks

@@ -47,15 +47,22 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     let next_chunk_id = AtomicU64::new(1);
     let mut info = RecoveryInfo::default();
 
-    // 1. The newest checkpoint that loads.
+    // 1. The newest checkpoint that loads: its manifest parses, the files it names exist,
+    // and its memory chunks read back and match their checksums.
     let list = list_checkpoints(&dir)?;
     let next_checkpoint_id = list.first().map(|(id, _)| id + 1).unwrap_or(1);
     let mut chosen: Option<(Manifest, PathBuf)> = None;
+    let mut memory_chunks = HashMap::new();
     let mut fell_back = false;
     for (id, path) in &list {
-        match load_manifest(path) {
-            Ok(m) => {
+        let loaded = load_manifest(path).and_then(|m| {
+            let mem = read_memory_chunks(path, &m, &by_id)?;
+            Ok((m, mem))
+        });
+        match loaded {
+            Ok((m, mem)) => {
                 chosen = Some((m, path.clone()));
+                memory_chunks = mem;
                 break;
             }
             Err(e) => {
@@ -117,7 +124,9 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
                 };
                 let chunk = match c.kind {
                     ChunkKind::Memory => {
-                        let batches = read_memory_chunk(&cdir.join(&c.file))?;
+                        let batches = memory_chunks.remove(&c.file).ok_or_else(|| {
+                            Error::Internal(format!("memory chunk {} was not read", c.file))
+                        })?;
                         let batches = batches
                             .into_iter()
                             .map(|b| {
@@ -269,6 +278,22 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             epoch_start,
         },
     })
+}
+
+/// The memory chunks checkpoint `cdir` saved for tables that still exist, by file name, read
+/// and checked against their checksums: one that fails makes the checkpoint unusable.
+fn read_memory_chunks(
+    cdir: &Path,
+    m: &Manifest,
+    live: &HashMap<u32, Arc<TableData>>,
+) -> Result<HashMap<String, Vec<RecordBatch>>> {
+    let mut out = HashMap::new();
+    for mt in m.tables.iter().filter(|t| live.contains_key(&t.id)) {
+        for c in mt.chunks.iter().filter(|c| c.kind == ChunkKind::Memory) {
+            out.insert(c.file.clone(), read_memory_chunk(&cdir.join(&c.file))?);
+        }
+    }
+    Ok(out)
 }
 
 /// Remove HDB files (and temp files) the checkpoint does not reference: they were written

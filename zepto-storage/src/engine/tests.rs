@@ -224,6 +224,91 @@ fn flushed_hdb_chunks_are_read_back_and_survive_restart() {
 }
 
 #[test]
+fn a_changed_hdb_value_fails_the_reads_of_its_file_and_verify_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..3000)).unwrap();
+        db.flush().unwrap();
+        db.checkpoint().unwrap();
+        let r = db.verify_files(&mut |_| {}).unwrap();
+        assert!(r.files > 1 && r.checked_before == r.files, "{r:?}");
+    }
+    // Flip one bit of row 1234's volume (its id) in whichever file holds it.
+    let needle = 1234i64.to_le_bytes();
+    let mut hit = None;
+    for f in walk(&dir.path().join("hdb")) {
+        let mut bytes = std::fs::read(&f).unwrap();
+        if let Some(at) = bytes.windows(8).position(|w| w == needle) {
+            bytes[at] ^= 0x01;
+            std::fs::write(&f, &bytes).unwrap();
+            hit = Some(f);
+            break;
+        }
+    }
+    let hit = hit.expect("row 1234 is in an HDB file");
+    let name = hit.file_name().unwrap().to_str().unwrap().to_string();
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(db.stats().disk_chunks_verified, 0);
+    // A count over whole files needs no values.
+    let (n, _) = db.count_rows(&ScanRequest::all("trades")).unwrap();
+    assert_eq!(n, 3000);
+    // Reading the values fails, naming the file, every time.
+    for _ in 0..2 {
+        let e = db
+            .scan(&ScanRequest::all("trades"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&name) && e.contains("checksum mismatch"), "{e}");
+    }
+    let mut calls = 0;
+    let r = db.verify_files(&mut |_| calls += 1).unwrap();
+    assert_eq!(calls, r.files);
+    assert_eq!(r.corrupt.len(), 1, "{r:?}");
+    assert!(r.corrupt[0].path.ends_with(&name), "{r:?}");
+    assert_eq!(r.corrupt[0].table, "trades");
+    assert_eq!(r.checked_now + r.checked_before + 1, r.files, "{r:?}");
+    assert!(r.bytes_checked > 0);
+    let st = db.stats();
+    assert_eq!(
+        (st.disk_chunks_corrupt, st.disk_chunks_verified),
+        (1, r.files - 1)
+    );
+    // Its partition cannot be exported (to a new replica, a backup); the others can.
+    let bad = r.corrupt[0].partition;
+    let e = db.export_partition(bad).unwrap_err().to_string();
+    assert!(e.contains(&name), "{e}");
+    for p in (0..8).filter(|&p| p != bad) {
+        db.export_partition(p).unwrap();
+    }
+    // The other partitions still answer.
+    let mut others = ScanRequest::all("trades");
+    others.partitions = Some((0..8).filter(|&p| p != bad).collect());
+    let rows_left: usize = db
+        .scan(&others)
+        .unwrap()
+        .batches()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(rows_left > 0 && rows_left < 3000);
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
 fn hdb_files_written_after_the_checkpoint_are_rebuilt_from_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -1125,6 +1210,37 @@ fn a_corrupt_newest_checkpoint_falls_back_and_keeps_hdb_files_aside() {
         dir.path().join("hdb-orphans").is_dir(),
         "files kept aside, not deleted"
     );
+    assert!(newest.with_extension("corrupt").is_dir());
+}
+
+#[test]
+fn a_changed_value_in_the_newest_checkpoint_falls_back_to_the_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..300)).unwrap();
+        db.checkpoint().unwrap();
+        db.insert("trades", rows(300..600)).unwrap();
+        db.checkpoint().unwrap(); // memory chunks holding all 600 rows
+    }
+    let newest = crate::checkpoint::list_checkpoints(dir.path()).unwrap()[0]
+        .1
+        .clone();
+    // One bit of row 450's id in the newest checkpoint's files: the file still decodes.
+    let needle = 450i64.to_le_bytes();
+    let changed = walk(&newest).into_iter().any(|f| {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let Some(at) = bytes.windows(8).position(|w| w == needle) else {
+            return false;
+        };
+        bytes[at + 1] ^= 0x10;
+        std::fs::write(&f, &bytes).unwrap();
+        true
+    });
+    assert!(changed, "row 450 is in the newest checkpoint");
+    let db = Db::open(config(dir.path())).unwrap();
+    // The older checkpoint plus the WAL hold every row, unchanged.
+    assert_eq!(contents(&db), expected(0..600));
     assert!(newest.with_extension("corrupt").is_dir());
 }
 

@@ -128,23 +128,32 @@ impl Db {
             reply: tx,
         })?;
         let cut = rx.recv().map_err(|_| Error::Shutdown)?;
+        // An HDB file whose values fail their checksum fails the export: a copy or a backup
+        // never carries corrupt values on under a fresh checksum.
         let tables = cut
             .tables
             .into_iter()
-            .map(|(id, schema, chunks)| TableExport {
-                id,
-                schema,
-                batches: chunks
-                    .iter()
-                    .flat_map(|c| match c {
-                        Chunk::Mem(m) => m.pieces.clone(),
-                        Chunk::Disk(d) => d.pieces.clone(),
-                    })
-                    .map(|p| p.batch)
-                    .filter(|b| b.num_rows() > 0)
-                    .collect(),
+            .map(|(id, schema, chunks)| {
+                let mut batches = Vec::new();
+                for c in &chunks {
+                    let pieces = match c {
+                        Chunk::Mem(m) => &m.pieces[..],
+                        Chunk::Disk(d) => d.pieces()?,
+                    };
+                    batches.extend(
+                        pieces
+                            .iter()
+                            .map(|p| p.batch.clone())
+                            .filter(|b| b.num_rows() > 0),
+                    );
+                }
+                Ok(TableExport {
+                    id,
+                    schema,
+                    batches,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(PartitionExport {
             partition,
             epoch: cut.epoch,
@@ -498,9 +507,10 @@ impl PartitionImport {
                     .ctx(|| format!("move {} to {}", from.display(), to.display()))?;
                 renamed.push(to);
                 let (bucket, seq) = (f.bucket, *seq - 1);
-                chunks.push(Chunk::Disk(Arc::new(DiskChunk::open(
-                    &s.dir, &rel, &t.schema, bucket, seq,
-                )?)));
+                // Written by this process (staged from the decoded copy), checksum included.
+                chunks.push(Chunk::Disk(Arc::new(
+                    DiskChunk::open(&s.dir, &rel, &t.schema, bucket, seq)?.written_here(),
+                )));
             }
             fsync_dir(&dir)?;
             out.push((id, chunks));

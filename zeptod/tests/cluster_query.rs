@@ -491,3 +491,103 @@ fn a_hung_node_is_read_around_once_the_map_says_so() {
     println!("query through node {via} with node {victim} stopped: answered after {took:?}");
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let text = s.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// ADR 0015: a node whose HDB file fails its content checksum does not fail the query; the
+/// part is read from the partition's other copy, whichever node coordinates.
+#[test]
+fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
+    let _g = serial();
+    let mut c = Cluster::start_with(3, &["--seal-idle", "1s"]);
+    c.wait_ready();
+    c.node(1)
+        .sql_ok("CREATE TABLE cs (ts TIMESTAMP, symbol SYMBOL, id BIGINT)");
+    for id in c.live() {
+        wait_until("table everywhere", Duration::from_secs(10), || {
+            show_tables(c.node(id))
+                .contains(&"cs".to_string())
+                .then_some(())
+        });
+    }
+    const BASE: i64 = 5_000_000;
+    let body: String = (0..4000i64)
+        .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, BASE + i))
+        .collect();
+    let r = csv_insert(c.node(1), "cs", &body);
+    assert_eq!(r.json()["inserted"], 4000, "{}", r.text());
+    let want = format!("{},4000\n", (0..4000i64).map(|i| BASE + i).sum::<i64>());
+    let q = "SELECT sum(id), count(*) FROM cs FORMAT CSV";
+    // Idle for --seal-idle: every copy is written to HDB files.
+    for id in 1..=3 {
+        wait_until("every copy in HDB", Duration::from_secs(60), || {
+            let s = c.node(id);
+            (metric(s, "zepto_memory_rows") == 0 && metric(s, "zepto_hdb_chunks") > 0).then_some(())
+        });
+    }
+    // Node 2 stops; one stored id in each of its HDB files gets a flipped bit.
+    let mut s = c.nodes[1].take().unwrap();
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(Duration::from_secs(60)).success());
+    let ids: std::collections::HashSet<[u8; 8]> =
+        (0..4000i64).map(|i| (BASE + i).to_le_bytes()).collect();
+    let mut changed = 0;
+    for f in files_under(&c.dir.path().join("node2").join("hdb")) {
+        let mut bytes = std::fs::read(&f).unwrap();
+        if let Some(at) = bytes.windows(8).position(|w| ids.contains(w)) {
+            bytes[at] ^= 0x04;
+            std::fs::write(&f, &bytes).unwrap();
+            changed += 1;
+        }
+    }
+    assert!(changed > 0, "node 2 holds HDB files of cs");
+    c.restart(2, &["--seal-idle", "1s"]);
+    c.node(2).wait_ready();
+    // Node 2 handed its primaries over when it stopped; wait until the rebalancer gives it
+    // some back, so that queries read its copies first.
+    wait_until(
+        "node 2 leads a partition again",
+        Duration::from_secs(90),
+        || {
+            let v = admin(c.node(1));
+            v["partitions"]
+                .as_array()?
+                .iter()
+                .any(|p| p["primary"] == 2 && p["in_sync"].as_array().is_some_and(|s| s.len() == 2))
+                .then_some(())
+        },
+    );
+    for via in [1, 2, 3] {
+        let r = c.node(via).sql(q);
+        assert_eq!((r.status, r.text()), (200, want.clone()), "via node {via}");
+    }
+    assert!(
+        metric(c.node(2), "zepto_hdb_chunks_corrupt") > 0,
+        "queries read node 2's corrupt files and went around them"
+    );
+    let v = c.node(2).req("POST", "/admin/verify", b"").json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["corrupt"].as_array().unwrap().len(), changed, "{v}");
+}

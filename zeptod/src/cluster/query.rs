@@ -613,7 +613,7 @@ async fn run_local(
             (Mode::Partial, Some(plan)) => {
                 let out = engine
                     .execute_partial_with(&plan, &parts, &settings)
-                    .map_err(sql_error)?;
+                    .map_err(part_error)?;
                 Ok(Answer {
                     schema: plan.partial_schema(),
                     batches: out.batches,
@@ -623,7 +623,7 @@ async fn run_local(
             (Mode::Partial, None) => Err(Error::Internal("a partial query without a plan".into())),
             (Mode::Whole, _) => match engine
                 .execute_whole_at(&sql, now_ns, &parts, &settings)
-                .map_err(sql_error)?
+                .map_err(part_error)?
             {
                 QueryOutput::Rows {
                     schema,
@@ -646,6 +646,19 @@ async fn run_local(
         Ok(Err(e)) => Err(Error::Internal(format!("query task failed: {e}"))),
         Ok(Ok(r)) => r,
     }
+}
+
+/// A part's engine error. A file of this node's copy that fails its content checksum
+/// (ADR 0015) is this copy's problem, not the query's: UNAVAILABLE, so that the part is read
+/// from another copy (here and on the node that asked).
+fn part_error(e: zepto_sql::Error) -> Error {
+    if let zepto_sql::Error::Storage(zepto_storage::Error::Corrupt { .. }) = &e {
+        return Error::Unavailable {
+            message: format!("this node's copy cannot be read: {e}"),
+            retry_after: None,
+        };
+    }
+    sql_error(e)
 }
 
 /// A local part's error: storage overload and shutdown may succeed on another copy; every

@@ -82,10 +82,31 @@ fn pyarrow_reads_hdb_files_as_they_are() {
     assert!(db.flush().unwrap() > 0);
     let script = r#"
 import sys, glob, pyarrow as pa, pyarrow.ipc as ipc
+# CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit: independent of zeptod's.
+table = []
+for n in range(256):
+    c = n
+    for _ in range(8):
+        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+assert crc32c(b"123456789") == 0xE3069283
 files = sorted(glob.glob(sys.argv[1] + "/hdb/trades/*/*.arrow"))
 rows = 0; vol = 0; nulls = 0; syms = set()
 for f in files:
-    t = ipc.open_file(pa.memory_map(f)).read_all()
+    r = ipc.open_file(pa.memory_map(f))
+    # The content checksum in the footer (docs/storage-format.md) covers the file's first
+    # zepto.crc32c_bytes bytes.
+    meta = r.metadata
+    n = int(meta[b"zepto.crc32c_bytes"])
+    data = open(f, "rb").read()
+    assert 0 < n < len(data), (f, n, len(data))
+    assert meta[b"zepto.crc32c"] == b"%08x" % crc32c(data[:n]), f
+    t = r.read_all()
     assert t.schema.field("ts").type == pa.timestamp("ns"), t.schema
     assert pa.types.is_dictionary(t.schema.field("symbol").type), t.schema
     ts = t.column("ts").to_pylist()

@@ -834,7 +834,7 @@ impl Db {
                     report.bytes_checked += d.file_bytes;
                 }
                 Verified::NoChecksum => report.without_checksum += 1,
-                Verified::Corrupt(reason) => report.corrupt.push(CorruptFile {
+                Verified::Corrupt { reason, .. } => report.corrupt.push(CorruptFile {
                     table,
                     partition,
                     path: d.rel_path.clone(),
@@ -899,7 +899,7 @@ impl Db {
                             st.disk_bytes += d.file_bytes;
                             match d.verified() {
                                 Some(Verified::Good) => st.disk_chunks_verified += 1,
-                                Some(Verified::Corrupt(_)) => st.disk_chunks_corrupt += 1,
+                                Some(Verified::Corrupt { .. }) => st.disk_chunks_corrupt += 1,
                                 Some(Verified::NoChecksum) | None => {}
                             }
                         }

@@ -107,8 +107,9 @@ pub(crate) enum Verified {
     Good,
     /// The file predates checksums: nothing to check against.
     NoChecksum,
-    /// The values do not match: why, for every read from now on.
-    Corrupt(String),
+    /// The file is damaged (its values do not match, or it does not decode): where and why,
+    /// for every read from now on.
+    Corrupt { offset: u64, reason: String },
 }
 
 /// A chunk stored in an HDB file, mapped into memory.
@@ -406,12 +407,48 @@ impl DiskChunk {
         })
     }
 
+    /// A chunk whose file does not even decode (found at recovery): known from the checkpoint
+    /// manifest (`min`, `max`, `rows`), so pruning and whole-file counts still work, and
+    /// corrupt for every read, like a file whose values fail their checksum. The database
+    /// opens and serves everything else.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn broken(
+        data_dir: &Path,
+        rel_path: &str,
+        bucket: i64,
+        seq: u32,
+        min: i64,
+        max: i64,
+        rows: u64,
+        offset: u64,
+        reason: String,
+    ) -> DiskChunk {
+        let path = data_dir.join(rel_path);
+        let file_bytes = fs::metadata(&path).map_or(0, |m| m.len());
+        DiskChunk {
+            bucket,
+            seq,
+            rel_path: rel_path.to_string(),
+            pieces: Vec::new(),
+            min,
+            max,
+            rows,
+            file_bytes,
+            file: Buffer::from_vec(Vec::<u8>::new()),
+            path,
+            checksum: None,
+            verified: OnceLock::from(Verified::Corrupt { offset, reason }),
+        }
+    }
+
     /// The chunk's batches, once its values have been checked against the file's checksum
     /// (the first call checks; a corrupt file is an error for every call).
     pub(crate) fn pieces(&self) -> Result<&[Piece]> {
         match self.verify() {
             Verified::Good | Verified::NoChecksum => Ok(&self.pieces),
-            Verified::Corrupt(reason) => Err(corrupt(&self.path, 0, reason.clone())),
+            Verified::Corrupt { offset, reason } => {
+                Err(corrupt(&self.path, *offset, reason.clone()))
+            }
         }
     }
 
@@ -424,8 +461,13 @@ impl DiskChunk {
                 Err(e) => {
                     tracing::error!(file = %self.path.display(), error = %e, "HDB file is corrupt");
                     match e {
-                        Error::Corrupt { reason, .. } => Verified::Corrupt(reason),
-                        other => Verified::Corrupt(other.to_string()),
+                        Error::Corrupt { offset, reason, .. } => {
+                            Verified::Corrupt { offset, reason }
+                        }
+                        other => Verified::Corrupt {
+                            offset: 0,
+                            reason: other.to_string(),
+                        },
                     }
                 }
             },
@@ -599,7 +641,7 @@ mod tests {
                 "{e}"
             );
         }
-        assert!(matches!(c.verified(), Some(Verified::Corrupt(_))));
+        assert!(matches!(c.verified(), Some(Verified::Corrupt { .. })));
     }
 
     #[test]

@@ -153,9 +153,25 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
                     }
                     ChunkKind::Disk => {
                         referenced.insert(dir.join(&c.file));
-                        Chunk::Disk(Arc::new(DiskChunk::open(
-                            &dir, &c.file, &t.schema, c.bucket, c.seq,
-                        )?))
+                        let chunk = match DiskChunk::open(&dir, &c.file, &t.schema, c.bucket, c.seq)
+                        {
+                            Ok(d) => d,
+                            // A file that does not decode fails the reads that need it, not
+                            // the whole database (ADR 0015); its rows are in the manifest.
+                            Err(Error::Corrupt {
+                                path,
+                                offset,
+                                reason,
+                            }) => {
+                                tracing::error!(file = %path.display(), offset, %reason, "HDB file is corrupt; opening without it");
+                                DiskChunk::broken(
+                                    &dir, &c.file, c.bucket, c.seq, c.min_ts, c.max_ts, c.rows,
+                                    offset, reason,
+                                )
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        Chunk::Disk(Arc::new(chunk))
                     }
                 };
                 info.rows += c.rows;

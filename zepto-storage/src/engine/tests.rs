@@ -293,6 +293,51 @@ fn a_changed_hdb_value_fails_the_reads_of_its_file_and_verify_names_it() {
     assert!(rows_left > 0 && rows_left < 3000);
 }
 
+#[test]
+fn an_hdb_file_that_does_not_decode_fails_its_reads_not_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..3000)).unwrap();
+        db.flush().unwrap();
+        db.checkpoint().unwrap();
+    }
+    // Cut one file's footer off (a torn copy, a bad block at its end).
+    let files = walk(&dir.path().join("hdb"));
+    let victim = &files[files.len() / 2];
+    let len = std::fs::metadata(victim).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap();
+    f.set_len(len - 100).unwrap();
+    drop(f);
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let db = Db::open(config(dir.path())).unwrap();
+    // Known from the manifest: whole-file counts answer, reads of its values fail.
+    assert_eq!(db.count_rows(&ScanRequest::all("trades")).unwrap().0, 3000);
+    let e = db
+        .scan(&ScanRequest::all("trades"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&name) && e.contains("corrupt file"), "{e}");
+    let r = db.verify_files(&mut |_| {}).unwrap();
+    assert_eq!(r.corrupt.len(), 1, "{r:?}");
+    assert!(r.corrupt[0].path.ends_with(&name), "{r:?}");
+    assert_eq!(r.checked_now + r.checked_before + 1, r.files, "{r:?}");
+    assert_eq!(db.stats().disk_chunks_corrupt, 1);
+    let bad = r.corrupt[0].partition;
+    let mut others = ScanRequest::all("trades");
+    others.partitions = Some((0..8).filter(|&p| p != bad).collect());
+    assert!(db.scan(&others).unwrap().batches().count() > 0);
+    // The next checkpoint still names the file (its rows are nowhere else on this node).
+    db.checkpoint().unwrap();
+    drop(db);
+    let db = Db::open(config(dir.path())).unwrap();
+    assert_eq!(db.stats().disk_chunks, files.len() as u64);
+    assert_eq!(db.count_rows(&ScanRequest::all("trades")).unwrap().0, 3000);
+}
+
 /// Every file under `dir`, recursively.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -222,7 +222,7 @@ fn round_trip(loc: &Location) {
     if let Some(bucket) = &loc.dir {
         // What is left is exactly what the kept backup and the archive after it need (an
         // archived object that reaches past the kept cut stays whole).
-        let manifests = walk(&bucket.join("backups"));
+        let manifests = harness::files_under(&bucket.join("backups"));
         assert_eq!(manifests.len(), 1, "{manifests:?}");
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&manifests[0]).unwrap()).unwrap();
@@ -233,12 +233,12 @@ fn round_trip(loc: &Location) {
             .flat_map(|p| p["objects"].as_array().unwrap().iter())
             .map(|o| o["key"].as_str().unwrap().to_string())
             .collect();
-        let left: BTreeSet<String> = walk(&bucket.join("objects"))
+        let left: BTreeSet<String> = harness::files_under(&bucket.join("objects"))
             .iter()
             .map(|p| p.strip_prefix(bucket).unwrap().display().to_string())
             .collect();
         assert_eq!(left, named);
-        for w in walk(&bucket.join("wal")) {
+        for w in harness::files_under(&bucket.join("wal")) {
             let name = w.file_name().unwrap().to_str().unwrap().to_string();
             let partition: usize = w.parent().unwrap().file_name().unwrap().to_str().unwrap()[1..]
                 .parse()
@@ -297,7 +297,7 @@ fn damaged_objects_are_named() {
     s.kill9();
 
     let files = |sub: &str| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = walk(&bucket.join(sub));
+        let mut v: Vec<_> = harness::files_under(&bucket.join(sub));
         v.sort();
         v
     };
@@ -364,19 +364,6 @@ fn damaged_objects_are_named() {
 
     let (ok, err) = restore("r5");
     assert!(ok, "{err}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Unreachable endpoints and missing buckets are clear errors; an archive that cannot

@@ -492,30 +492,6 @@ fn a_hung_node_is_read_around_once_the_map_says_so() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
-fn metric(s: &Server, name: &str) -> u64 {
-    let text = s.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// ADR 0015: a node whose HDB file fails its content checksum does not fail the query; the
 /// part is read from the partition's other copy, whichever node coordinates.
 #[test]
@@ -544,7 +520,7 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
     for id in 1..=3 {
         wait_until("every copy in HDB", Duration::from_secs(60), || {
             let s = c.node(id);
-            (metric(s, "zepto_memory_rows") == 0 && metric(s, "zepto_hdb_chunks") > 0).then_some(())
+            (s.metric("zepto_memory_rows") == 0 && s.metric("zepto_hdb_chunks") > 0).then_some(())
         });
     }
     // Node 2 stops; one stored id in each of its HDB files gets a flipped bit.
@@ -554,7 +530,7 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
     let ids: std::collections::HashSet<[u8; 8]> =
         (0..4000i64).map(|i| (BASE + i).to_le_bytes()).collect();
     let mut changed = 0;
-    for f in files_under(&c.dir.path().join("node2").join("hdb")) {
+    for f in harness::files_under(&c.dir.path().join("node2").join("hdb")) {
         let mut bytes = std::fs::read(&f).unwrap();
         if let Some(at) = bytes.windows(8).position(|w| ids.contains(w)) {
             bytes[at] ^= 0x04;
@@ -584,7 +560,7 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
         assert_eq!((r.status, r.text()), (200, want.clone()), "via node {via}");
     }
     assert!(
-        metric(c.node(2), "zepto_hdb_chunks_corrupt") > 0,
+        c.node(2).metric("zepto_hdb_chunks_corrupt") > 0,
         "queries read node 2's corrupt files and went around them"
     );
     let v = c.node(2).req("POST", "/admin/verify", b"").json();

@@ -1041,31 +1041,6 @@ fn ingest_threads_run_below_the_query_threads() {
     );
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
-fn metric(s: &Server, name: &str) -> u64 {
-    let text = s.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
     let admin = [("ZEPTO_ADMIN_KEY", "the-admin-key-0123456789")];
@@ -1081,7 +1056,7 @@ fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
     s.sql_ok(&format!("INSERT INTO m VALUES {}", values.join(",")));
     // Idle for --seal-idle: the chunks are written to HDB files.
     wait_until("the rows are in HDB files", Duration::from_secs(30), || {
-        (metric(&s, "zepto_hdb_chunks") > 0 && metric(&s, "zepto_memory_rows") == 0).then_some(())
+        (s.metric("zepto_hdb_chunks") > 0 && s.metric("zepto_memory_rows") == 0).then_some(())
     });
     let v = s.req("POST", "/admin/verify", b"").json();
     assert_eq!(v["ok"], true, "{v}");
@@ -1092,7 +1067,7 @@ fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
 
     // One bit of one stored value flipped on disk (id 7001234).
     let needle = 7_001_234i64.to_le_bytes();
-    let (file, _) = files_under(&data.join("hdb"))
+    let (file, _) = harness::files_under(&data.join("hdb"))
         .into_iter()
         .find_map(|f| {
             let mut bytes = std::fs::read(&f).unwrap();
@@ -1110,7 +1085,7 @@ fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
     assert_eq!(s.count("m"), 2000);
     let m = s.sql("SELECT sum(id) FROM m").expect_error(500, "INTERNAL");
     assert!(m.contains(&name) && m.contains("checksum mismatch"), "{m}");
-    assert_eq!(metric(&s, "zepto_hdb_chunks_corrupt"), 1);
+    assert_eq!(s.metric("zepto_hdb_chunks_corrupt"), 1);
     let v = s.req("POST", "/admin/verify", b"").json();
     assert_eq!(v["ok"], false, "{v}");
     let corrupt = v["corrupt"].as_array().unwrap();

@@ -12,6 +12,21 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Every file under `dir`, recursively, sorted.
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Poll `f` until it returns `Some`, or panic after `timeout` with `what`.
 pub(crate) fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -319,6 +334,17 @@ impl Server {
     }
 
     /// `SELECT count(*)` of a table through CSV output.
+    /// The value of an unlabelled metric in `/metrics`.
+    pub(crate) fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a count in:\n{text}"))
+    }
+
     pub(crate) fn count(&self, table: &str) -> u64 {
         let out = self.sql_ok(&format!("SELECT count(*) FROM {table} FORMAT CSV"));
         out.trim()

@@ -35,6 +35,7 @@ use crate::wal::{WalStats, FSYNC_BUCKETS_US};
 
 mod maintenance;
 mod recovery;
+mod scrub;
 mod transfer;
 mod writer;
 
@@ -99,6 +100,9 @@ pub struct Config {
     /// Niceness the WAL writer and maintenance threads add to their own (Linux), so that
     /// queries get the cores first while ingest runs (see [`crate::priority`]); 0 = none.
     pub background_nice: i32,
+    /// Average bytes per second the background check of unread HDB files reads (ADR 0015);
+    /// 0 = no background check (files are still checked when first read).
+    pub scrub_bytes_per_sec: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -118,6 +122,7 @@ impl Config {
             max_memory_bytes: 8 << 30,
             maintenance_interval: Duration::from_millis(500),
             background_nice: 0,
+            scrub_bytes_per_sec: 64 << 20,
             clock: Arc::new(MonotonicClock::default()),
         }
     }
@@ -155,6 +160,22 @@ pub struct RecoveryInfo {
     pub duration_ms: f64,
     pub tables: usize,
     pub rows: u64,
+}
+
+/// Every HDB chunk with its table's name and partition: the list is taken under each
+/// partition's lock (Arc clones), the reading is done after.
+fn disk_files(s: &Shared) -> Vec<(String, u32, Arc<crate::hdb::DiskChunk>)> {
+    let mut files = Vec::new();
+    for t in s.tables.read().values() {
+        for (p, part) in t.partitions.iter().enumerate() {
+            for c in &part.read().chunks {
+                if let Chunk::Disk(d) = c {
+                    files.push((t.schema.name.clone(), p as u32, Arc::clone(d)));
+                }
+            }
+        }
+    }
+    files
 }
 
 /// What [`Db::verify_files`] found.
@@ -250,6 +271,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) stop: AtomicBool,
     pub(crate) wake: (Mutex<bool>, Condvar),
+    /// Wakes the background check of HDB files (at stop).
+    pub(crate) scrub_wake: (Mutex<()>, Condvar),
     pub(crate) recovery: Mutex<RecoveryInfo>,
     /// Per partition: the fencing epoch (raised by the cluster layer and by replicated
     /// records; never lowered).
@@ -315,6 +338,13 @@ impl Shared {
         *lock.lock() = true;
         cv.notify_one();
     }
+
+    /// Wake the background check of HDB files (it looks at `stop` under the lock).
+    pub(crate) fn wake_scrub(&self) {
+        let (lock, cv) = &self.scrub_wake;
+        let _guard = lock.lock();
+        cv.notify_all();
+    }
 }
 
 #[derive(Debug)]
@@ -340,6 +370,7 @@ impl Inner {
         // then waited forever to join it).
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_maintenance();
+        self.shared.wake_scrub();
         for t in threads {
             let _ = t.join();
         }
@@ -444,6 +475,17 @@ impl Db {
             })
             .map_err(|e| Error::io("start the maintenance thread", e))?;
         db.inner.threads.lock().push(handle);
+        if config.scrub_bytes_per_sec > 0 {
+            let s = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name("zepto-scrub".into())
+                .spawn(move || {
+                    crate::priority::lower_current_thread(nice);
+                    scrub::run(s)
+                })
+                .map_err(|e| Error::io("start the HDB check thread", e))?;
+            db.inner.threads.lock().push(handle);
+        }
         Ok(db)
     }
 
@@ -809,18 +851,7 @@ impl Db {
     /// file not checked yet, at the disk's speed). `progress` is called after each file. A
     /// corrupt file is reported (and from now on fails every read of it), not an error.
     pub fn verify_files(&self, progress: &mut dyn FnMut(&VerifyReport)) -> Result<VerifyReport> {
-        let s = self.shared();
-        // The file list first (Arc clones under each partition's lock), the reading after.
-        let mut files = Vec::new();
-        for t in s.tables.read().values() {
-            for (p, part) in t.partitions.iter().enumerate() {
-                for c in &part.read().chunks {
-                    if let Chunk::Disk(d) = c {
-                        files.push((t.schema.name.clone(), p as u32, Arc::clone(d)));
-                    }
-                }
-            }
-        }
+        let files = disk_files(self.shared());
         let mut report = VerifyReport {
             files: files.len() as u64,
             ..VerifyReport::default()

@@ -80,6 +80,12 @@ struct Cli {
     #[arg(long, env = "ZEPTO_SEAL_IDLE", default_value = "120s")]
     seal_idle: String,
 
+    /// Average bytes per second a background thread reads to check HDB files nobody has read
+    /// since the server started against their content checksums (ADR 0015); 0 = off (files
+    /// are still checked when first read).
+    #[arg(long, env = "ZEPTO_SCRUB_BANDWIDTH", default_value_t = 64 << 20)]
+    scrub_bandwidth: u64,
+
     /// When an INSERT is acknowledged: `local` (after the local fdatasync) or `replicated`
     /// (after the replica's fsync too; on a single node this is the same as `local`).
     /// Default: `local` on a single node, `replicated` in cluster mode.
@@ -111,8 +117,8 @@ struct Cli {
     inline_query_rows: u64,
 
     /// How much lower than queries the ingest path runs (Linux thread niceness, 0-19): the
-    /// ingest decode threads, the WAL writer and the maintenance thread add it to their own,
-    /// so a query gets a core first while ingest runs. 0 = the same priority as queries.
+    /// ingest decode threads, the WAL writer, the maintenance thread and the background HDB
+    /// check add it to their own, so a query gets a core first while ingest runs. 0 = the same priority as queries.
     #[arg(long, env = "ZEPTO_INGEST_NICE", default_value_t = 10)]
     ingest_nice: i32,
 
@@ -198,6 +204,7 @@ struct FileConfig {
     http_addr: Option<String>,
     checkpoint_interval: Option<String>,
     seal_idle: Option<String>,
+    scrub_bandwidth: Option<u64>,
     ack: Option<AckPolicy>,
     admin_key: Option<String>,
     api_keys_file: Option<PathBuf>,
@@ -247,6 +254,7 @@ pub(crate) struct Config {
     pub(crate) http_addr: SocketAddr,
     pub(crate) checkpoint_interval: Option<Duration>,
     pub(crate) seal_idle: Duration,
+    pub(crate) scrub_bandwidth: u64,
     pub(crate) ack: AckPolicy,
     pub(crate) admin_key: Option<String>,
     pub(crate) api_keys_file: Option<PathBuf>,
@@ -420,6 +428,11 @@ impl Config {
             http_addr,
             checkpoint_interval: (!checkpoint_interval.is_zero()).then_some(checkpoint_interval),
             seal_idle,
+            scrub_bandwidth: pick(
+                explicit("scrub_bandwidth"),
+                cli.scrub_bandwidth,
+                file.scrub_bandwidth,
+            ),
             ack,
             admin_key: if explicit("admin_key") {
                 cli.admin_key

@@ -91,6 +91,7 @@ impl Node {
         scfg.partitions = cfg.partitions;
         scfg.checkpoint_interval = cfg.checkpoint_interval;
         scfg.seal_idle = cfg.seal_idle;
+        scfg.scrub_bytes_per_sec = cfg.scrub_bandwidth;
         scfg.ring_capacity = cfg.ingest_queue_requests;
         scfg.ring_max_bytes = cfg.ingest_queue_bytes;
         scfg.wal_segment_bytes = cfg.wal_segment_bytes;

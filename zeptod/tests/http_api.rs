@@ -1001,7 +1001,7 @@ fn ingest_threads_run_below_the_query_threads() {
             .map(|t| t.1)
             .unwrap();
         let want = (base + lower).min(19);
-        for name in ["zepto-ingest-0", "zepto-wal", "zepto-maint"] {
+        for name in ["zepto-ingest-0", "zepto-wal", "zepto-maint", "zepto-scrub"] {
             let got = threads.iter().find(|(n, _)| n == name);
             assert_eq!(got.map(|t| t.1), Some(want), "{name} in {threads:?}");
         }

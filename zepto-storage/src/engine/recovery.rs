@@ -274,6 +274,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
         counters: Counters::default(),
         stop: AtomicBool::new(false),
         wake: (Mutex::new(false), Condvar::new()),
+        scrub_wake: (Mutex::new(()), Condvar::new()),
         recovery: Mutex::new(info),
         epochs: epochs.into_iter().map(AtomicU64::new).collect(),
         next_seq: next_seq.iter().map(|&s| AtomicU64::new(s)).collect(),

@@ -13,6 +13,8 @@ fn config(dir: &Path) -> Config {
     let mut c = Config::new(dir);
     c.partitions = 8;
     c.checkpoint_interval = None;
+    // Tests that count checked files must not race the background check.
+    c.scrub_bytes_per_sec = 0;
     c
 }
 
@@ -291,6 +293,55 @@ fn a_changed_hdb_value_fails_the_reads_of_its_file_and_verify_names_it() {
         .map(|b| b.num_rows())
         .sum();
     assert!(rows_left > 0 && rows_left < 3000);
+}
+
+#[test]
+fn the_background_check_finds_a_changed_value_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_with_table(dir.path());
+        db.insert("trades", rows(0..3000)).unwrap();
+        db.flush().unwrap();
+        db.checkpoint().unwrap();
+    }
+    let needle = 2345i64.to_le_bytes();
+    let changed = walk(&dir.path().join("hdb")).into_iter().any(|f| {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let Some(at) = bytes.windows(8).position(|w| w == needle) else {
+            return false;
+        };
+        bytes[at] ^= 0x01;
+        std::fs::write(&f, &bytes).unwrap();
+        true
+    });
+    assert!(changed);
+    let mut c = config(dir.path());
+    c.scrub_bytes_per_sec = 1 << 30;
+    let db = Db::open(c).unwrap();
+    let files = db.stats().disk_chunks;
+    // No query: the background check reads every file by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = db.stats();
+        if st.disk_chunks_verified + st.disk_chunks_corrupt == files {
+            assert_eq!(
+                (st.disk_chunks_verified, st.disk_chunks_corrupt),
+                (files - 1, 1)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background check stalled: {st:?}"
+        );
+        std::thread::yield_now();
+    }
+    let r = db.verify_files(&mut |_| {}).unwrap();
+    assert_eq!((r.checked_now, r.corrupt.len()), (0, 1), "{r:?}");
+    // Closing does not wait for the check's pacing.
+    let started = Instant::now();
+    db.close().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

@@ -298,6 +298,7 @@ async fn load_into(store: &Store, req: &RestoreRequest, work: &Path) -> Result<R
         let mut cfg = zepto_storage::Config::new(data.clone());
         cfg.partitions = partitions;
         cfg.checkpoint_interval = None;
+        cfg.scrub_bytes_per_sec = 0; // a short-lived open that writes every file itself
         let db = zepto_storage::Db::open(cfg).map_err(crate::db::storage_error)?;
         let mut names = BTreeMap::new();
         for t in &verified.manifest.tables {

@@ -73,6 +73,26 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             }
         }
     }
+    // Without a checkpoint, replay starts at the WAL's first segment. Segments are recycled
+    // only once a checkpoint covers them, so a WAL that no longer starts at segment 1 means
+    // the rows before it lived only in checkpoints that are gone or unusable: refuse to open
+    // rather than come up without them.
+    if chosen.is_none() {
+        if let Some((first, path)) = crate::wal::list_segments(&dir.join("wal"))?.first() {
+            if *first > 1 {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "no usable checkpoint, and the WAL starts at segment {first}: the rows \
+                         of the recycled segments before it were only in a checkpoint \
+                         (unusable ones are kept as checkpoints/*.corrupt); restore a backup \
+                         or repair that checkpoint"
+                    ),
+                });
+            }
+        }
+    }
     let mut next_seq = vec![0u64; partitions as usize];
     let mut epochs = vec![0u64; partitions as usize];
     let mut last_epoch = vec![0u64; partitions as usize];

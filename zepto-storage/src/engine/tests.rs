@@ -1340,6 +1340,35 @@ fn a_changed_value_in_the_newest_checkpoint_falls_back_to_the_older_one() {
     assert!(newest.with_extension("corrupt").is_dir());
 }
 
+#[test]
+fn losing_the_only_checkpoint_after_the_wal_was_recycled_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = |d: &Path| {
+        let mut c = config(d);
+        c.wal_segment_bytes = 4096;
+        c
+    };
+    {
+        let db = Db::open(small(dir.path())).unwrap();
+        db.create_table(trades_schema()).unwrap();
+        for i in 0..20 {
+            db.insert("trades", rows(i * 50..(i + 1) * 50)).unwrap();
+        }
+        db.checkpoint().unwrap(); // the only checkpoint; the segments before it are recycled
+    }
+    let first = crate::wal::list_segments(&dir.path().join("wal")).unwrap()[0].0;
+    assert!(first > 1, "segments were recycled (first is {first})");
+    let only = crate::checkpoint::list_checkpoints(dir.path()).unwrap()[0]
+        .1
+        .clone();
+    std::fs::write(only.join("MANIFEST.json"), b"{ not json").unwrap();
+    for _ in 0..2 {
+        let e = Db::open(small(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("no usable checkpoint"), "{e}");
+    }
+    assert!(only.with_extension("corrupt").is_dir());
+}
+
 /// Found by the chaos suite (a SIGTERMed node logged "final checkpoint" and never exited):
 /// `close` told the writer to stop while the maintenance thread was taking an automatic
 /// checkpoint; its cut request queued behind the stop was never answered (a crossbeam

@@ -97,8 +97,9 @@ pub struct Config {
     pub max_memory_bytes: usize,
     /// How often maintenance looks for work when nothing wakes it.
     pub maintenance_interval: Duration,
-    /// Niceness the WAL writer and maintenance threads add to their own (Linux), so that
-    /// queries get the cores first while ingest runs (see [`crate::priority`]); 0 = none.
+    /// Niceness the WAL writer, maintenance and background-check threads add to their own
+    /// (Linux), so that queries get the cores first while ingest runs (see
+    /// [`crate::priority`]); 0 = none.
     pub background_nice: i32,
     /// Average bytes per second the background check of unread HDB files reads (ADR 0015);
     /// 0 = no background check (files are still checked when first read).
@@ -362,7 +363,7 @@ impl Inner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        // The first thread is the WAL writer, the others maintenance.
+        // The first thread is the WAL writer, the others maintenance and the background check.
         let mut threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
         let writer = (!threads.is_empty()).then(|| threads.remove(0));
         // Maintenance stops first: a checkpoint it is taking waits for the writer to answer

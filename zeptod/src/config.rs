@@ -118,7 +118,8 @@ struct Cli {
 
     /// How much lower than queries the ingest path runs (Linux thread niceness, 0-19): the
     /// ingest decode threads, the WAL writer, the maintenance thread and the background HDB
-    /// check add it to their own, so a query gets a core first while ingest runs. 0 = the same priority as queries.
+    /// check add it to their own, so a query gets a core first while ingest runs. 0 = the
+    /// same priority as queries.
     #[arg(long, env = "ZEPTO_INGEST_NICE", default_value_t = 10)]
     ingest_nice: i32,
 

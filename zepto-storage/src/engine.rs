@@ -878,6 +878,17 @@ impl Db {
         Ok(report)
     }
 
+    /// Partitions holding an HDB file known to be corrupt (found by a read, the background
+    /// check or [`Db::verify_files`]; nothing is read here). Walks every chunk under the
+    /// partitions' read locks: callers on a hot path cache the answer.
+    pub fn corrupt_partitions(&self) -> std::collections::BTreeSet<u32> {
+        disk_files(self.shared())
+            .into_iter()
+            .filter(|(_, _, d)| matches!(d.verified(), Some(Verified::Corrupt { .. })))
+            .map(|(_, p, _)| p)
+            .collect()
+    }
+
     /// Take a checkpoint now (blocking). Concurrent calls run one after the other.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
         maintenance::checkpoint(&self.inner.shared, &self.inner.ring)

@@ -332,6 +332,8 @@ pub(crate) async fn serve(
         next_seq = log.next_seq,
         "partition replaced by a copy from its primary"
     );
+    // The copy replaced every file of the partition, a corrupt one included (ADR 0015).
+    dp.forget_corrupt_partitions();
     Ok(InstallResponse {
         position: Some(ReplicaPosition {
             partition: p,

@@ -64,6 +64,9 @@ pub(crate) struct DataPlane {
     /// empty data directory and has not yet made sure it is no longer primary or in-sync
     /// replica of anything): it serves no write and no query part.
     lost_data: std::sync::atomic::AtomicBool,
+    /// Partitions with an HDB file known to be corrupt here, and when that was looked up
+    /// (see [`DataPlane::corrupt_partitions`]).
+    corrupt: Mutex<(Option<Instant>, std::collections::BTreeSet<u32>)>,
 }
 
 #[derive(Debug, Default)]
@@ -142,7 +145,25 @@ impl DataPlane {
             copy_bytes: std::sync::atomic::AtomicU64::new(0),
             catch_up_bytes: std::sync::atomic::AtomicU64::new(0),
             lost_data: std::sync::atomic::AtomicBool::new(false),
+            corrupt: Mutex::new((None, std::collections::BTreeSet::new())),
         })
+    }
+
+    /// Partitions whose copy here has an HDB file known to be corrupt (ADR 0015), looked up
+    /// at most once a second (the lookup walks every chunk; replication asks on every call).
+    pub(crate) fn corrupt_partitions(&self, node: &Node) -> std::collections::BTreeSet<u32> {
+        let mut c = self.corrupt.lock();
+        if c.0
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            *c = (Some(Instant::now()), node.storage().corrupt_partitions());
+        }
+        c.1.clone()
+    }
+
+    /// Look the corrupt partitions up afresh next time (a copy just replaced a partition).
+    pub(crate) fn forget_corrupt_partitions(&self) {
+        self.corrupt.lock().0 = None;
     }
 
     /// Admit a write this node applies as a primary: refused when the lease ran out

@@ -912,9 +912,24 @@ pub(crate) async fn serve(
     }
     let mut gap = false;
     let mut diverged = Vec::new();
-    if !req.records.is_empty() {
-        let records: Vec<ReplicatedRecord> = req
-            .records
+    // A partition whose copy here has a corrupt HDB file (ADR 0015) answers as divergent:
+    // its primary then replaces the copy whole (ADR 0009), corrupt file included. Its
+    // records are not applied meanwhile.
+    let corrupt = dp.corrupt_partitions(&node);
+    for &p in named.iter().filter(|p| corrupt.contains(p)) {
+        tracing::error!(
+            partition = p,
+            "this copy has a corrupt HDB file; asking the primary for a full copy"
+        );
+        diverged.push(p);
+    }
+    let records: Vec<_> = req
+        .records
+        .into_iter()
+        .filter(|r| !corrupt.contains(&r.partition))
+        .collect();
+    if !records.is_empty() {
+        let records: Vec<ReplicatedRecord> = records
             .into_iter()
             .map(|r| ReplicatedRecord {
                 partition: r.partition,

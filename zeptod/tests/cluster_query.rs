@@ -492,30 +492,29 @@ fn a_hung_node_is_read_around_once_the_map_says_so() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
-/// ADR 0015: a node whose HDB file fails its content checksum does not fail the query; the
-/// part is read from the partition's other copy, whichever node coordinates.
-#[test]
-fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
-    let _g = serial();
+/// A 3-node cluster (`--seal-idle 1s`) with `table (ts, symbol, id)` holding 4000 rows
+/// (ids `base..base + 4000`, every partition) in HDB files on every node, then node 2
+/// stopped, one stored id in each of its HDB files flipped by a bit, and node 2 started again
+/// without the background check (so the damage stays unknown until something reads it: a
+/// known one in a replica copy is replaced at once, see the second test below).
+fn cluster_with_damaged_node2(table: &str, base: i64) -> Cluster {
     let mut c = Cluster::start_with(3, &["--seal-idle", "1s"]);
     c.wait_ready();
-    c.node(1)
-        .sql_ok("CREATE TABLE cs (ts TIMESTAMP, symbol SYMBOL, id BIGINT)");
+    c.node(1).sql_ok(&format!(
+        "CREATE TABLE {table} (ts TIMESTAMP, symbol SYMBOL, id BIGINT)"
+    ));
     for id in c.live() {
         wait_until("table everywhere", Duration::from_secs(10), || {
             show_tables(c.node(id))
-                .contains(&"cs".to_string())
+                .contains(&table.to_string())
                 .then_some(())
         });
     }
-    const BASE: i64 = 5_000_000;
     let body: String = (0..4000i64)
-        .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, BASE + i))
+        .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, base + i))
         .collect();
-    let r = csv_insert(c.node(1), "cs", &body);
+    let r = csv_insert(c.node(1), table, &body);
     assert_eq!(r.json()["inserted"], 4000, "{}", r.text());
-    let want = format!("{},4000\n", (0..4000i64).map(|i| BASE + i).sum::<i64>());
-    let q = "SELECT sum(id), count(*) FROM cs FORMAT CSV";
     // Idle for --seal-idle: every copy is written to HDB files.
     for id in 1..=3 {
         wait_until("every copy in HDB", Duration::from_secs(60), || {
@@ -523,12 +522,11 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
             (s.metric("zepto_memory_rows") == 0 && s.metric("zepto_hdb_chunks") > 0).then_some(())
         });
     }
-    // Node 2 stops; one stored id in each of its HDB files gets a flipped bit.
     let mut s = c.nodes[1].take().unwrap();
     s.signal(libc::SIGTERM);
     assert!(s.wait_exit(Duration::from_secs(60)).success());
     let ids: std::collections::HashSet<[u8; 8]> =
-        (0..4000i64).map(|i| (BASE + i).to_le_bytes()).collect();
+        (0..4000i64).map(|i| (base + i).to_le_bytes()).collect();
     let mut changed = 0;
     for f in harness::files_under(&c.dir.path().join("node2").join("hdb")) {
         let mut bytes = std::fs::read(&f).unwrap();
@@ -538,11 +536,21 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
             changed += 1;
         }
     }
-    assert!(changed > 0, "node 2 holds HDB files of cs");
-    // Without the background check, the damage stays unknown until a query reads it (known,
-    // a replica copy would be replaced at once, see the next test).
+    assert!(changed > 0, "node 2 holds HDB files of {table}");
     c.restart(2, &["--seal-idle", "1s", "--scrub-bandwidth", "0"]);
     c.node(2).wait_ready();
+    c
+}
+
+/// ADR 0015: a node whose HDB file fails its content checksum does not fail the query; the
+/// part is read from the partition's other copy, whichever node coordinates.
+#[test]
+fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
+    let _g = serial();
+    const BASE: i64 = 5_000_000;
+    let c = cluster_with_damaged_node2("cs", BASE);
+    let want = format!("{},4000\n", (0..4000i64).map(|i| BASE + i).sum::<i64>());
+    let q = "SELECT sum(id), count(*) FROM cs FORMAT CSV";
     // Node 2 handed its primaries over when it stopped; wait until the rebalancer gives it
     // some back, so that queries read its copies first.
     wait_until(
@@ -590,51 +598,20 @@ fn corrupt_partitions(s: &Server) -> std::collections::BTreeSet<u64> {
 #[test]
 fn a_replica_copy_with_a_corrupt_hdb_file_is_copied_again_at_the_next_write() {
     let _g = serial();
-    let mut c = Cluster::start_with(3, &["--seal-idle", "1s"]);
-    c.wait_ready();
-    c.node(1)
-        .sql_ok("CREATE TABLE rc (ts TIMESTAMP, symbol SYMBOL, id BIGINT)");
-    for id in c.live() {
-        wait_until("table everywhere", Duration::from_secs(10), || {
-            show_tables(c.node(id))
-                .contains(&"rc".to_string())
-                .then_some(())
-        });
-    }
-    let mut next_id = 0i64;
-    let mut sum = 0i64;
+    const BASE: i64 = 9_000_000;
+    let c = cluster_with_damaged_node2("rc", BASE);
+    let mut next_id = 4000i64;
+    let mut sum: i64 = (0..4000i64).map(|i| BASE + i).sum();
     let mut insert = |c: &Cluster, n: i64| {
         let body: String = (next_id..next_id + n)
-            .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, 9_000_000 + i))
+            .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, BASE + i))
             .collect();
         let r = csv_insert(c.node(1), "rc", &body);
         assert_eq!(r.status, 200, "{}", r.text());
-        sum += (next_id..next_id + n).map(|i| 9_000_000 + i).sum::<i64>();
+        sum += (next_id..next_id + n).map(|i| BASE + i).sum::<i64>();
         next_id += n;
     };
-    insert(&c, 4000);
-    for id in 1..=3 {
-        wait_until("every copy in HDB", Duration::from_secs(60), || {
-            let s = c.node(id);
-            (s.metric("zepto_memory_rows") == 0 && s.metric("zepto_hdb_chunks") > 0).then_some(())
-        });
-    }
-    let mut s = c.nodes[1].take().unwrap();
-    s.signal(libc::SIGTERM);
-    assert!(s.wait_exit(Duration::from_secs(60)).success());
-    let ids: std::collections::HashSet<[u8; 8]> = (0..4000i64)
-        .map(|i| (9_000_000 + i).to_le_bytes())
-        .collect();
-    for f in harness::files_under(&c.dir.path().join("node2").join("hdb")) {
-        let mut bytes = std::fs::read(&f).unwrap();
-        if let Some(at) = bytes.windows(8).position(|w| ids.contains(w)) {
-            bytes[at] ^= 0x08;
-            std::fs::write(&f, &bytes).unwrap();
-        }
-    }
-    // The background check off: the damage becomes known when /admin/verify reads it.
-    c.restart(2, &["--seal-idle", "1s", "--scrub-bandwidth", "0"]);
-    c.node(2).wait_ready();
+    // The damage becomes known when /admin/verify reads it.
     let before = corrupt_partitions(c.node(2));
     assert!(!before.is_empty());
     // Writes reach every partition; node 2's replica copies get replaced. (Copies it leads

@@ -500,16 +500,7 @@ fn a_hung_node_is_read_around_once_the_map_says_so() {
 fn cluster_with_damaged_node2(table: &str, base: i64) -> Cluster {
     let mut c = Cluster::start_with(3, &["--seal-idle", "1s"]);
     c.wait_ready();
-    c.node(1).sql_ok(&format!(
-        "CREATE TABLE {table} (ts TIMESTAMP, symbol SYMBOL, id BIGINT)"
-    ));
-    for id in c.live() {
-        wait_until("table everywhere", Duration::from_secs(10), || {
-            show_tables(c.node(id))
-                .contains(&table.to_string())
-                .then_some(())
-        });
-    }
+    cluster_support::create_id_table(&c, table);
     let body: String = (0..4000i64)
         .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, base + i))
         .collect();

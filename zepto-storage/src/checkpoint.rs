@@ -366,12 +366,6 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     Ok(m)
 }
 
-/// Read a memory chunk saved in a checkpoint into the heap, its values checked against the
-/// file's checksum.
-pub(crate) fn read_memory_chunk(path: &Path) -> Result<Vec<RecordBatch>> {
-    crate::hdb::read_ipc_file_checked(path)
-}
-
 /// Delete checkpoints beyond the newest [`KEEP_CHECKPOINTS`]; returns the WAL position the
 /// oldest kept one needs (everything before it may go).
 pub(crate) fn prune_checkpoints(data_dir: &Path) -> Result<Option<WalPosition>> {

@@ -879,9 +879,13 @@ impl Db {
     }
 
     /// Partitions holding an HDB file known to be corrupt (found by a read, the background
-    /// check or [`Db::verify_files`]; nothing is read here). Walks every chunk under the
-    /// partitions' read locks: callers on a hot path cache the answer.
+    /// check or [`Db::verify_files`]; nothing is read here). Free while no file in the
+    /// process was ever found corrupt; otherwise it walks every chunk under the partitions'
+    /// read locks, so callers on a hot path cache the answer.
     pub fn corrupt_partitions(&self) -> std::collections::BTreeSet<u32> {
+        if !crate::hdb::any_corrupt() {
+            return std::collections::BTreeSet::new();
+        }
         disk_files(self.shared())
             .into_iter()
             .filter(|(_, _, d)| matches!(d.verified(), Some(Verified::Corrupt { .. })))

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arrow::buffer::Buffer;
@@ -98,6 +99,15 @@ impl<W: Write> Write for CrcWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Set once any chunk file in this process was found corrupt: until then a lookup of the
+/// corrupt files (replication asks on every call) needs no walk over every chunk.
+static ANY_CORRUPT: AtomicBool = AtomicBool::new(false);
+
+/// Whether any chunk file in this process was ever found corrupt.
+pub(crate) fn any_corrupt() -> bool {
+    ANY_CORRUPT.load(Ordering::Relaxed)
 }
 
 /// What checking a file's values found (see the module doc).
@@ -425,6 +435,7 @@ impl DiskChunk {
     ) -> DiskChunk {
         let path = data_dir.join(rel_path);
         let file_bytes = fs::metadata(&path).map_or(0, |m| m.len());
+        ANY_CORRUPT.store(true, Ordering::Relaxed);
         DiskChunk {
             bucket,
             seq,
@@ -459,6 +470,7 @@ impl DiskChunk {
             Some(sum) => match sum.check(&self.path, &self.file) {
                 Ok(()) => Verified::Good,
                 Err(e) => {
+                    ANY_CORRUPT.store(true, Ordering::Relaxed);
                     tracing::error!(file = %self.path.display(), error = %e, "HDB file is corrupt");
                     match e {
                         Error::Corrupt { offset, reason, .. } => {

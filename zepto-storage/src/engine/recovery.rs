@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::catalog::{check_identity, prepare_data_dir, Catalog};
-use crate::checkpoint::{list_checkpoints, load_manifest, read_memory_chunk, ChunkKind, Manifest};
+use crate::checkpoint::{list_checkpoints, load_manifest, ChunkKind, Manifest};
 use crate::codec::{decode_rows, payload_table_id};
 use crate::engine::{Config, Counters, RecoveryInfo, Shared};
 use crate::error::{Error, IoContext, Result};
@@ -327,7 +327,8 @@ fn read_memory_chunks(
     let mut out = HashMap::new();
     for mt in m.tables.iter().filter(|t| live.contains_key(&t.id)) {
         for c in mt.chunks.iter().filter(|c| c.kind == ChunkKind::Memory) {
-            out.insert(c.file.clone(), read_memory_chunk(&cdir.join(&c.file))?);
+            let batches = crate::hdb::read_ipc_file_checked(&cdir.join(&c.file))?;
+            out.insert(c.file.clone(), batches);
         }
     }
     Ok(out)

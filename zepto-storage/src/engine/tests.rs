@@ -237,18 +237,8 @@ fn a_changed_hdb_value_fails_the_reads_of_its_file_and_verify_names_it() {
         assert!(r.files > 1 && r.checked_before == r.files, "{r:?}");
     }
     // Flip one bit of row 1234's volume (its id) in whichever file holds it.
-    let needle = 1234i64.to_le_bytes();
-    let mut hit = None;
-    for f in walk(&dir.path().join("hdb")) {
-        let mut bytes = std::fs::read(&f).unwrap();
-        if let Some(at) = bytes.windows(8).position(|w| w == needle) {
-            bytes[at] ^= 0x01;
-            std::fs::write(&f, &bytes).unwrap();
-            hit = Some(f);
-            break;
-        }
-    }
-    let hit = hit.expect("row 1234 is in an HDB file");
+    let hit = flip_stored_bit(&dir.path().join("hdb"), 1234, 0, 0x01)
+        .expect("row 1234 is in an HDB file");
     let name = hit.file_name().unwrap().to_str().unwrap().to_string();
     let db = Db::open(config(dir.path())).unwrap();
     assert_eq!(db.stats().disk_chunks_verified, 0);
@@ -304,17 +294,7 @@ fn the_background_check_finds_a_changed_value_nobody_reads() {
         db.flush().unwrap();
         db.checkpoint().unwrap();
     }
-    let needle = 2345i64.to_le_bytes();
-    let changed = walk(&dir.path().join("hdb")).into_iter().any(|f| {
-        let mut bytes = std::fs::read(&f).unwrap();
-        let Some(at) = bytes.windows(8).position(|w| w == needle) else {
-            return false;
-        };
-        bytes[at] ^= 0x01;
-        std::fs::write(&f, &bytes).unwrap();
-        true
-    });
-    assert!(changed);
+    assert!(flip_stored_bit(&dir.path().join("hdb"), 2345, 0, 0x01).is_some());
     let mut c = config(dir.path());
     c.scrub_bytes_per_sec = 1 << 30;
     let db = Db::open(c).unwrap();
@@ -387,6 +367,21 @@ fn an_hdb_file_that_does_not_decode_fails_its_reads_not_the_open() {
     let db = Db::open(config(dir.path())).unwrap();
     assert_eq!(db.stats().disk_chunks, files.len() as u64);
     assert_eq!(db.count_rows(&ScanRequest::all("trades")).unwrap().0, 3000);
+}
+
+/// In the first file under `dir` that stores the i64 `value`, flip `mask` in its byte
+/// `byte`; returns that file.
+fn flip_stored_bit(dir: &Path, value: i64, byte: usize, mask: u8) -> Option<PathBuf> {
+    let needle = value.to_le_bytes();
+    walk(dir).into_iter().find(|f| {
+        let mut bytes = std::fs::read(f).unwrap();
+        let Some(at) = bytes.windows(8).position(|w| w == needle) else {
+            return false;
+        };
+        bytes[at + byte] ^= mask;
+        std::fs::write(f, &bytes).unwrap();
+        true
+    })
 }
 
 /// Every file under `dir`, recursively.
@@ -1323,17 +1318,10 @@ fn a_changed_value_in_the_newest_checkpoint_falls_back_to_the_older_one() {
         .1
         .clone();
     // One bit of row 450's id in the newest checkpoint's files: the file still decodes.
-    let needle = 450i64.to_le_bytes();
-    let changed = walk(&newest).into_iter().any(|f| {
-        let mut bytes = std::fs::read(&f).unwrap();
-        let Some(at) = bytes.windows(8).position(|w| w == needle) else {
-            return false;
-        };
-        bytes[at + 1] ^= 0x10;
-        std::fs::write(&f, &bytes).unwrap();
-        true
-    });
-    assert!(changed, "row 450 is in the newest checkpoint");
+    assert!(
+        flip_stored_bit(&newest, 450, 1, 0x10).is_some(),
+        "row 450 is in the newest checkpoint"
+    );
     let db = Db::open(config(dir.path())).unwrap();
     // The older checkpoint plus the WAL hold every row, unchanged.
     assert_eq!(contents(&db), expected(0..600));

@@ -150,7 +150,8 @@ impl DataPlane {
     }
 
     /// Partitions whose copy here has an HDB file known to be corrupt (ADR 0015), looked up
-    /// at most once a second (the lookup walks every chunk; replication asks on every call).
+    /// at most once a second (once a file was found corrupt the lookup walks every chunk, and
+    /// replication asks on every call).
     pub(crate) fn corrupt_partitions(&self, node: &Node) -> std::collections::BTreeSet<u32> {
         let mut c = self.corrupt.lock();
         if c.0

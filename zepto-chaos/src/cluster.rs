@@ -222,6 +222,10 @@ impl Cluster {
             // stop sending first, so none has its request cut by the exit.
             "--drain-delay".into(),
             "1s".into(),
+            // Copies the map put elsewhere (after a failover, a replacement) are deleted 1 s
+            // later (ADR 0016; default 5 min): the runs check no release loses a write.
+            "--release-after".into(),
+            "1s".into(),
         ];
         Ok(NodeSpec {
             id,

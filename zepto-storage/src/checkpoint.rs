@@ -75,7 +75,17 @@ pub(crate) struct ImportSwap {
     pub(crate) last_epoch_start: u64,
     /// (table id, chunks)
     pub(crate) tables: Vec<(u32, Vec<Chunk>)>,
-    pub(crate) reply: crossbeam_channel::Sender<Result<Capture>>,
+    pub(crate) reply: crossbeam_channel::Sender<Result<Swapped>>,
+}
+
+/// What an [`ImportSwap`] did: the cut right after it, and the HDB files (paths relative to
+/// the data directory) of the chunks it took out of the partition. Those files are retired
+/// once the cut is a checkpoint (see [`files_named_by_kept`]), never before: until then the
+/// newest checkpoint still names them.
+#[derive(Debug)]
+pub(crate) struct Swapped {
+    pub(crate) capture: Capture,
+    pub(crate) replaced: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -345,6 +355,32 @@ pub(crate) fn load_manifest(dir: &Path) -> Result<Manifest> {
         }
     }
     Ok(m)
+}
+
+/// An HDB file a checkpoint names: (table id, partition, bucket, chunk number).
+pub(crate) type NamedFile = (u32, u32, i64, u32);
+
+/// The HDB files (by path relative to the data directory) named by the kept checkpoints
+/// other than `except`; `None` when one of them cannot be read (then nothing may be
+/// deleted on the strength of this answer).
+pub(crate) fn files_named_by_kept(
+    data_dir: &Path,
+    except: Option<u64>,
+) -> Option<HashMap<String, NamedFile>> {
+    let list = list_checkpoints(data_dir).ok()?;
+    let mut out = HashMap::new();
+    for (id, dir) in list.iter().take(KEEP_CHECKPOINTS) {
+        if Some(*id) == except {
+            continue;
+        }
+        let m = read_manifest(dir).ok()?;
+        for t in &m.tables {
+            for c in t.chunks.iter().filter(|c| c.kind == ChunkKind::Disk) {
+                out.insert(c.file.clone(), (t.id, c.partition, c.bucket, c.seq));
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Parse a checkpoint's manifest and check its version (no file checks).

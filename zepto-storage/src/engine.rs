@@ -290,6 +290,10 @@ pub(crate) struct Shared {
     /// Per partition replaced by an import: the WAL position of its cut (older records of
     /// the partition are another history and are never served by `wal_records_since`).
     pub(crate) wal_floors: Mutex<BTreeMap<u32, crate::wal::WalPosition>>,
+    /// HDB files (relative to `dir`) of chunks an import or a release took out of their
+    /// partition: deleted once no kept checkpoint names them (a checkpoint later, so that
+    /// recovery can still fall back to the older kept checkpoint).
+    pub(crate) retired: Mutex<Vec<String>>,
 }
 
 /// A function told of every group of records that just became durable (see

@@ -10,7 +10,7 @@
 //! Out-of-order rows are kept where they arrive; every piece knows whether it is in time
 //! order, scans filter unsorted pieces instead of binary searching them, and flushing sorts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -179,6 +179,11 @@ impl Chunk {
 #[derive(Debug, Default)]
 pub(crate) struct PartitionData {
     pub(crate) chunks: Vec<Chunk>,
+    /// Per time bucket: the first chunk number above every chunk an import or a release
+    /// took out of the partition. Their files may still be on disk (a kept checkpoint names
+    /// them until they are deleted), so a new chunk never reuses their numbers: its file
+    /// would be overwritten by, or deleted as, the retired one.
+    retired_below: HashMap<i64, u32>,
 }
 
 impl PartitionData {
@@ -194,8 +199,26 @@ impl PartitionData {
             .iter()
             .filter(|c| c.key().0 == bucket)
             .map(|c| c.key().1 + 1)
+            .chain(self.retired_below.get(&bucket).copied())
             .max()
             .unwrap_or(0)
+    }
+
+    /// Take every chunk out (an import or a release replaces them); returns them. New chunks
+    /// are numbered above them from now on.
+    pub(crate) fn take_all(&mut self) -> Vec<Chunk> {
+        let chunks = std::mem::take(&mut self.chunks);
+        for c in &chunks {
+            let (bucket, seq) = c.key();
+            self.retire_number(bucket, seq);
+        }
+        chunks
+    }
+
+    /// Chunk number `seq` of `bucket` belongs to a retired file: never give it out again.
+    pub(crate) fn retire_number(&mut self, bucket: i64, seq: u32) {
+        let e = self.retired_below.entry(bucket).or_insert(0);
+        *e = (*e).max(seq.saturating_add(1));
     }
 }
 

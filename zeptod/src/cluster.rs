@@ -25,6 +25,7 @@ pub(crate) mod ddl;
 pub(crate) mod driver;
 pub(crate) mod query;
 pub(crate) mod rebalance;
+pub(crate) mod release;
 pub(crate) mod replicate;
 pub(crate) mod route;
 
@@ -538,8 +539,12 @@ impl Cluster {
             out,
             "# HELP zepto_cluster_full_copies_sent_total Whole-partition copies sent to replicas.\n\
              # TYPE zepto_cluster_full_copies_sent_total counter\n\
-             zepto_cluster_full_copies_sent_total {}",
-            self.full_copies_sent()
+             zepto_cluster_full_copies_sent_total {}\n\
+             # HELP zepto_cluster_partitions_released_total Partitions deleted from this node after the map put all their copies elsewhere (--release-after).\n\
+             # TYPE zepto_cluster_partitions_released_total counter\n\
+             zepto_cluster_partitions_released_total {}",
+            self.full_copies_sent(),
+            self.data.released.load(std::sync::atomic::Ordering::Relaxed),
         );
         out
     }
@@ -601,9 +606,17 @@ impl Cluster {
     /// The database finished opening: the driver may now apply tables to it.
     pub(crate) async fn set_db(self: &Arc<Self>, node: Arc<Node>) {
         self.data.set_node(node.clone(), self.shutdown.clone());
-        let _ = self.events.send(Event::DbOpen(node)).await;
+        let _ = self.events.send(Event::DbOpen(node.clone())).await;
         tokio::spawn(insync_loop(self.clone(), self.shutdown.clone()));
         tokio::spawn(rebalance::run(self.clone(), self.shutdown.clone()));
+        if let Some(after) = self.cfg.release_after {
+            tokio::spawn(release::run(
+                self.data.clone(),
+                node,
+                after,
+                self.shutdown.clone(),
+            ));
+        }
     }
 
     /// Write rows through the cluster: each partition's rows on its primary, acknowledged

@@ -239,6 +239,7 @@ struct FileConfig {
     insecure_cluster: Option<bool>,
     accept_proxied_peers: Option<bool>,
     replace_after: Option<String>,
+    release_after: Option<String>,
     // Backups (see `crate::backup`).
     archive_url: Option<String>,
     archive_interval: Option<String>,
@@ -396,6 +397,7 @@ impl Config {
             insecure_cluster: file.insecure_cluster,
             accept_proxied_peers: file.accept_proxied_peers,
             replace_after: file.replace_after,
+            release_after: file.release_after,
             migration_bandwidth: file.migration_bandwidth,
             min_free_disk: file.min_free_disk,
         };

@@ -9,13 +9,13 @@ mod cluster_support;
 #[path = "support/harness.rs"]
 mod harness;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_support::*;
-use harness::{enc, promtool_check, tool, wait_until};
+use harness::{enc, promtool_check, tool, wait_until, Server};
 
 /// Start data node `id` (outside `--peers`) with its gRPC service on `addr` (a restart
 /// reuses the address: it is the node's identity), with `extra` flags.
@@ -569,6 +569,123 @@ fn a_data_node_with_a_wiped_disk_rejoins_and_gets_its_copies_back() {
             );
         }
     }
+}
+
+/// Partitions `s` holds a copy of in its node's map (`local_partitions` role not "none").
+fn held(s: &Server) -> BTreeSet<u64> {
+    local_partitions(s)
+        .iter()
+        .filter(|l| l["role"] != "none")
+        .map(|l| l["partition"].as_u64().unwrap())
+        .collect()
+}
+
+/// The HDB files node `n` has of `table`'s partition `p`.
+fn hdb_files_of(c: &Cluster, n: u64, table: &str, p: u64) -> Vec<std::path::PathBuf> {
+    let dir = c
+        .dir
+        .path()
+        .join(format!("node{n}"))
+        .join("hdb")
+        .join(table)
+        .join(p.to_string());
+    if dir.exists() {
+        harness::files_under(&dir)
+    } else {
+        Vec::new()
+    }
+}
+
+/// ADR 0016: the copies the rebalancer moved to a new node are deleted where they were
+/// (rows, log, HDB files) once the new copies are in sync, durably, and every answer stays
+/// whole.
+#[test]
+fn copies_moved_to_a_new_node_are_released_where_they_were() {
+    let _g = serial();
+    let flags = ["--seal-idle", "1s"]; // and --release-after 1s, as every test cluster
+    let mut c = Cluster::start_with(3, &flags);
+    c.wait_ready();
+    create_id_table(&c, "rl");
+    insert_per_partition(&c, "rl", 100);
+    for id in 1..=3 {
+        wait_until("every copy in HDB", Duration::from_secs(60), || {
+            let s = c.node(id);
+            (s.metric("zepto_memory_rows") == 0 && s.metric("zepto_hdb_chunks") > 0).then_some(())
+        });
+    }
+    let before: BTreeMap<u64, BTreeSet<u64>> = (1..=3).map(|n| (n, held(c.node(n)))).collect();
+    start_data_node(&mut c, 4, &fresh_addr(), &flags);
+    wait_until("balanced over 4 nodes", Duration::from_secs(90), || {
+        balanced(&c, &[1, 2, 3, 4])
+    });
+    // Copies nodes 1-3 had and the map has put elsewhere.
+    let moved: Vec<(u64, u64)> = (1..=3)
+        .flat_map(|n| {
+            let now = held(c.node(n));
+            before[&n]
+                .difference(&now)
+                .map(|&p| (n, p))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!moved.is_empty(), "the rebalancer moved copies to node 4");
+    for &(n, p) in &moved {
+        assert!(
+            !hdb_files_of(&c, n, "rl", p).is_empty(),
+            "node {n} had files of {p}"
+        );
+    }
+    wait_until("moved copies released", Duration::from_secs(60), || {
+        moved
+            .iter()
+            .all(|&(n, p)| {
+                let l = &local_partitions(c.node(n))[usize::try_from(p).unwrap()];
+                l["role"] == "none" && l["rows"] == 0 && l["next_seq"] == 0
+            })
+            .then_some(())
+    });
+    let released: u64 = (1..=3)
+        .map(|n| c.node(n).metric("zepto_cluster_partitions_released_total"))
+        .sum();
+    assert!(
+        released >= moved.len() as u64,
+        "{released} released, {} moved",
+        moved.len()
+    );
+    // The files go at the checkpoint after the release's own.
+    for n in 1..=3 {
+        let r = c.node(n).req("POST", "/admin/snapshot", b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for &(n, p) in &moved {
+        let left = hdb_files_of(&c, n, "rl", p);
+        assert!(
+            left.is_empty(),
+            "node {n} still has files of partition {p}: {left:?}"
+        );
+    }
+    for n in 1..=4 {
+        assert_eq!(c.node(n).count("rl"), 800, "count through node {n}");
+    }
+    // Durable: a node killed and restarted still holds nothing of them; answers are whole.
+    let (n, _) = moved[0];
+    c.kill9(n);
+    c.restart(n, &flags);
+    c.node(n).wait_ready();
+    for &(m, p) in moved.iter().filter(|(m, _)| *m == n) {
+        let l = &local_partitions(c.node(m))[usize::try_from(p).unwrap()];
+        if l["role"] == "none" {
+            assert_eq!(
+                (l["rows"].as_u64(), l["next_seq"].as_u64()),
+                (Some(0), Some(0)),
+                "{l}"
+            );
+        }
+    }
+    for n in 1..=4 {
+        assert_eq!(c.node(n).count("rl"), 800, "count through node {n}");
+    }
+    println!("released {released} copies moved off nodes 1-3: {moved:?}");
 }
 
 /// A stand-in for the Kubernetes API server's StatefulSet endpoint (the one read the chart's

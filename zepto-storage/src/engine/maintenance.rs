@@ -280,8 +280,45 @@ pub(super) fn write_out(
     if let Some(keep_from) = prune_checkpoints(&shared.dir)? {
         recycle_wal(shared, keep_from)?;
     }
+    delete_retired(shared);
     shared.faults.check("checkpoint::after_cleanup")?;
     Ok(info)
+}
+
+/// Delete the retired HDB files no kept checkpoint names any more (the caller holds the
+/// checkpoint lock, so no checkpoint is being written). A file that cannot be deleted now
+/// goes at the next start, as a file no checkpoint names.
+fn delete_retired(shared: &Shared) {
+    let mut retired = shared.retired.lock();
+    if retired.is_empty() {
+        return;
+    }
+    let Some(named) = crate::checkpoint::files_named_by_kept(&shared.dir, None) else {
+        return; // a kept manifest did not read: keep everything, try at the next checkpoint
+    };
+    let (gone, kept): (Vec<String>, Vec<String>) =
+        retired.drain(..).partition(|f| !named.contains_key(f));
+    *retired = kept;
+    drop(retired);
+    let mut bytes = 0u64;
+    for rel in &gone {
+        let path = shared.dir.join(rel);
+        bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a replaced HDB file; it is deleted at the next start");
+            }
+        }
+    }
+    if !gone.is_empty() {
+        tracing::info!(
+            files = gone.len(),
+            bytes,
+            "deleted HDB files of replaced or released partitions"
+        );
+    }
 }
 
 fn recycle_wal(shared: &Shared, keep_from: crate::wal::WalPosition) -> Result<()> {

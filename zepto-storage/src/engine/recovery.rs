@@ -1,6 +1,7 @@
 //! Opening a data directory: identity and catalog, the newest complete checkpoint, HDB
-//! files it references (others are leftovers of work after it and are removed), then WAL
-//! replay from the checkpoint's position and repair of the log's tail.
+//! files it references (files only the older kept checkpoint names are kept until it is
+//! pruned; others are leftovers of work after it and are removed), then WAL replay from the
+//! checkpoint's position and repair of the log's tail.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -202,6 +203,28 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
     // Files the checkpoint does not name were flushed after it: their rows come back from
     // the WAL. When recovery had to fall back past an unusable newer checkpoint, they are
     // moved aside instead (that checkpoint may have been their only reference).
+    // Files only the older kept checkpoint names (chunks an import or a release replaced)
+    // stay until it is pruned, so that recovery could still fall back to it; new chunks are
+    // numbered above them.
+    let mut retired = Vec::new();
+    if let Some((m, _)) = &chosen {
+        for (file, (table, partition, bucket, seq)) in
+            crate::checkpoint::files_named_by_kept(&dir, Some(m.id)).unwrap_or_default()
+        {
+            let path = dir.join(&file);
+            if referenced.contains(&path) || !path.is_file() {
+                continue;
+            }
+            if let Some(part) = by_id
+                .get(&table)
+                .and_then(|t| t.partitions.get(partition as usize))
+            {
+                part.write().retire_number(bucket, seq);
+            }
+            referenced.insert(path);
+            retired.push(file);
+        }
+    }
     let orphans = fell_back.then(|| dir.join("hdb-orphans"));
     remove_unreferenced_hdb(&dir.join("hdb"), &referenced, orphans.as_deref())?;
     // Partition imports that never committed: their staged files are of no use.
@@ -305,6 +328,7 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             .map(|_| std::sync::atomic::AtomicU8::new(super::IMPORT_IDLE))
             .collect(),
         wal_floors: Mutex::new(wal_floors),
+        retired: Mutex::new(retired),
     });
     Ok(Recovered {
         shared,

@@ -49,7 +49,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::{maintenance, Db, PartitionLog, IMPORT_BROKEN, IMPORT_IDLE, IMPORT_RUNNING};
 use crate::batch::{concat_batches, sort_by_ts, timestamps, ts_stats};
-use crate::checkpoint::ImportSwap;
+use crate::checkpoint::{ImportSwap, Swapped};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{create_dir_durable, fsync_dir};
 use crate::hdb::{chunk_rel_path, write_ipc_file, DiskChunk};
@@ -405,7 +405,25 @@ impl PartitionImport {
     /// checkpoints and flushes. A crash before it returns leaves the old partition. Refused
     /// with [`Error::Fenced`] when the node already knows a newer epoch for the partition.
     /// Blocking; takes a checkpoint.
-    pub fn finish(mut self, epoch: u64, log: PartitionLog) -> Result<()> {
+    pub fn finish(self, epoch: u64, log: PartitionLog) -> Result<()> {
+        self.commit(epoch, log, "partition imported")
+    }
+
+    /// Finish as an empty partition with an empty log (`next_seq` 0): what a node does with
+    /// a partition it holds no copy of any more. Nothing added so far is kept. The fencing
+    /// epoch stays (the node still refuses what older primaries send), writes to the
+    /// partition are accepted again afterwards, and its files are deleted once no kept
+    /// checkpoint names them (the next checkpoint). A later copy of the partition starts
+    /// from nothing: a catch-up from the primary's WAL start or a whole copy. Durable and
+    /// atomic like [`PartitionImport::finish`].
+    pub fn release(mut self) -> Result<()> {
+        self.tables.clear();
+        self.buffered_bytes = 0;
+        let epoch = self.db.shared().epochs[self.partition as usize].load(Ordering::Acquire);
+        self.commit(epoch, PartitionLog::default(), "partition released")
+    }
+
+    fn commit(mut self, epoch: u64, log: PartitionLog, done: &'static str) -> Result<()> {
         let next_seq = log.next_seq;
         let db = self.db.clone();
         let s = db.shared();
@@ -442,7 +460,7 @@ impl PartitionImport {
                 reply: tx,
             }))
             .and_then(|()| rx.recv().map_err(|_| Error::Shutdown)?);
-        let capture = match swapped {
+        let Swapped { capture, replaced } = match swapped {
             Ok(c) => c,
             Err(e) => {
                 // Nothing was swapped: the partition is as it was.
@@ -466,7 +484,10 @@ impl PartitionImport {
             self.remove_staging();
             return Err(e);
         }
-        // Committed. (An error armed here is reported, but the import is durable.)
+        // Committed. (An error armed here is reported, but the import is durable.) The
+        // replaced files go once the older kept checkpoint no longer names them.
+        let replaced_files = replaced.len();
+        s.retired.lock().extend(replaced);
         let after = s.faults.check("import::after_commit");
         s.importing[p as usize].store(IMPORT_IDLE, Ordering::Release);
         self.settled = true;
@@ -476,7 +497,8 @@ impl PartitionImport {
             epoch,
             next_seq,
             files = self.staged_files,
-            "partition imported"
+            replaced_files,
+            "{done}"
         );
         after
     }

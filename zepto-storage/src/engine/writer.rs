@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::checkpoint::{Capture, CapturedTable, ImportSwap, PartitionCut};
+use crate::checkpoint::{Capture, CapturedTable, ImportSwap, PartitionCut, Swapped};
 use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::ingest::{CommittedRecord, Request, WriteReceipt, WriteRequest};
@@ -453,10 +453,15 @@ fn import_swap(shared: &Shared, wal: &WalWriter, seqs: &mut Sequences, swap: Imp
     }
     let mut given: std::collections::HashMap<u32, Vec<crate::rdb::Chunk>> =
         swap.tables.into_iter().collect();
+    let mut replaced = Vec::new();
     for t in shared.tables.read().values() {
         if let Some(part) = t.partitions.get(p) {
             let mut part = part.write();
-            part.chunks.clear();
+            for c in part.take_all() {
+                if let crate::rdb::Chunk::Disk(d) = c {
+                    replaced.push(d.rel_path.clone());
+                }
+            }
             for c in given.remove(&t.id).unwrap_or_default() {
                 part.insert(c);
             }
@@ -475,5 +480,8 @@ fn import_swap(shared: &Shared, wal: &WalWriter, seqs: &mut Sequences, swap: Imp
         .wal_floors
         .lock()
         .insert(swap.partition, wal.position());
-    let _ = swap.reply.send(Ok(capture(shared, wal, seqs)));
+    let _ = swap.reply.send(Ok(Swapped {
+        capture: capture(shared, wal, seqs),
+        replaced,
+    }));
 }

@@ -60,6 +60,8 @@ pub(crate) struct DataPlane {
     pub(crate) copy_bytes: std::sync::atomic::AtomicU64,
     /// WAL payload bytes sent to catch replicas up (not the live stream) since start.
     pub(crate) catch_up_bytes: std::sync::atomic::AtomicU64,
+    /// Partitions released here since start (copies the map put elsewhere, ADR 0016).
+    pub(crate) released: std::sync::atomic::AtomicU64,
     /// Set while this node may have lost data the map says it holds (it started with an
     /// empty data directory and has not yet made sure it is no longer primary or in-sync
     /// replica of anything): it serves no write and no query part.
@@ -144,6 +146,7 @@ impl DataPlane {
             bandwidth: std::sync::atomic::AtomicU64::new(0),
             copy_bytes: std::sync::atomic::AtomicU64::new(0),
             catch_up_bytes: std::sync::atomic::AtomicU64::new(0),
+            released: std::sync::atomic::AtomicU64::new(0),
             lost_data: std::sync::atomic::AtomicBool::new(false),
             corrupt: Mutex::new((None, std::collections::BTreeSet::new())),
         })

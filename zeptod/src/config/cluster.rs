@@ -89,6 +89,12 @@ pub(crate) struct ClusterArgs {
     #[arg(long, env = "ZEPTO_REPLACE_AFTER", default_value = "60s")]
     replace_after: String,
 
+    /// A partition whose copies the cluster map has put on other nodes, all of them in sync,
+    /// for this long is deleted from this node (rows, files, log), freeing its memory and
+    /// disk: what a rebalance, a drain or a re-replication left behind. `0s` keeps them.
+    #[arg(long, env = "ZEPTO_RELEASE_AFTER", default_value = "5m")]
+    release_after: String,
+
     /// Most bytes per second a whole-partition copy (a migration to a new node, a replaced
     /// node's copies) sends from this node; 0 = unlimited. Keeps migrations from starving
     /// ingest and queries of network and disk.
@@ -118,6 +124,7 @@ pub(crate) struct FileClusterConfig {
     pub(crate) insecure_cluster: Option<bool>,
     pub(crate) accept_proxied_peers: Option<bool>,
     pub(crate) replace_after: Option<String>,
+    pub(crate) release_after: Option<String>,
     pub(crate) migration_bandwidth: Option<u64>,
     pub(crate) min_free_disk: Option<u64>,
 }
@@ -140,6 +147,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) accept_proxied_peers: bool,
     /// `--replace-after` (`None` = never).
     pub(crate) replace_after: Option<Duration>,
+    /// `--release-after` (`None` = never).
+    pub(crate) release_after: Option<Duration>,
     /// `--migration-bandwidth` in bytes/s (`None` = unlimited).
     pub(crate) migration_bandwidth: Option<u64>,
     /// `--min-free-disk` in bytes (0 = never refuse).
@@ -276,6 +285,12 @@ pub(crate) fn resolve(
         )));
     }
     let replace_after = (!replace_after.is_zero()).then_some(replace_after);
+    let release_after = match file.release_after {
+        Some(r) if !explicit("release_after") => r,
+        _ => cli.release_after,
+    };
+    let release_after = parse_duration("release_after", &release_after)?;
+    let release_after = (!release_after.is_zero()).then_some(release_after);
     let migration_bandwidth = match file.migration_bandwidth {
         Some(b) if !explicit("migration_bandwidth") => b,
         _ => cli.migration_bandwidth,
@@ -295,6 +310,7 @@ pub(crate) fn resolve(
         token,
         accept_proxied_peers,
         replace_after,
+        release_after,
         migration_bandwidth,
         min_free_disk,
     }))

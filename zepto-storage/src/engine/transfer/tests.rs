@@ -737,3 +737,156 @@ fn an_export_survives_an_arrow_ipc_stream() {
         rows_of(&a, "quotes", Some(vec![P]))
     );
 }
+
+/// The HDB files of `table`'s partition `p` under `dir`, by name.
+fn hdb_files(dir: &Path, table: &str, p: u32) -> BTreeSet<String> {
+    match std::fs::read_dir(dir.join("hdb").join(table).join(p.to_string())) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".arrow"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => panic!("list hdb: {e}"),
+    }
+}
+
+#[test]
+fn an_import_deletes_the_files_it_replaced_once_no_kept_checkpoint_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(&dir.path().join("a"));
+    let bdir = dir.path().join("b");
+    let b = target(&bdir);
+    b.checkpoint().unwrap();
+    let old = hdb_files(&bdir, "trades", P);
+    assert!(!old.is_empty(), "the target holds HDB files of P");
+
+    import(&b, &exp_of(&a)).unwrap();
+    let want = snapshot(&b, P);
+    // The older kept checkpoint still names the replaced files: recovery may fall back to it.
+    assert!(hdb_files(&bdir, "trades", P).is_superset(&old));
+
+    // New rows in the same time buckets get files of their own, never a replaced one's name.
+    let more = trade_rows(30_000..30_200, &symbols("trades", P, true, 2));
+    b.insert("trades", more).unwrap();
+    b.flush().unwrap();
+    let with_new = hdb_files(&bdir, "trades", P);
+    assert!(with_new.is_superset(&old));
+    assert_eq!(want[0].0.len(), 800);
+    let want = snapshot(&b, P);
+    assert_eq!(want[0].0.len(), 800 + 200);
+
+    // One checkpoint later no kept checkpoint names them: gone, the live files stay.
+    b.checkpoint().unwrap();
+    let now = hdb_files(&bdir, "trades", P);
+    assert!(
+        now.is_disjoint(&old),
+        "replaced files deleted: {now:?} vs {old:?}"
+    );
+    assert_eq!(now, with_new.difference(&old).cloned().collect());
+    assert_eq!(snapshot(&b, P), want);
+    drop(b);
+    let b = open(&bdir);
+    assert_eq!(snapshot(&b, P), want);
+}
+
+/// `a`'s export of `P`.
+fn exp_of(a: &Db) -> PartitionExport {
+    a.export_partition(P).unwrap()
+}
+
+#[test]
+fn after_an_import_and_a_restart_recovery_can_still_fall_back_to_the_older_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(&dir.path().join("a"));
+    let bdir = dir.path().join("b");
+    let b = target(&bdir);
+    b.checkpoint().unwrap();
+    let before = snapshot(&b, P);
+    let old = hdb_files(&bdir, "trades", P);
+    import(&b, &exp_of(&a)).unwrap();
+    let imported = snapshot(&b, P);
+    drop(b);
+
+    // A restart keeps the files only the older checkpoint names (and numbers new chunks
+    // above them).
+    let b = open(&bdir);
+    assert_eq!(snapshot(&b, P), imported);
+    assert!(hdb_files(&bdir, "trades", P).is_superset(&old));
+    drop(b);
+
+    // The newest checkpoint (the import's) is damaged: recovery falls back to the older one,
+    // whose files are all there: the partition as it was before the import.
+    let newest = crate::checkpoint::list_checkpoints(&bdir).unwrap()[0]
+        .1
+        .clone();
+    std::fs::write(newest.join("MANIFEST.json"), b"{ not json").unwrap();
+    let b = open(&bdir);
+    assert_eq!(snapshot(&b, P), before);
+
+    // The old files are the partition's live chunks again: later checkpoints keep them.
+    b.checkpoint().unwrap();
+    b.checkpoint().unwrap();
+    drop(b);
+    let b = open(&bdir);
+    assert_eq!(snapshot(&b, P), before);
+}
+
+#[test]
+fn a_released_partition_is_empty_durably_and_takes_writes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    let b = target(&bdir);
+    b.checkpoint().unwrap();
+    b.set_partition_epoch(P, 5).unwrap();
+    let before = snapshot(&b, P);
+    assert!(!before[0].0.is_empty() && !before[1].0.is_empty());
+    assert!(b.partition_position(P).unwrap().1 > 0);
+    let files = hdb_files(&bdir, "trades", P);
+    assert!(!files.is_empty());
+
+    let mut imp = b.begin_partition_import(P).unwrap();
+    // What was added before the release is not kept either.
+    imp.add(
+        TRADES,
+        trade_rows(50_000..50_010, &symbols("trades", P, true, 1)),
+    )
+    .unwrap();
+    imp.release().unwrap();
+
+    let after = snapshot(&b, P);
+    for (t, ((p, o), (_, bo))) in after.iter().zip(&before).enumerate() {
+        assert!(p.is_empty(), "table {t}: partition {P} is empty");
+        assert_eq!(o, bo, "table {t}: other partitions untouched");
+    }
+    // The fencing epoch stays; the log is empty.
+    assert_eq!(b.partition_position(P).unwrap(), (5, 0));
+    assert_eq!(b.partition_log(P).unwrap(), PartitionLog::default());
+    assert!(b.wal_records_since(P, 0, 1 << 20).unwrap().is_empty());
+    assert!(hdb_files(&bdir, "trades", P).is_superset(&files));
+
+    // Writes to the partition are taken again, from sequence number 0; flushed, they get
+    // files of their own (in the same time buckets as the released files, never their names).
+    let new = trade_rows(60_000..60_040, &symbols("trades", P, true, 2));
+    b.insert("trades", new).unwrap();
+    assert_eq!(rows_of(&b, "trades", Some(vec![P])).len(), 40);
+    assert_eq!(b.partition_position(P).unwrap().1, 1);
+    b.flush().unwrap();
+    let fresh: BTreeSet<String> = hdb_files(&bdir, "trades", P)
+        .difference(&files)
+        .cloned()
+        .collect();
+    assert!(!fresh.is_empty(), "new files beside the released ones");
+    b.checkpoint().unwrap();
+    assert_eq!(
+        hdb_files(&bdir, "trades", P),
+        fresh,
+        "the released partition's files are deleted, the new ones kept"
+    );
+    let want = snapshot(&b, P);
+    assert_eq!(want[0].0.len(), 40);
+    drop(b);
+    // WAL replay brings back only what was written after the release.
+    let b = open(&bdir);
+    assert_eq!(snapshot(&b, P), want);
+    assert_eq!(b.partition_position(P).unwrap(), (5, 1));
+}

@@ -11,6 +11,9 @@
 //! One move at a time: nothing is planned while any partition's replica is out of the in-sync
 //! set (a copy or catch-up is running), or while any node is SUSPECT, DEAD or DRAINING
 //! (failover and re-replication come first). Order:
+//! 0. **Repair**: a primary whose node reports its copy corrupt (`corrupt.<id>`, ADR 0017)
+//!    is handed to the partition's in-sync replica when that copy is not reported corrupt.
+//!    No step hands a primary to a copy reported corrupt.
 //! 1. **Evacuate** nodes being decommissioned (`decommission.<id>` = `requested`): their
 //!    replicas move to the least loaded other node; their primaries are handed to the
 //!    in-sync replica (which leaves them holding a replica, moved next).
@@ -57,6 +60,42 @@ pub fn disk_low(state: &ClusterState) -> BTreeMap<NodeId, String> {
         .filter_map(|(k, v)| {
             let id: NodeId = k.strip_prefix(DISK_LOW_PREFIX)?.parse().ok()?;
             state.nodes.contains_key(&id).then(|| (id, v.clone()))
+        })
+        .collect()
+}
+
+/// The settings key prefix under which a node lists the partitions whose copy on it has an
+/// HDB file that failed its content checksum (ADR 0015, 0017), comma-separated; empty when
+/// none. Such a copy never receives a primary; a primary on it is handed to its clean in-sync
+/// replica first of all moves; and the partition's primary replaces a replica copy listed
+/// here whole.
+pub const CORRUPT_PREFIX: &str = "corrupt.";
+
+/// The settings key of a node's corrupt-copy report.
+pub fn corrupt_key(node: NodeId) -> String {
+    format!("{CORRUPT_PREFIX}{node}")
+}
+
+/// The value of a corrupt-copy report listing `partitions`.
+pub fn corrupt_value(partitions: &BTreeSet<PartitionId>) -> String {
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Per member: the partitions its corrupt-copy report lists (members that list none are
+/// left out).
+pub fn corrupt_copies(state: &ClusterState) -> BTreeMap<NodeId, BTreeSet<PartitionId>> {
+    state
+        .settings
+        .iter()
+        .filter_map(|(k, v)| {
+            let id: NodeId = k.strip_prefix(CORRUPT_PREFIX)?.parse().ok()?;
+            let parts: BTreeSet<PartitionId> =
+                v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+            (state.nodes.contains_key(&id) && !parts.is_empty()).then_some((id, parts))
         })
         .collect()
 }
@@ -201,6 +240,9 @@ pub fn plan(state: &ClusterState) -> Plan {
     }
     let leaving = leaving(state);
     let full = disk_low(state);
+    let corrupt = corrupt_copies(state);
+    let corrupt_here =
+        |node: NodeId, p: PartitionId| corrupt.get(&node).is_some_and(|c| c.contains(&p));
     // Nodes that may receive copies, and those that may lead (a node short of disk is
     // neither: it keeps what it holds, and the others are balanced among themselves).
     let hosts: Vec<NodeId> = state
@@ -236,6 +278,21 @@ pub fn plan(state: &ClusterState) -> Plan {
             .map(|(id, _)| *id)
     };
 
+    // 0. Repair: a primary whose copy has a corrupt file goes to its clean in-sync replica
+    // (the old primary, now the replica, then gets a whole copy).
+    for p in &state.partitions {
+        if let Some(r) = p.replica {
+            if corrupt_here(p.primary, p.id) && !corrupt_here(r, p.id) && serving(r) {
+                return Plan::Move(Move::Primary {
+                    partition: p.id,
+                    epoch: p.epoch,
+                    from: p.primary,
+                    to: r,
+                });
+            }
+        }
+    }
+
     // 1. Evacuate leaving nodes.
     for p in state.partitions.iter().filter(|p| p.replica.is_some()) {
         if p.replica.is_some_and(|r| leaving.contains(&r)) {
@@ -254,7 +311,7 @@ pub fn plan(state: &ClusterState) -> Plan {
         }
         if leaving.contains(&p.primary) {
             match p.replica {
-                Some(r) if serving(r) => {
+                Some(r) if serving(r) && !corrupt_here(r, p.id) => {
                     return Plan::Move(Move::Primary {
                         partition: p.id,
                         epoch: p.epoch,
@@ -263,13 +320,13 @@ pub fn plan(state: &ClusterState) -> Plan {
                     })
                 }
                 _ => {
-                    // Its replica cannot lead (a leaving or joining node): move the replica to
-                    // a serving node first.
+                    // Its replica cannot lead (a leaving or joining node, or a corrupt copy):
+                    // move the replica to a serving node first.
                     let not: Vec<NodeId> = state
                         .nodes
                         .keys()
                         .copied()
-                        .filter(|&n| !serving(n) || n == p.primary)
+                        .filter(|&n| !serving(n) || n == p.primary || Some(n) == p.replica)
                         .collect();
                     if let Some(to) = least(&repl, &not) {
                         return Plan::Move(Move::Replica {
@@ -303,8 +360,11 @@ pub fn plan(state: &ClusterState) -> Plan {
                 .collect();
             let handoff = state.partitions.iter().find(|p| {
                 most.contains(&p.primary)
-                    && p.replica
-                        .is_some_and(|r| serving(r) && lead.get(&r).is_some_and(|&c| c + 2 <= max))
+                    && p.replica.is_some_and(|r| {
+                        serving(r)
+                            && !corrupt_here(r, p.id)
+                            && lead.get(&r).is_some_and(|&c| c + 2 <= max)
+                    })
             });
             if let Some(p) = handoff {
                 if let Some(to) = p.replica {

@@ -560,15 +560,12 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
         let r = c.node(via).sql(q);
         assert_eq!((r.status, r.text()), (200, want.clone()), "via node {via}");
     }
+    // The queries read node 2's corrupt files and went around them (the files may be
+    // replaced already, ADR 0017: the log tells).
     assert!(
-        c.node(2).metric("zepto_hdb_chunks_corrupt") > 0,
-        "queries read node 2's corrupt files and went around them"
+        c.node(2).log().contains("HDB file is corrupt"),
+        "queries read node 2's corrupt files"
     );
-    // The copies node 2 leads are not repaired (its replica copies may have been, once the
-    // queries made their damage known).
-    let v = c.node(2).req("POST", "/admin/verify", b"").json();
-    assert_eq!(v["ok"], false, "{v}");
-    assert!(!v["corrupt"].as_array().unwrap().is_empty(), "{v}");
 }
 
 /// The partitions `/admin/verify` on `s` reports corrupt files in (it checks every file).
@@ -582,60 +579,68 @@ fn corrupt_partitions(s: &Server) -> std::collections::BTreeSet<u64> {
         .collect()
 }
 
-/// ADR 0015: a replica whose copy of a partition has a corrupt HDB file answers the
-/// primary's next replication call for it as divergent, and the primary copies the partition
-/// to it whole again (ADR 0009), corrupt file included. A primary's own corrupt copy is not
-/// repaired (docs/operations.md), so the test checks the partitions node 2 replicates.
+/// ADR 0017: every copy a node reports corrupt is replaced whole, without a write: a
+/// primary is first handed to its clean replica (ADR 0015's divergent answer then gets the
+/// old primary, now the replica, a whole copy), a replica is copied at the primary's next
+/// probe. Answers stay exact throughout.
 #[test]
-fn a_replica_copy_with_a_corrupt_hdb_file_is_copied_again_at_the_next_write() {
+fn corrupt_copies_are_replaced_whole_primaries_handed_over_first() {
     let _g = serial();
     const BASE: i64 = 9_000_000;
     let c = cluster_with_damaged_node2("rc", BASE);
-    let mut next_id = 4000i64;
-    let mut sum: i64 = (0..4000i64).map(|i| BASE + i).sum();
-    let mut insert = |c: &Cluster, n: i64| {
-        let body: String = (next_id..next_id + n)
-            .map(|i| format!("{},s{},{}\n", 1_000 + i, i % 40, BASE + i))
-            .collect();
-        let r = csv_insert(c.node(1), "rc", &body);
-        assert_eq!(r.status, 200, "{}", r.text());
-        sum += (next_id..next_id + n).map(|i| BASE + i).sum::<i64>();
-        next_id += n;
-    };
-    // The damage becomes known when /admin/verify reads it.
-    let before = corrupt_partitions(c.node(2));
-    assert!(!before.is_empty());
-    // Writes reach every partition; node 2's replica copies get replaced. (Copies it leads
-    // are not repaired, and files of partitions moved away from it meanwhile are not its
-    // copies any more: neither counts.)
-    let mut rounds = 0;
-    let repaired = wait_until(
-        "node 2's replica copies replaced",
-        Duration::from_secs(120),
+    let sum: i64 = (0..4000i64).map(|i| BASE + i).sum();
+    // Node 2 handed its primaries over when it stopped; once it leads some again (its files
+    // are damaged, but nothing read them yet), the damage is made known by /admin/verify.
+    wait_until(
+        "node 2 leads a partition again",
+        Duration::from_secs(90),
         || {
-            insert(&c, 40);
-            rounds += 1;
             let v = admin(c.node(1));
-            let replicates: std::collections::BTreeSet<u64> = v["partitions"]
+            v["partitions"]
                 .as_array()?
                 .iter()
-                .filter(|p| p["replica"] == 2)
-                .filter_map(|p| p["id"].as_u64())
-                .collect();
-            let now = corrupt_partitions(c.node(2));
-            (now.is_disjoint(&replicates) && before.iter().any(|p| !now.contains(p))).then_some(now)
+                .any(|p| p["primary"] == 2 && p["in_sync"].as_array().is_some_and(|s| s.len() == 2))
+                .then_some(())
         },
     );
+    let before = corrupt_partitions(c.node(2));
+    let led: std::collections::BTreeSet<u64> = admin(c.node(1))["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["primary"] == 2)
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    assert!(
+        !before.is_disjoint(&led),
+        "node 2 leads a damaged copy: {before:?} vs {led:?}"
+    );
+    // No write from here on: the reports alone get every damaged copy replaced.
+    let repaired = wait_until("node 2's copies replaced", Duration::from_secs(120), || {
+        let v = admin(c.node(1));
+        let held: std::collections::BTreeSet<u64> = v["partitions"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["primary"] == 2 || p["replica"] == 2)
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        let now = corrupt_partitions(c.node(2));
+        let reported = v["rebalance"]["corrupt_copies"].as_object()?.is_empty();
+        (now.is_disjoint(&held) && reported).then_some(now)
+    });
     println!(
-        "corrupt partitions on node 2: {before:?} before, {repaired:?} after {rounds} rounds of writes"
+        "corrupt partitions on node 2: {before:?} before, {repaired:?} after (not its copies)"
+    );
+    let log = c.node(2).log();
+    assert!(
+        log.contains("handing the primary over: this node's copy has a corrupt HDB file"),
+        "node 2 handed a damaged primary over"
     );
     assert!(
-        c.node(2)
-            .log()
-            .contains("partition replaced by a copy from its primary"),
-        "a copy replaced the damaged one"
+        log.contains("partition replaced by a copy from its primary"),
+        "whole copies replaced the damaged ones"
     );
-    let want = format!("{sum},{next_id}\n");
+    let want = format!("{sum},4000\n");
     for via in [1, 2, 3] {
         let r = c
             .node(via)

@@ -242,3 +242,118 @@ fn nothing_moves_to_a_node_short_of_disk() {
     run(&mut s);
     assert!(!s.partitions_of(4).is_empty());
 }
+
+fn report_corrupt(s: &mut ClusterState, node: NodeId, parts: &[PartitionId]) {
+    s.apply(&Command::SetSetting {
+        key: corrupt_key(node),
+        value: corrupt_value(&parts.iter().copied().collect()),
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_corrupt_primary_is_handed_to_its_clean_replica_and_never_back_while_reported() {
+    let mut s = cluster(&[1, 2, 3], 8);
+    assert_eq!(plan(&s), Plan::Balanced);
+    let p = s
+        .partitions
+        .iter()
+        .find(|p| p.primary == 1)
+        .unwrap()
+        .clone();
+    let r = p.replica.unwrap();
+    report_corrupt(&mut s, 1, &[p.id]);
+    assert_eq!(corrupt_copies(&s)[&1], BTreeSet::from([p.id]));
+    assert_eq!(
+        plan(&s),
+        Plan::Move(Move::Primary {
+            partition: p.id,
+            epoch: p.epoch,
+            from: 1,
+            to: r
+        })
+    );
+    // Handed over; the rest of the plan rebalances without giving it back to node 1.
+    run(&mut s);
+    assert_eq!(s.partitions[p.id as usize].primary, r);
+    // A node joins and takes a share: still never node 1's while it reports the copy.
+    join(&mut s, 4);
+    run(&mut s);
+    assert_ne!(s.partitions[p.id as usize].primary, 1);
+    // Repaired (the report is cleared): an ordinary member again.
+    report_corrupt(&mut s, 1, &[]);
+    assert!(corrupt_copies(&s).is_empty());
+    run(&mut s);
+    let (dp, dr) = spread(&s);
+    assert!(dp <= 1 && dr <= 1);
+}
+
+#[test]
+fn no_primary_goes_to_a_copy_reported_corrupt() {
+    // Both copies corrupt: nothing to gain by a handoff.
+    let mut s = cluster(&[1, 2, 3], 8);
+    let p = s
+        .partitions
+        .iter()
+        .find(|p| p.primary == 1)
+        .unwrap()
+        .clone();
+    let r = p.replica.unwrap();
+    report_corrupt(&mut s, 1, &[p.id]);
+    report_corrupt(&mut s, r, &[p.id]);
+    assert_eq!(plan(&s), Plan::Balanced);
+
+    // A leaving primary whose replica is corrupt: the replica moves first, then the handoff
+    // goes to the fresh copy.
+    let mut s = cluster(&[1, 2, 3], 8);
+    join(&mut s, 4);
+    run(&mut s);
+    let p = s
+        .partitions
+        .iter()
+        .find(|p| p.primary == 4)
+        .unwrap()
+        .clone();
+    let r = p.replica.unwrap();
+    report_corrupt(&mut s, r, &[p.id]);
+    s.apply(&Command::SetSetting {
+        key: decommission_key(4),
+        value: DECOMMISSION_REQUESTED.into(),
+    })
+    .unwrap();
+    let fresh = match plan(&s) {
+        Plan::Move(
+            m @ Move::Replica {
+                partition,
+                from,
+                to,
+                ..
+            },
+        ) => {
+            assert_eq!((partition, from), (p.id, Some(r)));
+            assert_ne!(to, 4);
+            s.apply(&m.command()).unwrap();
+            s.apply(&Command::ExpandInSync {
+                partition,
+                epoch: p.epoch,
+                node: to,
+            })
+            .unwrap();
+            to
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        plan(&s),
+        Plan::Move(Move::Primary {
+            partition: p.id,
+            epoch: p.epoch,
+            from: 4,
+            to: fresh
+        })
+    );
+    // A node reports only the copies it holds: r no longer holds p.
+    report_corrupt(&mut s, r, &[]);
+    run(&mut s);
+    assert!(s.partitions_of(4).is_empty());
+}

@@ -40,6 +40,8 @@ pub(crate) struct Rebalancer {
     last_error: Mutex<Option<String>>,
     /// The last disk report proposed, and when.
     disk_reported: Mutex<Option<(String, Instant)>>,
+    /// The last corrupt-copy report proposed, and when.
+    corrupt_reported: Mutex<Option<(String, Instant)>>,
     started: std::sync::OnceLock<Instant>,
 }
 
@@ -99,6 +101,7 @@ pub(crate) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
         }
         let leading = v.leader == Some(me);
         report_disk(&cluster, &v.state).await;
+        report_corrupt(&cluster, &v.state).await;
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
             for (p, progress) in cluster.data.copies.lock().iter() {
@@ -127,6 +130,16 @@ pub(crate) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
                 from,
                 to,
             }) if from == me => {
+                if rebalance::corrupt_copies(&v.state)
+                    .get(&me)
+                    .is_some_and(|c| c.contains(&partition))
+                {
+                    tracing::warn!(
+                        partition,
+                        to,
+                        "handing the primary over: this node's copy has a corrupt HDB file                          (it gets a whole copy back as the replica)"
+                    );
+                }
                 let retry = cluster.cfg.timings.metadata_change_timeout();
                 if cluster
                     .rebalancer
@@ -211,6 +224,48 @@ async fn report_disk(cluster: &Cluster, state: &zepto_cluster::ClusterState) {
     let cmd = Command::SetSetting { key, value: want };
     if let Err(e) = cluster.propose(&cmd).await {
         tracing::warn!(error = %e, "disk report not committed");
+    }
+}
+
+/// Report in the metadata (`corrupt.<id>`) the partitions this node holds a copy of (as
+/// primary or replica) whose copy has an HDB file known to be corrupt (ADR 0017): the plan
+/// hands such a primary to its clean in-sync replica and gives such a copy no primary, and
+/// the partition's primary replaces such a replica copy whole. Cleared once the copies are
+/// replaced.
+async fn report_corrupt(cluster: &Cluster, state: &zepto_cluster::ClusterState) {
+    let Ok(node) = cluster.data.node() else {
+        return;
+    };
+    let me = cluster.cfg.node_id;
+    let held: std::collections::BTreeSet<u32> = state
+        .partitions
+        .iter()
+        .filter(|p| p.primary == me || p.replica == Some(me))
+        .map(|p| p.id)
+        .collect();
+    let corrupt: std::collections::BTreeSet<u32> = cluster
+        .data
+        .corrupt_partitions(&node)
+        .intersection(&held)
+        .copied()
+        .collect();
+    let key = rebalance::corrupt_key(me);
+    let want = rebalance::corrupt_value(&corrupt);
+    if state.settings.get(&key).map_or("", String::as_str) == want {
+        return;
+    }
+    let retry = cluster.cfg.timings.metadata_change_timeout();
+    if !Rebalancer::due_in(&cluster.rebalancer.corrupt_reported, &want, retry) {
+        return;
+    }
+    if corrupt.is_empty() {
+        tracing::info!("no copy held here has a known corrupt HDB file any more");
+    } else {
+        tracing::warn!(partitions = %want, "copies held here have corrupt HDB files: reporting them so that they are replaced");
+    }
+    let cmd = Command::SetSetting { key, value: want };
+    if let Err(e) = cluster.propose(&cmd).await {
+        tracing::warn!(error = %e, "corrupt-copy report not committed");
     }
 }
 
@@ -455,6 +510,10 @@ impl Cluster {
                 .map(|(id, why)| (id.to_string(), serde_json::Value::from(why)))
                 .collect::<serde_json::Map<_, _>>(),
             "migrations": migrations,
+            "corrupt_copies": rebalance::corrupt_copies(&state)
+                .into_iter()
+                .map(|(id, parts)| (id.to_string(), serde_json::json!(parts)))
+                .collect::<serde_json::Map<_, _>>(),
             "decommissioning": ids(rebalance::leaving(&state)),
             "decommissioned": ids(rebalance::decommissioned(&state)),
             "moves_committed_here": self.rebalancer.moves.load(Ordering::Relaxed),

@@ -746,6 +746,9 @@ impl Sender {
             .node()
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut behind = Vec::new();
+        let corrupt = zepto_cluster::rebalance::corrupt_copies(&state)
+            .remove(&self.peer)
+            .unwrap_or_default();
         for p in self.served() {
             let (_, next) = node
                 .storage()
@@ -758,11 +761,14 @@ impl Sender {
             let out_of_sync = state
                 .partition(p)
                 .is_some_and(|i| !i.in_sync.contains(&self.peer));
+            // A replica that reported its copy corrupt (ADR 0017) is asked now, even with
+            // nothing to ship: its answer (divergent) gets it a whole copy.
+            let reported_corrupt = corrupt.contains(&p);
             let known = self.known.get(&p).copied();
             let advancing = periodic
                 && known
                     .is_some_and(|k| self.at_last_tick.get(&p).is_some_and(|&before| before < k));
-            if (known != Some(next) && !advancing) || out_of_sync {
+            if (known != Some(next) && !advancing) || out_of_sync || reported_corrupt {
                 behind.push((p, next));
             }
         }

@@ -104,6 +104,10 @@ pub struct Config {
     /// Average bytes per second the background check of unread HDB files reads (ADR 0015);
     /// 0 = no background check (files are still checked when first read).
     pub scrub_bytes_per_sec: u64,
+    /// How often the background check reads every HDB file again, checked before or not,
+    /// so that a file changed on disk after its first check is found (bit rot on a node
+    /// that runs for weeks); `None` = only the pass after the start.
+    pub scrub_recheck_interval: Option<Duration>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -124,6 +128,7 @@ impl Config {
             maintenance_interval: Duration::from_millis(500),
             background_nice: 0,
             scrub_bytes_per_sec: 64 << 20,
+            scrub_recheck_interval: Some(Duration::from_secs(7 * 24 * 3600)),
             clock: Arc::new(MonotonicClock::default()),
         }
     }

@@ -141,6 +141,9 @@ pub(crate) struct DiskChunk {
     path: PathBuf,
     checksum: Option<Checksum>,
     verified: OnceLock<Verified>,
+    /// Set when a later check ([`DiskChunk::recheck`]) of a file found good before found it
+    /// changed: from then on it is corrupt for every read.
+    damaged: OnceLock<Verified>,
 }
 
 /// The relative path of a chunk file.
@@ -414,6 +417,7 @@ impl DiskChunk {
             path,
             checksum,
             verified: OnceLock::new(),
+            damaged: OnceLock::new(),
         })
     }
 
@@ -449,6 +453,7 @@ impl DiskChunk {
             path,
             checksum: None,
             verified: OnceLock::from(Verified::Corrupt { offset, reason }),
+            damaged: OnceLock::new(),
         }
     }
 
@@ -463,32 +468,53 @@ impl DiskChunk {
         }
     }
 
-    /// Check the values against the checksum, once: what was found.
+    /// Check the values against the checksum, once: what was found (or what a later
+    /// [`DiskChunk::recheck`] found wrong).
     pub(crate) fn verify(&self) -> &Verified {
-        self.verified.get_or_init(|| match &self.checksum {
-            None => Verified::NoChecksum,
-            Some(sum) => match sum.check(&self.path, &self.file) {
-                Ok(()) => Verified::Good,
-                Err(e) => {
-                    ANY_CORRUPT.store(true, Ordering::Relaxed);
-                    tracing::error!(file = %self.path.display(), error = %e, "HDB file is corrupt");
-                    match e {
-                        Error::Corrupt { offset, reason, .. } => {
-                            Verified::Corrupt { offset, reason }
-                        }
-                        other => Verified::Corrupt {
-                            offset: 0,
-                            reason: other.to_string(),
-                        },
-                    }
-                }
-            },
-        })
+        if let Some(d) = self.damaged.get() {
+            return d;
+        }
+        self.verified
+            .get_or_init(|| self.check_now("HDB file is corrupt"))
     }
 
-    /// Whether the values have been checked (and what was found).
+    /// Check the values against the checksum again, whatever an earlier check found (the
+    /// periodic background pass): a file found changed since is corrupt from now on.
+    pub(crate) fn recheck(&self) -> &Verified {
+        let first = self.verify();
+        if matches!(first, Verified::Corrupt { .. }) {
+            return first;
+        }
+        match self.check_now("HDB file is corrupt: it changed since it was last checked") {
+            bad @ Verified::Corrupt { .. } => self.damaged.get_or_init(|| bad),
+            _ => first,
+        }
+    }
+
+    fn check_now(&self, what: &str) -> Verified {
+        let Some(sum) = &self.checksum else {
+            return Verified::NoChecksum;
+        };
+        match sum.check(&self.path, &self.file) {
+            Ok(()) => Verified::Good,
+            Err(e) => {
+                ANY_CORRUPT.store(true, Ordering::Relaxed);
+                tracing::error!(file = %self.path.display(), error = %e, "{what}");
+                match e {
+                    Error::Corrupt { offset, reason, .. } => Verified::Corrupt { offset, reason },
+                    other => Verified::Corrupt {
+                        offset: 0,
+                        reason: other.to_string(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Whether the values have been checked (and what was found, a later check's damage
+    /// first).
     pub(crate) fn verified(&self) -> Option<&Verified> {
-        self.verified.get()
+        self.damaged.get().or_else(|| self.verified.get())
     }
 
     /// Mark a file this process has just written (from the values in memory, with the

@@ -86,6 +86,12 @@ struct Cli {
     #[arg(long, env = "ZEPTO_SCRUB_BANDWIDTH", default_value_t = 64 << 20)]
     scrub_bandwidth: u64,
 
+    /// How often that background thread reads every HDB file again, checked before or not,
+    /// so that a file changed on disk since (bit rot on a node that runs for weeks) is found
+    /// and refused; 0 = only the pass after the start.
+    #[arg(long, env = "ZEPTO_SCRUB_INTERVAL", default_value = "168h")]
+    scrub_interval: String,
+
     /// When an INSERT is acknowledged: `local` (after the local fdatasync) or `replicated`
     /// (after the replica's fsync too; on a single node this is the same as `local`).
     /// Default: `local` on a single node, `replicated` in cluster mode.
@@ -206,6 +212,7 @@ struct FileConfig {
     checkpoint_interval: Option<String>,
     seal_idle: Option<String>,
     scrub_bandwidth: Option<u64>,
+    scrub_interval: Option<String>,
     ack: Option<AckPolicy>,
     admin_key: Option<String>,
     api_keys_file: Option<PathBuf>,
@@ -257,6 +264,8 @@ pub(crate) struct Config {
     pub(crate) checkpoint_interval: Option<Duration>,
     pub(crate) seal_idle: Duration,
     pub(crate) scrub_bandwidth: u64,
+    /// `--scrub-interval` (`None` = only the pass after the start).
+    pub(crate) scrub_interval: Option<Duration>,
     pub(crate) ack: AckPolicy,
     pub(crate) admin_key: Option<String>,
     pub(crate) api_keys_file: Option<PathBuf>,
@@ -334,6 +343,14 @@ impl Config {
                     .into(),
             ));
         }
+        let scrub_interval = parse_duration(
+            "scrub_interval",
+            &pick(
+                explicit("scrub_interval"),
+                cli.scrub_interval,
+                file.scrub_interval,
+            ),
+        )?;
         let query_timeout = parse_duration(
             "query_timeout",
             &pick(
@@ -436,6 +453,7 @@ impl Config {
                 cli.scrub_bandwidth,
                 file.scrub_bandwidth,
             ),
+            scrub_interval: (!scrub_interval.is_zero()).then_some(scrub_interval),
             ack,
             admin_key: if explicit("admin_key") {
                 cli.admin_key

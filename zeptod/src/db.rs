@@ -92,6 +92,7 @@ impl Node {
         scfg.checkpoint_interval = cfg.checkpoint_interval;
         scfg.seal_idle = cfg.seal_idle;
         scfg.scrub_bytes_per_sec = cfg.scrub_bandwidth;
+        scfg.scrub_recheck_interval = cfg.scrub_interval;
         scfg.ring_capacity = cfg.ingest_queue_requests;
         scfg.ring_max_bytes = cfg.ingest_queue_bytes;
         scfg.wal_segment_bytes = cfg.wal_segment_bytes;

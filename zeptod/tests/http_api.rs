@@ -1041,6 +1041,61 @@ fn ingest_threads_run_below_the_query_threads() {
     );
 }
 
+/// `--scrub-interval`: a file whose bytes change on disk under a running server (it was
+/// written here, so no first read ever checks it) is found by the periodic re-check and
+/// refused from then on, without a restart.
+#[test]
+fn the_periodic_recheck_finds_a_file_changed_under_a_running_server() {
+    use std::io::{Seek, SeekFrom, Write};
+    let admin = [("ZEPTO_ADMIN_KEY", "the-admin-key-0123456789")];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_with_env(
+        &data,
+        &["--seal-idle", "1s", "--scrub-interval", "1s"],
+        &admin,
+    );
+    s.wait_ready();
+    s.auth = Some("the-admin-key-0123456789".into());
+    s.sql_ok("CREATE TABLE m (ts TIMESTAMP, s SYMBOL, id BIGINT)");
+    let values: Vec<String> = (0..2000)
+        .map(|i| format!("({}, 's{}', {})", 1_000_000_000 + i, i % 4, 7_000_000 + i))
+        .collect();
+    s.sql_ok(&format!("INSERT INTO m VALUES {}", values.join(",")));
+    wait_until("the rows are in HDB files", Duration::from_secs(30), || {
+        (s.metric("zepto_hdb_chunks") > 0 && s.metric("zepto_memory_rows") == 0).then_some(())
+    });
+    let want = (0..2000i64).map(|i| 7_000_000 + i).sum::<i64>();
+    assert_eq!(
+        s.sql("SELECT sum(id) FROM m FORMAT CSV").text(),
+        format!("{want}\n")
+    );
+    // One bit of one stored value flips in place while the server runs.
+    let needle = 7_001_234i64.to_le_bytes();
+    let file = harness::files_under(&data.join("hdb"))
+        .into_iter()
+        .find(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            let Some(at) = bytes.windows(8).position(|w| w == needle) else {
+                return false;
+            };
+            let mut h = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+            h.seek(SeekFrom::Start(at as u64)).unwrap();
+            h.write_all(&[bytes[at] ^ 0x02]).unwrap();
+            true
+        })
+        .expect("id 7001234 is in an HDB file");
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    wait_until(
+        "the re-check found the file",
+        Duration::from_secs(30),
+        || (s.metric("zepto_hdb_chunks_corrupt") == 1).then_some(()),
+    );
+    let m = s.sql("SELECT sum(id) FROM m").expect_error(500, "INTERNAL");
+    assert!(m.contains(&name) && m.contains("checksum mismatch"), "{m}");
+    assert!(s.log().contains("it changed since it was last checked"));
+}
+
 #[test]
 fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
     let admin = [("ZEPTO_ADMIN_KEY", "the-admin-key-0123456789")];

@@ -7,6 +7,11 @@
 //! priority. A file a query is checking meanwhile is waited for, not checked twice. Files
 //! written by this process need no check, so after one pass the thread only looks again
 //! every [`RELIST`].
+//!
+//! Every `Config::scrub_recheck_interval` (from the start of the previous full pass) the
+//! thread reads every file again, checked before or not, at the same pace: a file whose
+//! bytes changed since its check (bit rot on a node that runs for weeks) is corrupt from then
+//! on, as if its first check had failed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,14 +26,31 @@ const RELIST: Duration = Duration::from_secs(30);
 
 pub(super) fn run(shared: Arc<Shared>) {
     let rate = shared.config.scrub_bytes_per_sec.max(1) as f64;
+    // When the last pass over every file began (the first pass after the start counts).
+    let mut full_pass = Instant::now();
     loop {
+        let recheck = shared
+            .config
+            .scrub_recheck_interval
+            .is_some_and(|every| full_pass.elapsed() >= every);
         let pending: Vec<Arc<DiskChunk>> = super::disk_files(&shared)
             .into_iter()
             .map(|(_, _, d)| d)
-            .filter(|d| d.verified().is_none())
+            .filter(|d| match d.verified() {
+                None => true,
+                Some(Verified::Corrupt { .. }) => false,
+                Some(_) => recheck,
+            })
             .collect();
+        if recheck {
+            full_pass = Instant::now();
+        }
         if pending.is_empty() {
-            if !pause(&shared, RELIST) {
+            let wait = match shared.config.scrub_recheck_interval {
+                Some(every) => RELIST.min(every.saturating_sub(full_pass.elapsed())),
+                None => RELIST,
+            };
+            if !pause(&shared, wait) {
                 return;
             }
             continue;
@@ -36,10 +58,14 @@ pub(super) fn run(shared: Arc<Shared>) {
         let started = Instant::now();
         let (mut files, mut bytes, mut corrupt) = (0u64, 0u64, 0u64);
         for d in pending {
-            if d.verified().is_some() {
+            let found = if recheck {
+                d.recheck()
+            } else if d.verified().is_some() {
                 continue; // a query checked it meanwhile
-            }
-            if let Verified::Corrupt { .. } = d.verify() {
+            } else {
+                d.verify()
+            };
+            if let Verified::Corrupt { .. } = found {
                 corrupt += 1; // logged by the check
             }
             files += 1;
@@ -53,7 +79,12 @@ pub(super) fn run(shared: Arc<Shared>) {
             bytes,
             corrupt,
             took_s = started.elapsed().as_secs(),
-            "background check of HDB files done"
+            "{}",
+            if recheck {
+                "periodic re-check of every HDB file done"
+            } else {
+                "background check of HDB files done"
+            }
         );
     }
 }

@@ -324,6 +324,63 @@ fn the_background_check_finds_a_changed_value_nobody_reads() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// Flip bits of the first stored copy of `value` under `dir` in place (no truncation: the
+/// file stays mapped by a running engine); the file changed.
+fn flip_in_place(dir: &Path, value: i64, mask: u8) -> PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    let needle = value.to_le_bytes();
+    for f in walk(dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        if let Some(at) = bytes.windows(8).position(|w| w == needle) {
+            let mut file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+            file.seek(SeekFrom::Start(at as u64)).unwrap();
+            file.write_all(&[bytes[at] ^ mask]).unwrap();
+            return f;
+        }
+    }
+    panic!("{value} is stored nowhere under {}", dir.display());
+}
+
+#[test]
+fn the_periodic_recheck_finds_a_file_that_changed_after_its_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.scrub_bytes_per_sec = 1 << 30;
+    c.scrub_recheck_interval = Some(Duration::from_millis(50));
+    let db = Db::open(c).unwrap();
+    db.create_table(trades_schema()).unwrap();
+    db.insert("trades", rows(0..3000)).unwrap();
+    db.flush().unwrap();
+    // Written here: known good, never checked by a first read.
+    let st = db.stats();
+    assert_eq!(
+        (st.disk_chunks_verified, st.disk_chunks_corrupt),
+        (st.disk_chunks, 0)
+    );
+    assert_eq!(contents(&db), expected(0..3000));
+    // Bit rot under a running node.
+    let victim = flip_in_place(&dir.path().join("hdb"), 2345, 0x01);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.stats().disk_chunks_corrupt == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the re-check did not find the changed file"
+        );
+        std::thread::yield_now();
+    }
+    // From then on, reads of that file fail naming it, and the report lists it.
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let e = db
+        .scan(&ScanRequest::all("trades"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&name) && e.contains("checksum mismatch"), "{e}");
+    let r = db.verify_files(&mut |_| {}).unwrap();
+    assert_eq!(r.corrupt.len(), 1, "{r:?}");
+    assert!(r.corrupt[0].path.ends_with(&name), "{r:?}");
+    db.close().unwrap();
+}
+
 #[test]
 fn an_hdb_file_that_does_not_decode_fails_its_reads_not_the_open() {
     let dir = tempfile::tempdir().unwrap();

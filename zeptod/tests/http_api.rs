@@ -1041,36 +1041,30 @@ fn ingest_threads_run_below_the_query_threads() {
     );
 }
 
-/// `--scrub-interval`: a file whose bytes change on disk under a running server (it was
-/// written here, so no first read ever checks it) is found by the periodic re-check and
-/// refused from then on, without a restart.
-#[test]
-fn the_periodic_recheck_finds_a_file_changed_under_a_running_server() {
-    use std::io::{Seek, SeekFrom, Write};
-    let admin = [("ZEPTO_ADMIN_KEY", "the-admin-key-0123456789")];
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut s = Server::start_with_env(
-        &data,
-        &["--seal-idle", "1s", "--scrub-interval", "1s"],
-        &admin,
-    );
+const VERIFY_ADMIN_KEY: &str = "the-admin-key-0123456789";
+
+/// A server on `data` (with `flags`) holding table `m`: 2000 rows with ids 7,000,000.., all
+/// written to HDB files (`--seal-idle 1s` among the flags).
+fn server_with_hdb_rows(data: &std::path::Path, flags: &[&str]) -> Server {
+    let mut s = Server::start_with_env(data, flags, &[("ZEPTO_ADMIN_KEY", VERIFY_ADMIN_KEY)]);
     s.wait_ready();
-    s.auth = Some("the-admin-key-0123456789".into());
+    s.auth = Some(VERIFY_ADMIN_KEY.into());
     s.sql_ok("CREATE TABLE m (ts TIMESTAMP, s SYMBOL, id BIGINT)");
     let values: Vec<String> = (0..2000)
         .map(|i| format!("({}, 's{}', {})", 1_000_000_000 + i, i % 4, 7_000_000 + i))
         .collect();
     s.sql_ok(&format!("INSERT INTO m VALUES {}", values.join(",")));
+    // Idle for --seal-idle: the chunks are written to HDB files.
     wait_until("the rows are in HDB files", Duration::from_secs(30), || {
         (s.metric("zepto_hdb_chunks") > 0 && s.metric("zepto_memory_rows") == 0).then_some(())
     });
-    let want = (0..2000i64).map(|i| 7_000_000 + i).sum::<i64>();
-    assert_eq!(
-        s.sql("SELECT sum(id) FROM m FORMAT CSV").text(),
-        format!("{want}\n")
-    );
-    // One bit of one stored value flips in place while the server runs.
+    s
+}
+
+/// Flip bits (`mask`) of the stored id 7001234 in place (the file keeps its size: a running
+/// server's mapping of it stays valid); the file's name.
+fn flip_stored_id(data: &std::path::Path, mask: u8) -> String {
+    use std::io::{Seek, SeekFrom, Write};
     let needle = 7_001_234i64.to_le_bytes();
     let file = harness::files_under(&data.join("hdb"))
         .into_iter()
@@ -1081,11 +1075,28 @@ fn the_periodic_recheck_finds_a_file_changed_under_a_running_server() {
             };
             let mut h = std::fs::OpenOptions::new().write(true).open(f).unwrap();
             h.seek(SeekFrom::Start(at as u64)).unwrap();
-            h.write_all(&[bytes[at] ^ 0x02]).unwrap();
+            h.write_all(&[bytes[at] ^ mask]).unwrap();
             true
         })
         .expect("id 7001234 is in an HDB file");
-    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    file.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+/// `--scrub-interval`: a file whose bytes change on disk under a running server (it was
+/// written here, so no first read ever checks it) is found by the periodic re-check and
+/// refused from then on, without a restart.
+#[test]
+fn the_periodic_recheck_finds_a_file_changed_under_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = server_with_hdb_rows(&data, &["--seal-idle", "1s", "--scrub-interval", "1s"]);
+    let want = (0..2000i64).map(|i| 7_000_000 + i).sum::<i64>();
+    assert_eq!(
+        s.sql("SELECT sum(id) FROM m FORMAT CSV").text(),
+        format!("{want}\n")
+    );
+    // One bit of one stored value flips while the server runs.
+    let name = flip_stored_id(&data, 0x02);
     wait_until(
         "the re-check found the file",
         Duration::from_secs(30),
@@ -1098,21 +1109,10 @@ fn the_periodic_recheck_finds_a_file_changed_under_a_running_server() {
 
 #[test]
 fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
-    let admin = [("ZEPTO_ADMIN_KEY", "the-admin-key-0123456789")];
+    let admin = [("ZEPTO_ADMIN_KEY", VERIFY_ADMIN_KEY)];
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut s = Server::start_with_env(&data, &["--seal-idle", "1s"], &admin);
-    s.wait_ready();
-    s.auth = Some("the-admin-key-0123456789".into());
-    s.sql_ok("CREATE TABLE m (ts TIMESTAMP, s SYMBOL, id BIGINT)");
-    let values: Vec<String> = (0..2000)
-        .map(|i| format!("({}, 's{}', {})", 1_000_000_000 + i, i % 4, 7_000_000 + i))
-        .collect();
-    s.sql_ok(&format!("INSERT INTO m VALUES {}", values.join(",")));
-    // Idle for --seal-idle: the chunks are written to HDB files.
-    wait_until("the rows are in HDB files", Duration::from_secs(30), || {
-        (s.metric("zepto_hdb_chunks") > 0 && s.metric("zepto_memory_rows") == 0).then_some(())
-    });
+    let mut s = server_with_hdb_rows(&data, &["--seal-idle", "1s"]);
     let v = s.req("POST", "/admin/verify", b"").json();
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["files"].as_u64().unwrap() > 0, "{v}");
@@ -1121,21 +1121,10 @@ fn a_bit_flipped_in_an_hdb_file_is_reported_by_queries_and_admin_verify() {
     assert!(s.wait_exit(Duration::from_secs(30)).success());
 
     // One bit of one stored value flipped on disk (id 7001234).
-    let needle = 7_001_234i64.to_le_bytes();
-    let (file, _) = harness::files_under(&data.join("hdb"))
-        .into_iter()
-        .find_map(|f| {
-            let mut bytes = std::fs::read(&f).unwrap();
-            let at = bytes.windows(8).position(|w| w == needle)?;
-            bytes[at] ^= 0x02;
-            std::fs::write(&f, &bytes).unwrap();
-            Some((f, at))
-        })
-        .expect("id 7001234 is in an HDB file");
-    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    let name = flip_stored_id(&data, 0x02);
     let mut s = Server::start_with_env(&data, &["--seal-idle", "1s"], &admin);
     s.wait_ready();
-    s.auth = Some("the-admin-key-0123456789".into());
+    s.auth = Some(VERIFY_ADMIN_KEY.into());
     // A count from metadata still answers; reading the values is an error naming the file.
     assert_eq!(s.count("m"), 2000);
     let m = s.sql("SELECT sum(id) FROM m").expect_error(500, "INTERNAL");

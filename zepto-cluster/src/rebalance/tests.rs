@@ -251,17 +251,17 @@ fn report_corrupt(s: &mut ClusterState, node: NodeId, parts: &[PartitionId]) {
     .unwrap();
 }
 
+/// A partition `node` leads, and its replica.
+fn led_by(s: &ClusterState, node: NodeId) -> (crate::state::PartitionInfo, NodeId) {
+    let p = s.partitions.iter().find(|p| p.primary == node).unwrap();
+    (p.clone(), p.replica.unwrap())
+}
+
 #[test]
 fn a_corrupt_primary_is_handed_to_its_clean_replica_and_never_back_while_reported() {
     let mut s = cluster(&[1, 2, 3], 8);
     assert_eq!(plan(&s), Plan::Balanced);
-    let p = s
-        .partitions
-        .iter()
-        .find(|p| p.primary == 1)
-        .unwrap()
-        .clone();
-    let r = p.replica.unwrap();
+    let (p, r) = led_by(&s, 1);
     report_corrupt(&mut s, 1, &[p.id]);
     assert_eq!(corrupt_copies(&s)[&1], BTreeSet::from([p.id]));
     assert_eq!(
@@ -292,13 +292,7 @@ fn a_corrupt_primary_is_handed_to_its_clean_replica_and_never_back_while_reporte
 fn no_primary_goes_to_a_copy_reported_corrupt() {
     // Both copies corrupt: nothing to gain by a handoff.
     let mut s = cluster(&[1, 2, 3], 8);
-    let p = s
-        .partitions
-        .iter()
-        .find(|p| p.primary == 1)
-        .unwrap()
-        .clone();
-    let r = p.replica.unwrap();
+    let (p, r) = led_by(&s, 1);
     report_corrupt(&mut s, 1, &[p.id]);
     report_corrupt(&mut s, r, &[p.id]);
     assert_eq!(plan(&s), Plan::Balanced);
@@ -308,13 +302,7 @@ fn no_primary_goes_to_a_copy_reported_corrupt() {
     let mut s = cluster(&[1, 2, 3], 8);
     join(&mut s, 4);
     run(&mut s);
-    let p = s
-        .partitions
-        .iter()
-        .find(|p| p.primary == 4)
-        .unwrap()
-        .clone();
-    let r = p.replica.unwrap();
+    let (p, r) = led_by(&s, 4);
     report_corrupt(&mut s, r, &[p.id]);
     s.apply(&Command::SetSetting {
         key: decommission_key(4),

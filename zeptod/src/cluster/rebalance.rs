@@ -211,19 +211,35 @@ async fn report_disk(cluster: &Cluster, state: &zepto_cluster::ClusterState) {
             return;
         }
     }
+    let tag = format!("disk low: {}", !want.is_empty());
+    propose_report(cluster, &cluster.rebalancer.disk_reported, &tag, key, want, |want| {
+        if want.is_empty() {
+            tracing::info!("free disk is above --min-free-disk again: migrations to this node allowed");
+        } else {
+            tracing::warn!(reason = %want, "free disk is below --min-free-disk: refusing migrations to this node");
+        }
+    })
+    .await;
+}
+
+/// Propose this node's report `key = value`, unless the same report (`tag`, remembered in
+/// `slot`) was proposed less than a metadata change's timeout ago; `announce` logs it.
+async fn propose_report(
+    cluster: &Cluster,
+    slot: &Mutex<Option<(String, Instant)>>,
+    tag: &str,
+    key: String,
+    value: String,
+    announce: impl FnOnce(&str),
+) {
     let retry = cluster.cfg.timings.metadata_change_timeout();
-    let key_now = format!("disk low: {}", !want.is_empty());
-    if !Rebalancer::due_in(&cluster.rebalancer.disk_reported, &key_now, retry) {
+    if !Rebalancer::due_in(slot, tag, retry) {
         return;
     }
-    if want.is_empty() {
-        tracing::info!("free disk is above --min-free-disk again: migrations to this node allowed");
-    } else {
-        tracing::warn!(reason = %want, "free disk is below --min-free-disk: refusing migrations to this node");
-    }
-    let cmd = Command::SetSetting { key, value: want };
+    announce(&value);
+    let cmd = Command::SetSetting { key, value };
     if let Err(e) = cluster.propose(&cmd).await {
-        tracing::warn!(error = %e, "disk report not committed");
+        tracing::warn!(error = %e, ?cmd, "report not committed; retried");
     }
 }
 
@@ -254,19 +270,15 @@ async fn report_corrupt(cluster: &Cluster, state: &zepto_cluster::ClusterState) 
     if state.settings.get(&key).map_or("", String::as_str) == want {
         return;
     }
-    let retry = cluster.cfg.timings.metadata_change_timeout();
-    if !Rebalancer::due_in(&cluster.rebalancer.corrupt_reported, &want, retry) {
-        return;
-    }
-    if corrupt.is_empty() {
-        tracing::info!("no copy held here has a known corrupt HDB file any more");
-    } else {
-        tracing::warn!(partitions = %want, "copies held here have corrupt HDB files: reporting them so that they are replaced");
-    }
-    let cmd = Command::SetSetting { key, value: want };
-    if let Err(e) = cluster.propose(&cmd).await {
-        tracing::warn!(error = %e, "corrupt-copy report not committed");
-    }
+    let tag = want.clone();
+    propose_report(cluster, &cluster.rebalancer.corrupt_reported, &tag, key, want, |want| {
+        if want.is_empty() {
+            tracing::info!("no copy held here has a known corrupt HDB file any more");
+        } else {
+            tracing::warn!(partitions = %want, "copies held here have corrupt HDB files: reporting them so that they are replaced");
+        }
+    })
+    .await;
 }
 
 /// Leader: remove every decommissioned node that holds nothing any more, and mark it

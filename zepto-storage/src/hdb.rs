@@ -481,9 +481,10 @@ impl DiskChunk {
     /// Check the values against the checksum again, whatever an earlier check found (the
     /// periodic background pass): a file found changed since is corrupt from now on.
     pub(crate) fn recheck(&self) -> &Verified {
+        let unchecked = self.verified.get().is_none();
         let first = self.verify();
-        if matches!(first, Verified::Corrupt { .. }) {
-            return first;
+        if unchecked || matches!(first, Verified::Corrupt { .. }) {
+            return first; // checked just now, or damaged already
         }
         match self.check_now("HDB file is corrupt: it changed since it was last checked") {
             bad @ Verified::Corrupt { .. } => self.damaged.get_or_init(|| bad),

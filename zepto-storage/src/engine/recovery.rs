@@ -200,9 +200,6 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             }
         }
     }
-    // Files the checkpoint does not name were flushed after it: their rows come back from
-    // the WAL. When recovery had to fall back past an unusable newer checkpoint, they are
-    // moved aside instead (that checkpoint may have been their only reference).
     // Files only the older kept checkpoint names (chunks an import or a release replaced)
     // stay until it is pruned, so that recovery could still fall back to it; new chunks are
     // numbered above them.
@@ -225,6 +222,9 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             retired.push(file);
         }
     }
+    // Files no kept checkpoint names were flushed after the chosen one: their rows come back
+    // from the WAL. When recovery had to fall back past an unusable newer checkpoint, they
+    // are moved aside instead (that checkpoint may have been their only reference).
     let orphans = fell_back.then(|| dir.join("hdb-orphans"));
     remove_unreferenced_hdb(&dir.join("hdb"), &referenced, orphans.as_deref())?;
     // Partition imports that never committed: their staged files are of no use.

@@ -137,7 +137,7 @@ pub(crate) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
                     tracing::warn!(
                         partition,
                         to,
-                        "handing the primary over: this node's copy has a corrupt HDB file                          (it gets a whole copy back as the replica)"
+                        "handing the primary over: this node's copy has a corrupt HDB file (it gets a whole copy back as the replica)"
                     );
                 }
                 let retry = cluster.cfg.timings.metadata_change_timeout();

@@ -465,6 +465,29 @@ fn run_fault(
             m.detected_ms = m.failover_ms;
             w.event("placement balanced over 5 nodes".to_string());
             c.wait_ready(&added, Duration::from_secs(60))?;
+            // The copies moved to the new nodes are released on the old ones (ADR 0016,
+            // `--release-after 1s`) while the workload runs: the final check then reads a
+            // cluster that deleted them, and nothing acknowledged may be missing.
+            let old: Vec<NodeId> = all.iter().copied().filter(|n| !added.contains(n)).collect();
+            c.poll(
+                "the copies moved off the old nodes released",
+                Duration::from_secs(60),
+                |c| {
+                    old.iter()
+                        .all(|&n| {
+                            c.admin(n)
+                                .ok()
+                                .and_then(|v| v.local_partitions)
+                                .is_some_and(|l| {
+                                    l.iter().all(|p| {
+                                        p.role != "none" || (p.rows == 0 && p.next_seq == 0)
+                                    })
+                                })
+                        })
+                        .then_some(())
+                },
+            )?;
+            w.event("copies moved off the old nodes released".to_string());
         }
         s => {
             return Err(Error::Unsupported(format!(

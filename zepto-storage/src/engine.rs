@@ -545,6 +545,10 @@ impl Db {
         let entry = catalog.create(schema, id, &s.faults)?;
         // A directory left by a dropped table of the same name holds nothing we reference.
         let hdb = s.dir.join("hdb").join(&entry.schema.name);
+        // Its retired files go with the directory; a new table of the same name numbers its
+        // chunks from 0 again, and its files must never be taken for retired ones.
+        let prefix = format!("hdb/{}/", entry.schema.name);
+        s.retired.lock().retain(|f| !f.starts_with(&prefix));
         if hdb.exists() {
             let _ = std::fs::remove_dir_all(&hdb);
         }

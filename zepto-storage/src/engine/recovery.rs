@@ -212,12 +212,15 @@ pub(super) fn recover(config: &Config, faults: Arc<Faults>) -> Result<Recovered>
             if referenced.contains(&path) || !path.is_file() {
                 continue;
             }
-            if let Some(part) = by_id
+            // A dropped table's files are of no use to any checkpoint (recovery skips its
+            // chunks): they go now, before a new table of the same name numbers its own.
+            let Some(part) = by_id
                 .get(&table)
                 .and_then(|t| t.partitions.get(partition as usize))
-            {
-                part.write().retire_number(bucket, seq);
-            }
+            else {
+                continue;
+            };
+            part.write().retire_number(bucket, seq);
             referenced.insert(path);
             retired.push(file);
         }

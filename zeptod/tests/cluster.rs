@@ -1318,6 +1318,36 @@ fn a_node_dead_past_the_replace_time_is_replaced_and_two_copies_return() {
             .then_some(())
     });
     assert_eq!(c.node(victim).count("g"), 2000);
+    // ADR 0016: the copies it still had on disk are released (the map has them on the
+    // survivors, in sync), while the rebalancer gives it copies back: in the end every node
+    // holds exactly its copies in the map, and every answer is whole.
+    wait_until(
+        "balanced, leftovers released",
+        Duration::from_secs(90),
+        || {
+            let v = admin(c.node(leader));
+            let balanced = v["rebalance"]["plan"] == "balanced"
+                && v["partitions"]
+                    .as_array()?
+                    .iter()
+                    .all(|p| p["in_sync"].as_array().is_some_and(|s| s.len() == 2));
+            let clean = c.live().iter().all(|&n| {
+                local_partitions(c.node(n))
+                    .iter()
+                    .all(|l| l["role"] != "none" || (l["rows"] == 0 && l["next_seq"] == 0))
+            });
+            (balanced && clean).then_some(())
+        },
+    );
+    assert!(
+        c.node(victim)
+            .metric("zepto_cluster_partitions_released_total")
+            > 0,
+        "the returned node released copies moved off it"
+    );
+    for n in c.live() {
+        assert_eq!(c.node(n).count("g"), 2000, "node {n}");
+    }
 }
 
 #[test]

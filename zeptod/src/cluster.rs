@@ -682,6 +682,8 @@ impl Cluster {
         };
         let state = self.view.borrow().state.clone();
         let me = self.cfg.node_id;
+        let release_due = self.data.release_due.lock().clone();
+        let now = std::time::Instant::now();
         let rows: Vec<serde_json::Value> = state
             .partitions
             .iter()
@@ -701,6 +703,14 @@ impl Cluster {
                     "next_seq": next_seq,
                     "rows": node.local_rows(p.id),
                 });
+                // A leftover copy: when it is deleted here (ADR 0016).
+                if let (Some(at), Some(obj)) = (release_due.get(&p.id), v.as_object_mut()) {
+                    let ms = at.saturating_duration_since(now).as_millis();
+                    obj.insert(
+                        "release_in_ms".into(),
+                        u64::try_from(ms).unwrap_or(u64::MAX).into(),
+                    );
+                }
                 if p.primary == me {
                     let note = self.data.repl.note(p.id);
                     if let Some(obj) = v.as_object_mut() {

@@ -602,7 +602,8 @@ fn hdb_files_of(c: &Cluster, n: u64, table: &str, p: u64) -> Vec<std::path::Path
 #[test]
 fn copies_moved_to_a_new_node_are_released_where_they_were() {
     let _g = serial();
-    let flags = ["--seal-idle", "1s"]; // and --release-after 1s, as every test cluster
+    // Long enough that the leftover copies are still there once the map is balanced.
+    let flags = ["--seal-idle", "1s", "--release-after", "8s"];
     let mut c = Cluster::start_with(3, &flags);
     c.wait_ready();
     create_id_table(&c, "rl");
@@ -635,6 +636,15 @@ fn copies_moved_to_a_new_node_are_released_where_they_were() {
             "node {n} had files of {p}"
         );
     }
+    // Until then /admin/cluster says when each leftover copy goes.
+    let due = wait_until("a release announced", Duration::from_secs(30), || {
+        moved.iter().find_map(|&(n, p)| {
+            let l = &local_partitions(c.node(n))[usize::try_from(p).unwrap()];
+            (l["rows"].as_u64()? > 0).then_some(())?;
+            l["release_in_ms"].as_u64()
+        })
+    });
+    assert!(due <= 8000, "release in {due} ms, --release-after 8s");
     wait_until("moved copies released", Duration::from_secs(60), || {
         moved
             .iter()

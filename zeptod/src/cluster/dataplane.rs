@@ -62,6 +62,8 @@ pub(crate) struct DataPlane {
     pub(crate) catch_up_bytes: std::sync::atomic::AtomicU64,
     /// Partitions released here since start (copies the map put elsewhere, ADR 0016).
     pub(crate) released: std::sync::atomic::AtomicU64,
+    /// When the release of each leftover copy held here is due (for `/admin/cluster`).
+    pub(crate) release_due: Mutex<std::collections::BTreeMap<u32, Instant>>,
     /// Set while this node may have lost data the map says it holds (it started with an
     /// empty data directory and has not yet made sure it is no longer primary or in-sync
     /// replica of anything): it serves no write and no query part.
@@ -147,6 +149,7 @@ impl DataPlane {
             copy_bytes: std::sync::atomic::AtomicU64::new(0),
             catch_up_bytes: std::sync::atomic::AtomicU64::new(0),
             released: std::sync::atomic::AtomicU64::new(0),
+            release_due: Mutex::new(std::collections::BTreeMap::new()),
             lost_data: std::sync::atomic::AtomicBool::new(false),
             corrupt: Mutex::new((None, std::collections::BTreeSet::new())),
         })

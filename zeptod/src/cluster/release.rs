@@ -50,56 +50,62 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tick = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    // Since when each candidate has been releasable without a break.
-    let mut since: BTreeMap<u32, Instant> = BTreeMap::new();
+    // A release that failed is tried again this much later.
+    let retry = after.min(Duration::from_secs(30));
+    // When each candidate's release is due (it has been releasable without a break since
+    // `after` before that).
+    let mut due: BTreeMap<u32, Instant> = BTreeMap::new();
     loop {
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if !dp.data_intact() {
-            since.clear();
-            continue;
+        if dp.data_intact() {
+            let candidates = releasable(&dp.view.borrow().state, dp.me);
+            due.retain(|p, _| candidates.contains(p));
+            for p in candidates {
+                if !holds(&node, p) {
+                    due.remove(&p);
+                    continue;
+                }
+                let now = Instant::now();
+                if now < *due.entry(p).or_insert(now + after) {
+                    continue;
+                }
+                let (n, d) = (node.clone(), dp.clone());
+                match tokio::task::spawn_blocking(move || release(&d, &n, p)).await {
+                    Ok(Ok(Some(rows))) => {
+                        due.remove(&p);
+                        dp.released.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            partition = p,
+                            rows,
+                            "released partition: the cluster map has had its copies on other \
+                             nodes, all in sync, for {after:?}; its rows, files and log here \
+                             are deleted"
+                        );
+                    }
+                    Ok(Ok(None)) => {
+                        due.remove(&p);
+                        tracing::info!(
+                            partition = p,
+                            "partition not released: this node holds a copy of it again"
+                        );
+                    }
+                    Ok(Err(e)) => {
+                        due.insert(p, Instant::now() + retry);
+                        tracing::warn!(partition = p, error = %e, "could not release partition; trying again in {retry:?}");
+                    }
+                    Err(e) => {
+                        due.insert(p, Instant::now() + retry);
+                        tracing::warn!(partition = p, error = %e, "partition release task failed; trying again in {retry:?}");
+                    }
+                }
+            }
+        } else {
+            due.clear();
         }
-        let candidates = releasable(&dp.view.borrow().state, dp.me);
-        since.retain(|p, _| candidates.contains(p));
-        let now = Instant::now();
-        for p in candidates {
-            if !holds(&node, p) {
-                since.remove(&p);
-                continue;
-            }
-            let first = *since.entry(p).or_insert(now);
-            if now.duration_since(first) < after {
-                continue;
-            }
-            since.remove(&p);
-            let (n, d) = (node.clone(), dp.clone());
-            match tokio::task::spawn_blocking(move || release(&d, &n, p)).await {
-                Ok(Ok(Some(rows))) => {
-                    dp.released.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        partition = p,
-                        rows,
-                        "released partition: the cluster map has had its copies on other \
-                         nodes, all in sync, for {after:?}; its rows, files and log here are \
-                         deleted"
-                    );
-                }
-                Ok(Ok(None)) => {
-                    tracing::info!(
-                        partition = p,
-                        "partition not released: this node holds a copy of it again"
-                    );
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(partition = p, error = %e, "could not release partition; will try again");
-                }
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "partition release task failed");
-                }
-            }
-        }
+        dp.release_due.lock().clone_from(&due);
     }
 }
 

@@ -62,12 +62,15 @@ pub(crate) async fn run(
         }
         if dp.data_intact() {
             let candidates = releasable(&dp.view.borrow().state, dp.me);
-            due.retain(|p, _| candidates.contains(p));
-            for p in candidates {
-                if !holds(&node, p) {
-                    due.remove(&p);
-                    continue;
-                }
+            // What this node still has of them (row counts: storage calls, off the runtime).
+            let n = node.clone();
+            let held: BTreeSet<u32> = tokio::task::spawn_blocking(move || {
+                candidates.into_iter().filter(|&p| holds(&n, p)).collect()
+            })
+            .await
+            .unwrap_or_default();
+            due.retain(|p, _| held.contains(p));
+            for p in held {
                 let now = Instant::now();
                 if now < *due.entry(p).or_insert(now + after) {
                     continue;

@@ -6,8 +6,8 @@
 //! and room in every snapshot of the volume. Once the map has named other nodes as every
 //! copy of the partition, all of them in sync, for `--release-after` without a break, the
 //! partition is emptied here by an import of nothing (`PartitionImport::release`: atomic
-//! and durable, the fencing epoch kept, the files deleted at the next checkpoint but one
-//! kept checkpoint).
+//! and durable, the fencing epoch kept; its files are deleted at the checkpoint after the
+//! release's own, once no kept checkpoint names them).
 //!
 //! The map is read again after writes to the partition are stopped (the import flag): if
 //! this node became a copy again in between, the import is dropped and the partition is

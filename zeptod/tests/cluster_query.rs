@@ -495,8 +495,8 @@ fn a_hung_node_is_read_around_once_the_map_says_so() {
 /// A 3-node cluster (`--seal-idle 1s`) with `table (ts, symbol, id)` holding 4000 rows
 /// (ids `base..base + 4000`, every partition) in HDB files on every node, then node 2
 /// stopped, one stored id in each of its HDB files flipped by a bit, and node 2 started again
-/// without the background check (so the damage stays unknown until something reads it: a
-/// known one in a replica copy is replaced at once, see the second test below).
+/// without the background check (so the damage stays unknown until something reads it),
+/// leading partitions again.
 fn cluster_with_damaged_node2(table: &str, base: i64) -> Cluster {
     let mut c = Cluster::start_with(3, &["--seal-idle", "1s"]);
     c.wait_ready();
@@ -530,20 +530,8 @@ fn cluster_with_damaged_node2(table: &str, base: i64) -> Cluster {
     assert!(changed > 0, "node 2 holds HDB files of {table}");
     c.restart(2, &["--seal-idle", "1s", "--scrub-bandwidth", "0"]);
     c.node(2).wait_ready();
-    c
-}
-
-/// ADR 0015: a node whose HDB file fails its content checksum does not fail the query; the
-/// part is read from the partition's other copy, whichever node coordinates.
-#[test]
-fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
-    let _g = serial();
-    const BASE: i64 = 5_000_000;
-    let c = cluster_with_damaged_node2("cs", BASE);
-    let want = format!("{},4000\n", (0..4000i64).map(|i| BASE + i).sum::<i64>());
-    let q = "SELECT sum(id), count(*) FROM cs FORMAT CSV";
     // Node 2 handed its primaries over when it stopped; wait until the rebalancer gives it
-    // some back, so that queries read its copies first.
+    // some back, so that its damaged copies are read first.
     wait_until(
         "node 2 leads a partition again",
         Duration::from_secs(90),
@@ -556,6 +544,18 @@ fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
                 .then_some(())
         },
     );
+    c
+}
+
+/// ADR 0015: a node whose HDB file fails its content checksum does not fail the query; the
+/// part is read from the partition's other copy, whichever node coordinates.
+#[test]
+fn an_hdb_file_failing_its_checksum_is_read_from_the_other_copy() {
+    let _g = serial();
+    const BASE: i64 = 5_000_000;
+    let c = cluster_with_damaged_node2("cs", BASE);
+    let want = format!("{},4000\n", (0..4000i64).map(|i| BASE + i).sum::<i64>());
+    let q = "SELECT sum(id), count(*) FROM cs FORMAT CSV";
     for via in [1, 2, 3] {
         let r = c.node(via).sql(q);
         assert_eq!((r.status, r.text()), (200, want.clone()), "via node {via}");
@@ -589,20 +589,8 @@ fn corrupt_copies_are_replaced_whole_primaries_handed_over_first() {
     const BASE: i64 = 9_000_000;
     let c = cluster_with_damaged_node2("rc", BASE);
     let sum: i64 = (0..4000i64).map(|i| BASE + i).sum();
-    // Node 2 handed its primaries over when it stopped; once it leads some again (its files
-    // are damaged, but nothing read them yet), the damage is made known by /admin/verify.
-    wait_until(
-        "node 2 leads a partition again",
-        Duration::from_secs(90),
-        || {
-            let v = admin(c.node(1));
-            v["partitions"]
-                .as_array()?
-                .iter()
-                .any(|p| p["primary"] == 2 && p["in_sync"].as_array().is_some_and(|s| s.len() == 2))
-                .then_some(())
-        },
-    );
+    // Node 2 leads partitions again (its files are damaged, but nothing read them yet): the
+    // damage is made known by /admin/verify.
     let before = corrupt_partitions(c.node(2));
     let led: std::collections::BTreeSet<u64> = admin(c.node(1))["partitions"]
         .as_array()
